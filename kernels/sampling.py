@@ -1,0 +1,99 @@
+"""Token sampling on the device with no host synchronisation: greedy, temperature, top-p.
+
+Exponential race: with E_i ~ Exp(1) i.i.d., argmax_i p_i / E_i is distributed as p (the same trick as gpt-fast's
+multinomial_sample_one_no_sync). In log space this is argmax_i (logit_i / T - log E_i), so the softmax
+normalisation is never needed. Top-p keeps the smallest set of most probable tokens whose mass reaches top_p;
+it is expressed as a per-row cutoff on the scaled logits (keep logit/T >= cutoff), found with one sort.
+
+What runs where (on CUDA):
+  torch:  the Exp(1) noise [B, V] (from `generator`), and, only when top_p is given, the sort + cumsum that
+          turns top_p into the cutoff;
+  Triton: one fused pass per row over logits and noise: temperature scaling, top-p mask, the race's argmax,
+          and the greedy argmax for rows with temperature == 0 (those rows do not read the noise).
+The caller knows the sampling settings on the host: pass top_p=None when no row uses top-p, which skips the sort.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._triton import tl, triton, use_triton
+
+
+def top_p_cutoff(scaled: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """scaled [B, V] (logits / T), top_p [B] -> cutoff [B]: keep tokens with scaled >= cutoff (at least one)."""
+    srt, _ = scaled.sort(dim=-1, descending=True)
+    probs = srt.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs  # mass of strictly more probable tokens
+    n_keep = (mass_before < top_p[:, None].float()).sum(-1).clamp_min(1)  # [B]
+    return srt.gather(-1, (n_keep - 1)[:, None]).squeeze(-1)
+
+
+def exp_noise(shape, device, generator=None) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator)
+
+
+def sample_ref(logits, temperature, top_p=None, generator=None, *, noise=None) -> torch.Tensor:
+    """logits [B,V], temperature [B] (0 = greedy), top_p [B] or None -> ids [B] int64."""
+    lf = logits.float()
+    greedy = lf.argmax(-1)
+    t = temperature.float().clamp_min(1e-5)[:, None]
+    scaled = lf / t
+    noise = exp_noise(lf.shape, lf.device, generator) if noise is None else noise
+    score = scaled - noise.log()
+    if top_p is not None:
+        score = torch.where(scaled >= top_p_cutoff(scaled, top_p)[:, None], score, float("-inf"))
+    return torch.where(temperature > 0, score.argmax(-1), greedy)
+
+
+@triton.jit
+def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, cutoff_ptr, out_ptr, V, stride_l, stride_n,
+                   HAS_CUTOFF: tl.constexpr, BLOCK: tl.constexpr):
+    # one program = one row; a strided loop over V keeps per-lane (best value, first index) and reduces at the end
+    row = tl.program_id(0)
+    t = tl.load(temp_ptr + row).to(tl.float32)
+    sampling = t > 0
+    t = tl.where(sampling, tl.maximum(t, 1e-5), 1.0)  # same clamp and division as the reference
+    if HAS_CUTOFF:
+        cutoff = tl.load(cutoff_ptr + row)
+    lanes = tl.arange(0, BLOCK)
+    best = tl.full([BLOCK], float("-inf"), tl.float32)
+    best_i = tl.full([BLOCK], 2147483647, tl.int32)
+    for v0 in range(0, V, BLOCK):
+        cols = v0 + lanes
+        mask = cols < V
+        x = tl.load(logits_ptr + row * stride_l + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        score = x
+        if sampling:
+            e = tl.load(noise_ptr + row * stride_n + cols, mask=mask, other=1.0)
+            scaled = x / t
+            score = scaled - tl.log(e)
+            if HAS_CUTOFF:
+                score = tl.where(scaled >= cutoff, score, float("-inf"))
+        score = tl.where(mask, score, float("-inf"))
+        take = score > best  # strict: the earlier index wins ties, like torch.argmax
+        best = tl.where(take, score, best)
+        best_i = tl.where(take, cols, best_i)
+    top = tl.max(best, axis=0)
+    idx = tl.min(tl.where(best == top, best_i, 2147483647), axis=0)
+    tl.store(out_ptr + row, idx.to(tl.int64))
+
+
+def sample_triton(logits, temperature, top_p=None, generator=None, *, noise=None, out=None, block: int = 1024):
+    b, v = logits.shape
+    assert logits.stride(-1) == 1 and temperature.shape == (b,)
+    noise = exp_noise((b, v), logits.device, generator) if noise is None else noise
+    cutoff = None
+    if top_p is not None:  # the sort runs in torch; its input is the same scaled logits the kernel recomputes
+        cutoff = top_p_cutoff(logits.float() / temperature.float().clamp_min(1e-5)[:, None], top_p)
+    out = torch.empty(b, dtype=torch.int64, device=logits.device) if out is None else out
+    _sample_kernel[(b,)](logits, noise, temperature, cutoff if cutoff is not None else noise, out, v,
+                         logits.stride(0), noise.stride(0), HAS_CUTOFF=cutoff is not None, BLOCK=block,
+                         num_warps=8)
+    return out
+
+
+def sample(logits, temperature, top_p=None, generator=None, *, impl: str = "auto") -> torch.Tensor:
+    """logits [B,V], temperature [B] float (0 = greedy), top_p [B] float or None -> ids [B] int64, on device."""
+    fn = sample_triton if use_triton(logits, impl) else sample_ref
+    return fn(logits, temperature, top_p, generator)
