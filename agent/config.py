@@ -1,0 +1,149 @@
+"""Typed configuration, read from TOML (configs/*.toml). Every field has a default; a file overrides any subset."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import models
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class VADConfig:
+    model: str = "silero-vad"  # registry name, or a path to a Silero .onnx
+    threshold: float = 0.5  # speech when P(speech) >= threshold ...
+    neg_threshold: float = 0.35  # ... and silence again only below this (hysteresis)
+    min_speech_ms: int = 96  # speech shorter than this does not start a turn
+
+
+@dataclass
+class TurnConfig:
+    endpoint_silence_ms: int = 500  # silence after speech that ends the user's turn
+    barge_in_ms: int = 200  # speech this long while the agent talks interrupts it
+    barge_in: bool = True  # False: half duplex, the mic is ignored while the agent speaks
+
+
+@dataclass
+class ASRConfig:
+    backend: str = "faster-whisper"  # or "torch"
+    model: str = "whisper-tiny.en"  # registry name, or a CTranslate2 Whisper directory
+    compute_type: str = "int8"
+    beam_size: int = 1
+    language: str = "en"
+    threads: int = 0  # 0: the backend's default
+    partial_interval_ms: int = 0  # 0: no partial transcripts while the user speaks
+    device: str = "cpu"
+
+
+@dataclass
+class LLMConfig:
+    model: str = "smollm2-135m-instruct"  # registry name, a GGUF file, or a Hugging Face model directory
+    device: str = "cpu"
+    dtype: str = "float32"
+    system_prompt: str = (
+        "You are Quickturn, a friendly voice assistant. Reply in one or two short spoken sentences, "
+        "with no lists, emojis or markdown."
+    )
+    max_new_tokens: int = 80
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_context_tokens: int = 2048  # KV pool size per session budget
+    threads: int = 0
+
+
+@dataclass
+class TTSConfig:
+    backend: str = "piper"  # or "torch"
+    voice: str = "piper-joe-medium"  # registry name, or a Piper .onnx (with .onnx.json beside it)
+    noise_scale: float | None = None  # None: the voice's own
+    length_scale: float | None = None
+    noise_w: float | None = None
+    threads: int = 1
+    device: str = "cpu"
+
+
+@dataclass
+class PhraseConfig:
+    first_min_words: int = 3  # the first phrase may end at a comma after this many words ...
+    first_max_words: int = 8  # ... and is cut at this many words in any case
+    min_words: int = 12  # later phrases end at sentence punctuation, or at a comma past min_words ...
+    max_words: int = 24  # ... and are cut at max_words in any case
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_frame_bytes: int = 65_536  # one binary audio frame (2 s of 16 kHz PCM16)
+    max_message_bytes: int = 1_048_576  # anything larger closes the connection
+    max_sessions: int = 8
+    realtime_slack_s: float = 3.0  # audio may run ahead of real time by this much before it is refused
+    output_sample_rate: int = 0  # 0: the TTS voice's own rate
+
+
+@dataclass
+class PipelineConfig:
+    reuse_kv: bool = True  # False (baseline): re-prefill the whole history every turn
+    stream_tts: bool = True  # False (baseline): synthesize only after the LLM finished
+    trace_log: str = ""  # path of a JSON-lines latency log ("" = off)
+
+
+@dataclass
+class Config:
+    vad: VADConfig = field(default_factory=VADConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    asr: ASRConfig = field(default_factory=ASRConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
+    phrases: PhraseConfig = field(default_factory=PhraseConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    source: str = "<defaults>"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "Config":
+        """A TOML file, or a name in configs/ ("cpu", "gpu"); None gives configs/cpu.toml."""
+        path = Path(path) if path else REPO_CONFIGS / "cpu.toml"
+        if not path.suffix and not path.exists():
+            path = REPO_CONFIGS / f"{path}.toml"
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        cfg = cls.from_dict(data)
+        cfg.source = str(path)
+        return cfg
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        cfg = cls()
+        for section, values in data.items():
+            if section not in {f.name for f in dataclasses.fields(cls)} or section == "source":
+                raise ConfigError(f"unknown config section [{section}]")
+            target = getattr(cfg, section)
+            known = {f.name for f in dataclasses.fields(target)}
+            for key, value in values.items():
+                if key not in known:
+                    raise ConfigError(f"unknown key {key!r} in [{section}] (known: {', '.join(sorted(known))})")
+                setattr(target, key, value)
+        return cfg
+
+
+def resolve_model(ref: str, role: str) -> Path:
+    """A registry name -> its fetched directory; anything else must be an existing local path."""
+    if ref in models.REGISTRY:
+        return models.require(ref)
+    p = Path(ref).expanduser()
+    if not p.exists():
+        raise models.ModelError(f"{role} model not found: {ref} (neither a known model name nor an existing path)")
+    return p

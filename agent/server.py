@@ -1,0 +1,146 @@
+"""`quickturn serve`: the WebSocket transport (docs/protocol.md) around sessions. Parsing lives in protocol.py."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+
+from websockets.asyncio.server import ServerConnection, serve as ws_serve
+from websockets.exceptions import ConnectionClosed
+
+from . import events as ev
+from .audio import StreamResampler, float_to_pcm16
+from .protocol import Audio, Playback, ProtocolError, RateMonitor, ServerProtocol, Start, Stop
+from .runtime import Runtime
+from .session import Session
+
+log = logging.getLogger("quickturn.server")
+_ids = itertools.count(1)
+
+
+class Server:
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.cfg = rt.config.server
+        self.sessions: dict[int, Session] = {}
+        self.refused = 0
+
+    async def handle(self, ws: ServerConnection) -> None:
+        sid = next(_ids)
+        if len(self.sessions) >= self.cfg.max_sessions:
+            self.refused += 1
+            await _send_error(ws, ProtocolError("server_full", f"the server is at its limit of "
+                                                f"{self.cfg.max_sessions} sessions; try again later", fatal=True))
+            await ws.close(1013, "server full")
+            return
+        proto = ServerProtocol(self.cfg.max_frame_bytes)
+        session: Session | None = None
+        sender: asyncio.Task | None = None
+        monitor: RateMonitor | None = None
+        try:
+            async for message in ws:
+                try:
+                    msg = proto.receive(message)
+                    if isinstance(msg, Start):
+                        session = Session(self.rt, msg.sample_rate)
+                        self.sessions[sid] = session
+                        await session.start()
+                        monitor = RateMonitor(msg.sample_rate, self.cfg.realtime_slack_s)
+                        out_rate = msg.output_sample_rate or self.cfg.output_sample_rate or session.out_rate
+                        await ws.send(json.dumps({"type": "ready", "session": sid, "encoding": "pcm_s16le",
+                                                  "input_sample_rate": msg.sample_rate,
+                                                  "output_sample_rate": out_rate}))
+                        sender = asyncio.create_task(self._send_events(ws, session, out_rate))
+                    elif isinstance(msg, Audio):
+                        monitor.add(len(msg.samples), time.monotonic())
+                        await session.feed(msg.samples)
+                    elif isinstance(msg, Playback):
+                        pass  # the playback model in Session is used; reported positions are accepted
+                    elif isinstance(msg, Stop):
+                        if session and session.reply and session.reply.task:
+                            await asyncio.shield(session.reply.task)
+                        break
+                except ProtocolError as e:
+                    await _send_error(ws, e)
+                    if e.fatal:
+                        break
+        except ConnectionClosed:
+            pass
+        finally:
+            if session is not None:
+                await session.close()
+                # let the sender drain what the session said before closing
+                await asyncio.sleep(0.05)
+            if sender is not None:
+                sender.cancel()
+            self.sessions.pop(sid, None)
+            await ws.close()
+
+    async def _send_events(self, ws: ServerConnection, session: Session, out_rate: int) -> None:
+        resampler = StreamResampler(session.out_rate, out_rate)
+        try:
+            while True:
+                e = await session.events.get()
+                if isinstance(e, ev.ReplyAudio):
+                    pcm = float_to_pcm16(resampler(e.audio))
+                    if pcm:
+                        await ws.send(pcm)
+                    session.audio_sent(len(e.audio))
+                    continue
+                if isinstance(e, ev.Flush):
+                    resampler = StreamResampler(session.out_rate, out_rate)
+                await ws.send(json.dumps(event_to_json(e)))
+        except ConnectionClosed:
+            pass
+
+
+def event_to_json(e) -> dict:
+    match e:
+        case ev.SpeechStarted(t=t):
+            return {"type": "speech_started", "t": round(t, 3)}
+        case ev.SpeechStopped(t=t):
+            return {"type": "speech_stopped", "t": round(t, 3)}
+        case ev.TranscriptEvent():
+            return {"type": "transcript", "final": e.final, "text": e.text, "stable": e.stable, "turn": e.turn}
+        case ev.ReplyDelta():
+            return {"type": "reply_delta", "text": e.text, "turn": e.turn}
+        case ev.ReplyDone():
+            return {"type": "reply_done", "text": e.text, "turn": e.turn, "interrupted": e.interrupted}
+        case ev.Flush():
+            return {"type": "flush", "turn": e.turn, "played_samples": e.played_samples}
+        case ev.TurnLatency():
+            return {"type": "latency", "turn": e.turn, "ms": e.ms, "v2v_ms": e.v2v_ms}
+        case ev.ErrorEvent():
+            return {"type": "error", "code": e.code, "message": e.message, "fatal": e.fatal}
+    return {"type": "unknown"}
+
+
+async def _send_error(ws, err: ProtocolError) -> None:
+    try:
+        await ws.send(err.to_json())
+    except ConnectionClosed:
+        pass
+
+
+async def start_server(rt: Runtime, host: str | None = None, port: int | None = None):
+    """Start listening; returns (websockets server, Server). port 0 picks a free port."""
+    srv = Server(rt)
+    cfg = rt.config.server
+    server = await ws_serve(srv.handle, host or cfg.host, cfg.port if port is None else port,
+                            max_size=cfg.max_message_bytes, ping_interval=20, ping_timeout=20)
+    return server, srv
+
+
+async def serve(rt: Runtime) -> int:
+    server, _ = await start_server(rt)
+    host, port = list(server.sockets)[0].getsockname()[:2]
+    print(f"quickturn: listening on ws://{host}:{port} (protocol: docs/protocol.md)", flush=True)
+    try:
+        await server.serve_forever()
+    finally:
+        rt.close()
+    return 0
+
