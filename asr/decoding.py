@@ -173,8 +173,9 @@ class GreedyDecoder:
 
     @torch.no_grad()
     def decode(self, prefixes: list[list[int]] | None = None, n: int | None = None, max_new: int | None = None,
-               stop_at_eot: bool = True) -> list[Hypothesis]:
-        """Greedy-decode rows 0..n-1 (after encode()). prefixes[i]: forced text tokens after the prompt.
+               stop_at_eot: bool = True, limits: list[int] | None = None) -> list[Hypothesis]:
+        """Greedy-decode rows 0..n-1 (after encode()). prefixes[i]: forced text tokens after the prompt;
+        limits[i]: at most this many sampled tokens for row i (a row that reaches it ends as if by EOT).
         With stop_at_eot=False every row generates exactly max_new tokens (benchmarks on random weights)."""
         prefixes = prefixes or [[] for _ in range(n or 1)]
         n = len(prefixes)
@@ -196,6 +197,7 @@ class GreedyDecoder:
         sum_lp = torch.zeros(n, device=self.device)
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         cur = lens.clone()
+        cap = torch.tensor(limits if limits else [max_new] * n, device=self.device)
         steps = 0
         limit = min(max_new, self.model.dims.n_text_ctx - width)
         for t in range(limit):
@@ -207,7 +209,7 @@ class GreedyDecoder:
             sum_lp += torch.where(done, 0.0, lp)
             nxt = torch.where(done, self.tok.eot, nxt)
             out[:, t] = nxt
-            done |= nxt == self.tok.eot
+            done |= (nxt == self.tok.eot) | (cap <= t + 1)
             steps = t + 1
             if stop_at_eot and bool(done.all()):
                 break
@@ -220,5 +222,19 @@ class GreedyDecoder:
             toks = out[i]
             k = toks.index(self.tok.eot) if self.tok.eot in toks else len(toks)
             # faster-whisper: cumulative logprob (with <|endoftext|>) / (len + 1)
-            hyps.append(Hypothesis(list(prefixes[i]) + toks[:k], sum_lp[i] / (k + 1), no_speech[i]))
+            hyps.append(Hypothesis(list(prefixes[i]) + strip_loop(toks[:k]), sum_lp[i] / (k + 1), no_speech[i]))
         return hyps
+
+
+def strip_loop(tokens: list[int], min_repeats: int = 3, max_period: int = 16) -> list[int]:
+    """Cut a trailing loop (the same 1..max_period tokens repeated >= min_repeats times) back to one copy:
+    Whisper fed a partial utterance sometimes repeats its last phrase until the token limit."""
+    n = len(tokens)
+    for period in range(1, max_period + 1):
+        reps = 1
+        while n - (reps + 1) * period >= 0 and \
+                tokens[n - (reps + 1) * period:n - reps * period] == tokens[n - period:n]:
+            reps += 1
+        if reps >= min_repeats:
+            return tokens[:n - (reps - 1) * period]
+    return tokens

@@ -1,0 +1,159 @@
+"""The torch Whisper ASR backend (GPU; CPU for tests): same interface as asr/fw.py's FasterWhisperASR.
+
+    asr = TorchWhisperASR(require("whisper-tiny.en"), device="cuda")     # real CT2 weights
+    asr = TorchWhisperASR(shape="large-v3-turbo", device="cuda")         # synthetic weights (benchmarks)
+    text = asr.transcribe(audio16k)
+    s = asr.stream(); s.feed(chunk) -> Transcript | None ...; s.finish() -> Transcript
+
+Batched API for a scheduler serving many sessions: `s.push(chunk)` only buffers; every tick call
+`asr.update([s for s in streams if s.due], final=...)`: one mel+encoder batch and one decoder batch for all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import Transcript
+from .decoding import DecodeOptions, GreedyDecoder, Hypothesis, WhisperTokenizer, batch_features
+from .features import LogMel
+from .stream import EnergyGate, LocalAgreement, StreamPolicy
+from .whisper import Whisper, synthetic
+
+SAMPLE_RATE = 16_000
+MAX_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window: a longer utterance is cut to its first 30 s
+
+
+class TorchWhisperASR:
+    sample_rate = SAMPLE_RATE
+    tokens_per_s = 6.0  # fast English speech is ~3-4 words (~4-5 tokens) a second
+
+    def __init__(self, model_dir: str | Path | None = None, *, shape: str | None = None, device: str = "cpu",
+                 dtype: torch.dtype | None = None, window: str = "trunc", partial_interval_s: float = 0.2,
+                 max_batch: int = 32, cuda_graphs: bool = True, energy_floor_dbfs: float = -45.0,
+                 max_new_tokens: int = 128, seed: int = 0):
+        self.device = torch.device(device)
+        dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        if model_dir is not None:
+            from .ct2 import load_whisper_dir
+
+            dims, sd, cfg = load_whisper_dir(model_dir)
+            model = Whisper(dims)
+            model.load_state_dict(sd, strict=True)
+            self.model = model.to(device=self.device, dtype=dtype).eval()
+            self.tokenizer = WhisperTokenizer(model_dir, dims.n_vocab)
+            sup, sup_begin = cfg.get("suppress_ids", []), cfg.get("suppress_ids_begin", [])
+        else:
+            if shape is None:
+                raise ValueError("give model_dir (CTranslate2 Whisper directory) or shape (synthetic weights)")
+            self.model = synthetic(shape, seed=seed, dtype=dtype, device=self.device)
+            self.tokenizer = WhisperTokenizer(None, self.model.dims.n_vocab, multilingual=shape != "tiny.en")
+            sup, sup_begin = [], [220, self.tokenizer.eot]
+        self.opts = DecodeOptions(max_new_tokens=max_new_tokens, suppress_ids=sup, suppress_ids_begin=sup_begin,
+                                  window=window)
+        self.decoder = GreedyDecoder(self.model, self.tokenizer, self.opts, max_batch=max_batch,
+                                     cuda_graphs=cuda_graphs)
+        self.mel = LogMel(self.model.dims.n_mels, device=self.device)
+        self.gate = EnergyGate(energy_floor_dbfs)
+        self.policy = StreamPolicy(partial_interval_s, SAMPLE_RATE)
+        self.max_batch = max_batch
+
+    # ---- batched core ----
+    @torch.no_grad()
+    def recognize(self, audios: list[np.ndarray], prefixes: list[list[int]] | None = None,
+                  max_new: int | None = None, stop_at_eot: bool = True) -> list[Hypothesis]:
+        """One encoder batch + one greedy decoder batch for several utterances (each <= max_batch)."""
+        out: list[Hypothesis] = []
+        prefixes = prefixes or [[] for _ in audios]
+        for i in range(0, len(audios), self.max_batch):
+            chunk, pre = audios[i:i + self.max_batch], prefixes[i:i + self.max_batch]
+            mels = [self.mel(torch.as_tensor(a[:MAX_SAMPLES])) for a in chunk]
+            self.decoder.encode(batch_features(mels, self.opts))
+            # a loop cannot run longer than speech could: <= tokens_per_s per second of audio (+ slack)
+            limits = [max(4, int(self.tokens_per_s * len(a) / SAMPLE_RATE) + 8 - len(p)) for a, p in zip(chunk, pre)]
+            out += self.decoder.decode(pre, max_new=max_new, stop_at_eot=stop_at_eot,
+                                       limits=None if max_new else limits)
+        return out
+
+    def text(self, hyp: Hypothesis, forced: bool = False) -> str:
+        if hyp.is_silence and not forced:
+            return ""
+        return self.tokenizer.decode(hyp.tokens)
+
+    def transcribe_batch(self, audios: list[np.ndarray]) -> list[str]:
+        texts = [""] * len(audios)
+        live = [i for i, a in enumerate(audios) if len(a) >= SAMPLE_RATE // 10 and not self.gate.is_silent(a)]
+        for i, h in zip(live, self.recognize([audios[i] for i in live])):
+            texts[i] = self.text(h)
+        return texts
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        return self.transcribe_batch([np.asarray(audio, dtype=np.float32)])[0]
+
+    def stream(self) -> "TorchStream":
+        return TorchStream(self)
+
+    def update(self, streams: list["TorchStream"], final: bool | list[bool] = False) -> list[Transcript]:
+        """Run the recogniser for several streams at once (partials, or finals at their endpoints)."""
+        finals = final if isinstance(final, list) else [final] * len(streams)
+        results: list[Transcript | None] = [None] * len(streams)
+        live = []
+        for i, s in enumerate(streams):
+            audio = s.audio()
+            s.last_run = s.n
+            if len(audio) < SAMPLE_RATE // 10 or self.gate.is_silent(audio):
+                results[i] = Transcript("", finals[i], "")
+            else:
+                live.append((i, audio))
+        if live:
+            hyps = self.recognize([a for _, a in live], [streams[i].agreement.committed for i, _ in live])
+            for (i, _), h in zip(live, hyps):
+                s = streams[i]
+                forced = bool(s.agreement.committed)
+                text = self.text(h, forced)
+                if finals[i]:
+                    results[i] = Transcript(text, True, text)
+                else:
+                    committed = s.agreement.update(h.tokens if text else s.agreement.committed)
+                    results[i] = Transcript(text, False, self.tokenizer.decode(committed))
+        return results  # type: ignore[return-value]
+
+
+class TorchStream:
+    """One utterance. feed() runs the model itself when due; a scheduler uses push()/due and asr.update()."""
+
+    def __init__(self, asr: TorchWhisperASR):
+        self.asr = asr
+        self.chunks: list[np.ndarray] = []
+        self.n = 0
+        self.last_run = 0
+        self.agreement = LocalAgreement()
+        self._audio: np.ndarray | None = None
+
+    def push(self, audio: np.ndarray) -> None:
+        self.chunks.append(np.asarray(audio, dtype=np.float32))
+        self.n += len(audio)
+        self._audio = None
+
+    def audio(self) -> np.ndarray:
+        if self._audio is None:
+            self._audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
+            self.chunks = [self._audio]
+        return self._audio
+
+    @property
+    def due(self) -> bool:
+        return self.asr.policy.due(self.n, self.last_run)
+
+    @property
+    def stable(self) -> str:
+        return self.asr.tokenizer.decode(self.agreement.committed)
+
+    def feed(self, audio: np.ndarray) -> Transcript | None:
+        self.push(audio)
+        return self.asr.update([self])[0] if self.due else None
+
+    def finish(self) -> Transcript:
+        return self.asr.update([self], final=True)[0]
