@@ -26,21 +26,19 @@ from kernels._triton import next_pow2, tl, triton, use_triton
 
 def paged_decode_attention_ref(q, k_cache, v_cache, block_table, seq_lens, scale, num_splits=None):
     """q [B,H,D], caches [P,page,Hkv,D], block_table [B,max_pages], seq_lens [B] -> out [B,H,D].
-    fp32 math; num_splits is accepted and ignored (the split only changes the order of summation)."""
-    b_, h, d = q.shape
-    page, hkv = k_cache.shape[1], k_cache.shape[2]
-    g = h // hkv
-    out = torch.zeros_like(q)
-    for b, n in enumerate(seq_lens.tolist()):
-        if n == 0:
-            continue  # padding row: output 0, like the kernel
-        pages = block_table[b, : -(-n // page)].long()
-        k = k_cache[pages].reshape(-1, hkv, d)[:n].float()  # [n, Hkv, D]
-        v = v_cache[pages].reshape(-1, hkv, d)[:n].float()
-        qb = q[b].float().view(hkv, g, d)
-        p = (torch.einsum("hgd,nhd->hgn", qb, k) * scale).softmax(-1)
-        out[b] = torch.einsum("hgn,nhd->hgd", p, v).reshape(h, d).to(q.dtype)
-    return out
+
+    fp32 math over the whole block table with a length mask: no host sync, so it is also the sync-free torch
+    fallback. num_splits is accepted and ignored (splitting only changes the order of summation)."""
+    b, h, d = q.shape
+    num_pages, page, hkv = k_cache.shape[:3]
+    bt = block_table.long().clamp(0, num_pages - 1)  # entries past a sequence's pages may be any filler
+    k = k_cache[bt].flatten(1, 2).float()  # [B, L, Hkv, D], L = max_pages * page
+    v = v_cache[bt].flatten(1, 2).float()
+    s = torch.einsum("bhgd,blhd->bhgl", q.float().view(b, hkv, h // hkv, d), k) * scale
+    valid = torch.arange(k.shape[1], device=q.device)[None, :] < seq_lens[:, None]  # [B, L]
+    s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+    p = torch.nan_to_num(s.softmax(-1), nan=0.0)  # seq_len 0 (padding row): output 0, like the kernel
+    return torch.einsum("bhgl,blhd->bhgd", p, v).reshape(b, h, d).to(q.dtype)
 
 
 @triton.jit

@@ -8,8 +8,9 @@ it is expressed as a per-row cutoff on the scaled logits (keep logit/T >= cutoff
 What runs where (on CUDA):
   torch:  the Exp(1) noise [B, V] (from `generator`), and, only when top_p is given, the sort + cumsum that
           turns top_p into the cutoff;
-  Triton: one fused pass per row over logits and noise: temperature scaling, top-p mask, the race's argmax,
-          and the greedy argmax for rows with temperature == 0 (those rows do not read the noise).
+  Triton: one fused pass over logits and noise: temperature scaling, top-p mask, the race's argmax, and the
+          greedy argmax for rows with temperature == 0 (those rows do not read the noise). Each row is cut into
+          slices so that even B = 1 spreads over the SMs; a [B, slices] argmax + gather in torch picks the winner.
 The caller knows the sampling settings on the host: pass top_p=None when no row uses top-p, which skips the sort.
 """
 
@@ -47,10 +48,12 @@ def sample_ref(logits, temperature, top_p=None, generator=None, *, noise=None) -
 
 
 @triton.jit
-def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, cutoff_ptr, out_ptr, V, stride_l, stride_n,
-                   HAS_CUTOFF: tl.constexpr, BLOCK: tl.constexpr):
-    # one program = one row; a strided loop over V keeps per-lane (best value, first index) and reduces at the end
+def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, cutoff_ptr, val_ptr, idx_ptr, V, CHUNK, NUM_SPLITS,
+                   stride_l, stride_n, HAS_CUTOFF: tl.constexpr, BLOCK: tl.constexpr):
+    # grid (B, NUM_SPLITS): program (row, sp) scans columns [sp*CHUNK, (sp+1)*CHUNK) of one row, keeping per-lane
+    # (best score, first index), and writes its winner; the host side picks the best of the NUM_SPLITS winners.
     row = tl.program_id(0)
+    sp = tl.program_id(1)
     t = tl.load(temp_ptr + row).to(tl.float32)
     sampling = t > 0
     t = tl.where(sampling, tl.maximum(t, 1e-5), 1.0)  # same clamp and division as the reference
@@ -59,12 +62,12 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, cutoff_ptr, out_ptr, V, stri
     lanes = tl.arange(0, BLOCK)
     best = tl.full([BLOCK], float("-inf"), tl.float32)
     best_i = tl.full([BLOCK], 2147483647, tl.int32)
-    for v0 in range(0, V, BLOCK):
+    for v0 in range(sp * CHUNK, tl.minimum(sp * CHUNK + CHUNK, V), BLOCK):
         cols = v0 + lanes
         mask = cols < V
         x = tl.load(logits_ptr + row * stride_l + cols, mask=mask, other=float("-inf")).to(tl.float32)
         score = x
-        if sampling:
+        if sampling:  # greedy rows never read the noise
             e = tl.load(noise_ptr + row * stride_n + cols, mask=mask, other=1.0)
             scaled = x / t
             score = scaled - tl.log(e)
@@ -76,21 +79,30 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, cutoff_ptr, out_ptr, V, stri
         best_i = tl.where(take, cols, best_i)
     top = tl.max(best, axis=0)
     idx = tl.min(tl.where(best == top, best_i, 2147483647), axis=0)
-    tl.store(out_ptr + row, idx.to(tl.int64))
+    tl.store(val_ptr + row * NUM_SPLITS + sp, top)
+    tl.store(idx_ptr + row * NUM_SPLITS + sp, idx.to(tl.int64))
 
 
-def sample_triton(logits, temperature, top_p=None, generator=None, *, noise=None, out=None, block: int = 1024):
+def sample_triton(logits, temperature, top_p=None, generator=None, *, noise=None, out=None, block: int = 1024,
+                  num_splits: int | None = None):
     b, v = logits.shape
     assert logits.stride(-1) == 1 and temperature.shape == (b,)
     noise = exp_noise((b, v), logits.device, generator) if noise is None else noise
     cutoff = None
     if top_p is not None:  # the sort runs in torch; its input is the same scaled logits the kernel recomputes
         cutoff = top_p_cutoff(logits.float() / temperature.float().clamp_min(1e-5)[:, None], top_p)
-    out = torch.empty(b, dtype=torch.int64, device=logits.device) if out is None else out
-    _sample_kernel[(b,)](logits, noise, temperature, cutoff if cutoff is not None else noise, out, v,
-                         logits.stride(0), noise.stride(0), HAS_CUTOFF=cutoff is not None, BLOCK=block,
-                         num_warps=8)
-    return out
+    if num_splits is None:  # ~2 programs per SM, at least 4 blocks per program
+        num_splits = max(1, min(-(-264 // b), -(-v // (4 * block))))
+    chunk = -(-v // (num_splits * block)) * block
+    num_splits = -(-v // chunk)
+    vals = torch.empty((b, num_splits), dtype=torch.float32, device=logits.device)
+    idxs = torch.empty((b, num_splits), dtype=torch.int64, device=logits.device)
+    _sample_kernel[(b, num_splits)](logits, noise, temperature, cutoff if cutoff is not None else noise, vals, idxs,
+                                    v, chunk, num_splits, logits.stride(0), noise.stride(0),
+                                    HAS_CUTOFF=cutoff is not None, BLOCK=block, num_warps=4)
+    # winner of the split winners: argmax takes the first maximum, i.e. the lowest split, so ties keep the lowest id
+    best = idxs.gather(1, vals.argmax(-1, keepdim=True)).squeeze(1)
+    return best if out is None else out.copy_(best)
 
 
 def sample(logits, temperature, top_p=None, generator=None, *, impl: str = "auto") -> torch.Tensor:

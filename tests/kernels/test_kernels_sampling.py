@@ -59,8 +59,8 @@ def test_generator_makes_it_reproducible():
 
 @needs_interpreter
 @pytest.mark.parametrize("use_top_p", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_triton_matches_reference(use_top_p, dtype):
+@pytest.mark.parametrize("dtype,num_splits", [(torch.float32, 1), (torch.float16, 3), (torch.float32, None)])
+def test_triton_matches_reference(use_top_p, dtype, num_splits):
     g = torch.Generator().manual_seed(4)
     b, v = 8, 300  # V not a multiple of the block
     logits = (3 * torch.randn(b, v, generator=g)).to(dtype)
@@ -69,6 +69,16 @@ def test_triton_matches_reference(use_top_p, dtype):
     for trial in range(3):  # fresh noise each time; identical noise for both paths
         noise = exp_noise((b, v), "cpu", g)
         out = poison(torch.empty(b, dtype=torch.int64))
-        got = sample_triton(logits, temp, top_p, noise=noise, out=out, block=128)
+        got = sample_triton(logits, temp, top_p, noise=noise, out=out, block=64,
+                           num_splits=num_splits)
         assert got is out
         assert torch.equal(got, sample_ref(logits, temp, top_p, noise=noise))
+
+
+@needs_interpreter
+def test_triton_greedy_ties_pick_the_first_index_across_slices():
+    logits = torch.randn(2, 256, generator=torch.Generator().manual_seed(5))
+    logits[0, [70, 200]] = 10.0  # tie in two different slices
+    logits[1, [3, 5]] = 10.0  # tie inside one block
+    got = sample_triton(logits, torch.zeros(2), None, noise=exp_noise((2, 256), "cpu"), block=32, num_splits=4)
+    assert got.tolist() == [70, 3] == logits.argmax(-1).tolist()
