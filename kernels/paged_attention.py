@@ -44,14 +44,14 @@ def paged_decode_attention_ref(q, k_cache, v_cache, block_table, seq_lens, scale
 @triton.jit
 def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, lens_ptr, part_ptr, lse_ptr, out_ptr, qk_scale,
                        stride_qb, stride_qh, stride_bt, stride_page, stride_tok, stride_pb, stride_ph, stride_ps,
-                       stride_lb, stride_lh, stride_ob, stride_oh,
-                       G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                       stride_lb, stride_lh, stride_ob, stride_oh, num_splits,
+                       G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
                        BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     sp = tl.program_id(2)
     seq_len = tl.load(lens_ptr + b)
-    chunk = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    chunk = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = sp * chunk
     end = tl.minimum(start + chunk, seq_len)
 
@@ -97,13 +97,13 @@ def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, lens_ptr, part_ptr, lse_pt
 
 @triton.jit
 def _attn_merge_kernel(part_ptr, lse_ptr, out_ptr, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-                       stride_ob, stride_oh,
-                       D: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    # grid (B, H): log-sum-exp merge of the NUM_SPLITS partial outputs of one (sequence, head)
+                       stride_ob, stride_oh, num_splits,
+                       D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    # grid (B, H): log-sum-exp merge of the num_splits partial outputs of one (sequence, head)
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
-    smask = s < NUM_SPLITS
+    smask = s < num_splits
     d = tl.arange(0, BLOCK_D)
     lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + s, mask=smask, other=float("-inf"))
     mx = tl.max(lse, axis=0)
@@ -141,13 +141,14 @@ def paged_decode_attention_triton(q, k_cache, v_cache, block_table, seq_lens, sc
     out = torch.empty_like(q) if out is None else out
     block_d = next_pow2(d)
     g = h // hkv
-    meta = dict(G=g, D=d, PAGE=page, NUM_SPLITS=num_splits, BLOCK_G=max(16, next_pow2(g)), BLOCK_N=block_n,
+    meta = dict(G=g, D=d, PAGE=page, BLOCK_G=max(16, next_pow2(g)), BLOCK_N=block_n,
                 BLOCK_D=block_d, num_warps=4)
     qk_scale = scale * math.log2(math.e)
     if num_splits == 1:
         _attn_split_kernel[(b, hkv, 1)](q, k_cache, v_cache, block_table, seq_lens, out, out, out, qk_scale,
                                         q.stride(0), q.stride(1), block_table.stride(0), k_cache.stride(0),
-                                        k_cache.stride(1), 0, 0, 0, 0, 0, out.stride(0), out.stride(1), DIRECT=True, **meta)
+                                        k_cache.stride(1), 0, 0, 0, 0, 0, out.stride(0), out.stride(1), 1,
+                                        DIRECT=True, **meta)
         return out
     # partials [B, H, S, BLOCK_D] fp32 (each normalised by its own sum), lse [B, H, S] fp32 (base 2)
     part = torch.empty((b, h, num_splits, block_d), dtype=torch.float32, device=q.device)
@@ -155,10 +156,11 @@ def paged_decode_attention_triton(q, k_cache, v_cache, block_table, seq_lens, sc
     _attn_split_kernel[(b, hkv, num_splits)](q, k_cache, v_cache, block_table, seq_lens, part, lse, out, qk_scale,
                                              q.stride(0), q.stride(1), block_table.stride(0), k_cache.stride(0),
                                              k_cache.stride(1), part.stride(0), part.stride(1), part.stride(2),
-                                             lse.stride(0), lse.stride(1), out.stride(0), out.stride(1), DIRECT=False, **meta)
+                                             lse.stride(0), lse.stride(1), out.stride(0), out.stride(1), num_splits,
+                                             DIRECT=False, **meta)
     _attn_merge_kernel[(b, h)](part, lse, out, part.stride(0), part.stride(1), part.stride(2), lse.stride(0),
-                               lse.stride(1), out.stride(0), out.stride(1), D=d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
-                               BLOCK_D=block_d, num_warps=4)
+                               lse.stride(1), out.stride(0), out.stride(1), num_splits, D=d,
+                               BLOCK_S=next_pow2(num_splits), BLOCK_D=block_d, num_warps=4)
     return out
 
 
