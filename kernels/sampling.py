@@ -3,7 +3,7 @@
 Exponential race: with E_i ~ Exp(1) i.i.d., argmax_i p_i / E_i is distributed as p (the same trick as gpt-fast's
 multinomial_sample_one_no_sync). In log space this is argmax_i (logit_i / T - log E_i), so the softmax
 normalisation is never needed. Top-p keeps the smallest set of most probable tokens whose mass reaches top_p;
-it is expressed as a per-row cutoff on the scaled logits (keep logit/T >= cutoff), found with one sort.
+it is expressed as a per-row cutoff on the logits (keep logit >= cutoff), found with one sort.
 
 What runs where (on CUDA):
   torch:  the Exp(1) noise [B, V] (from `generator`), and, only when top_p is given, the sort + cumsum that
@@ -21,10 +21,12 @@ import torch
 from kernels._triton import tl, triton, use_triton
 
 
-def top_p_cutoff(scaled: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """scaled [B, V] (logits / T), top_p [B] -> cutoff [B]: keep tokens with scaled >= cutoff (at least one)."""
-    srt, _ = scaled.sort(dim=-1, descending=True)
-    probs = srt.softmax(-1)
+def top_p_cutoff(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] fp32, temperature [B] (> 0), top_p [B] -> cutoff [B] in raw-logit units: keep the tokens
+    with logit >= cutoff, the smallest most-probable set under softmax(logits / T) with mass >= top_p (>= 1 token).
+    The cutoff is a value of `logits` itself, so the keep-test needs no division and is exact in any kernel."""
+    srt, _ = logits.sort(dim=-1, descending=True)
+    probs = (srt / temperature[:, None]).softmax(-1)
     mass_before = probs.cumsum(-1) - probs  # mass of strictly more probable tokens
     n_keep = (mass_before < top_p[:, None].float()).sum(-1).clamp_min(1)  # [B]
     return srt.gather(-1, (n_keep - 1)[:, None]).squeeze(-1)
@@ -43,7 +45,7 @@ def sample_ref(logits, temperature, top_p=None, generator=None, *, noise=None) -
     noise = exp_noise(lf.shape, lf.device, generator) if noise is None else noise
     score = scaled - noise.log()
     if top_p is not None:
-        score = torch.where(scaled >= top_p_cutoff(scaled, top_p)[:, None], score, float("-inf"))
+        score = torch.where(lf >= top_p_cutoff(lf, t[:, 0], top_p)[:, None], score, float("-inf"))
     return torch.where(temperature > 0, score.argmax(-1), greedy)
 
 
@@ -69,10 +71,9 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, cutoff_ptr, val_ptr, idx_ptr
         score = x
         if sampling:  # greedy rows never read the noise
             e = tl.load(noise_ptr + row * stride_n + cols, mask=mask, other=1.0)
-            scaled = x / t
-            score = scaled - tl.log(e)
+            score = tl.math.div_rn(x, t) - tl.log(e)  # IEEE division, as torch's x / t
             if HAS_CUTOFF:
-                score = tl.where(scaled >= cutoff, score, float("-inf"))
+                score = tl.where(x >= cutoff, score, float("-inf"))
         score = tl.where(mask, score, float("-inf"))
         take = score > best  # strict: the earlier index wins ties, like torch.argmax
         best = tl.where(take, score, best)
@@ -89,8 +90,8 @@ def sample_triton(logits, temperature, top_p=None, generator=None, *, noise=None
     assert logits.stride(-1) == 1 and temperature.shape == (b,)
     noise = exp_noise((b, v), logits.device, generator) if noise is None else noise
     cutoff = None
-    if top_p is not None:  # the sort runs in torch; its input is the same scaled logits the kernel recomputes
-        cutoff = top_p_cutoff(logits.float() / temperature.float().clamp_min(1e-5)[:, None], top_p)
+    if top_p is not None:  # the sort runs in torch
+        cutoff = top_p_cutoff(logits.float(), temperature.float().clamp_min(1e-5), top_p)
     if num_splits is None:  # ~2 programs per SM, at least 4 blocks per program
         num_splits = max(1, min(-(-264 // b), -(-v // (4 * block))))
     chunk = -(-v // (num_splits * block)) * block

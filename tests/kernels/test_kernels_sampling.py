@@ -17,18 +17,19 @@ def test_greedy_rows_are_argmax():
 
 def test_top_p_cutoff_matches_plain_sort():
     g = torch.Generator().manual_seed(1)
-    scaled = torch.randn(5, 30, generator=g) * 2
+    logits = torch.randn(5, 30, generator=g) * 2
+    temp = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.7])
     top_p = torch.tensor([0.1, 0.5, 0.9, 1.0, 1e-9])
-    cut = top_p_cutoff(scaled, top_p)
+    cut = top_p_cutoff(logits, temp, top_p)
     for i in range(5):
-        p, idx = scaled[i].softmax(-1).double().sort(descending=True)
+        p, idx = (logits[i] / temp[i]).softmax(-1).double().sort(descending=True)
         kept, mass = [], 0.0  # smallest prefix of most probable tokens whose mass reaches top_p (>= 1 token)
         for pj, j in zip(p.tolist(), idx.tolist()):
             if kept and mass >= top_p[i].item():
                 break
             kept.append(j)
             mass += pj
-        assert set((scaled[i] >= cut[i]).nonzero().flatten().tolist()) == set(kept)
+        assert set((logits[i] >= cut[i]).nonzero().flatten().tolist()) == set(kept)
 
 
 def test_sampled_frequencies_follow_softmax_and_top_p():
