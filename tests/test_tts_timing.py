@@ -1,0 +1,111 @@
+"""Word/phoneme timings: the pure mapping, the espeak word labels, and a Whisper check that words land on time."""
+
+import json
+
+import numpy as np
+import pytest
+
+from agent import models
+from tts.base import WordTiming
+from tts.timing import phoneme_timings, word_timings, words_heard
+
+
+@pytest.fixture(scope="module")
+def phonemizer():
+    from tts.phonemize import Phonemizer
+
+    voice = models.require("piper-joe-medium")
+    return Phonemizer.from_json(json.loads(next(voice.glob("*.onnx.json")).read_text()))
+
+
+@pytest.fixture(scope="module")
+def tts():
+    from tts.torch_backend import TorchPiperTTS
+
+    return TorchPiperTTS(noise_scale=0.0, noise_w=0.0)
+
+
+def words_of(ph):
+    """word index -> its phoneme letters (punctuation, spaces, stress dropped)."""
+    out = {}
+    flat = [p for s in ph.phonemes for p in s]
+    from tts.phonemize import label_phonemes
+
+    for p, w in zip(flat, label_phonemes("en-us", ph.words, flat)):
+        if w >= 0 and p not in "ˈˌ":
+            out.setdefault(w, []).append(p)
+    return {ph.words[w]: "".join(v) for w, v in out.items()}
+
+
+def test_word_timings_pure():
+    # two sentences: ids BOS PAD a PAD b PAD EOS (labels -1 -1 0 0 1 1 -1), then BOS PAD c PAD EOS
+    words = ["one", "two", "three", "—"]
+    id_word = [[-1, -1, 0, 0, 1, 1, -1], [-1, -1, 2, 2, -1]]
+    samples = [[256, 0, 512, 256, 768, 0, 256], [0, 256, 256, 512, 256]]
+    got = word_timings(words, id_word, samples)
+    assert got == [WordTiming("one", 256, 1024), WordTiming("two", 1024, 1792), WordTiming("three", 2304, 3072),
+                   WordTiming("—", 3072, 3072)]
+    ph = phoneme_timings([["a", "b"], ["c"]], [[-1, -1, 0, 0, 1, 1, -1], [-1, -1, 0, 0, -1]], samples)
+    assert [(p.phoneme, p.start, p.end) for p in ph] == [("a", 256, 1024), ("b", 1024, 1792), ("c", 2304, 3072)]
+
+
+def test_words_heard():
+    ws = [WordTiming("a", 0, 100), WordTiming("b", 100, 300), WordTiming("c", 300, 400)]
+    assert [w.word for w in words_heard(ws, 0)] == []
+    assert [w.word for w in words_heard(ws, 150)] == ["a"]
+    assert [w.word for w in words_heard(ws, 200)] == ["a", "b"]
+    assert [w.word for w in words_heard(ws, 10_000)] == ["a", "b", "c"]
+
+
+def test_labels_handle_merges_numbers_and_punctuation(phonemizer):
+    ph = phonemizer("What's the time of the day?")  # espeak merges "of the" into one phoneme word
+    got = words_of(ph)
+    assert got["of"] == "ʌv" and got["day?"] == "dˈeɪ".replace("ˈ", "")
+    ph = phonemizer("I owe you $25, Dr. Smith!")  # number + symbol expand; "Dr." ends an espeak sentence
+    assert len(ph.ids) == 2
+    got = words_of(ph)
+    assert "dˈɑːlɚ".replace("ˈ", "") in got["$25,"] and "twɛnti" in got["$25,"]
+    assert got["Dr."].startswith("dɑːktɚ") and got["Smith!"] == "smɪθ"
+    ph = phonemizer("It's a test — isn't it?")  # a token with no sound, and "a" spoken differently alone
+    got = words_of(ph)
+    assert "—" not in got and got["a"] == "ɐ"
+
+
+@pytest.mark.parametrize("text", ["Hello world, how are you today?",
+                                  "On May 5th, 2024, Dr. Jones paid $1,250 for 3 tickets... really?"])
+def test_timings_monotonic_and_cover_audio(tts, text):
+    audio, words = tts.synthesize_full(text)
+    assert [w.word for w in words] == text.split()
+    assert all(0 <= w.start <= w.end for w in words)
+    assert all(a.end <= b.start for a, b in zip(words, words[1:]))
+    assert words[-1].end <= len(audio)
+    voiced = sum(w.end - w.start for w in words)
+    assert voiced >= 0.6 * len(audio)  # the words cover the speech; silence only at edges and pauses
+    # the audio inside the word spans carries the energy
+    inside = np.zeros(len(audio), bool)
+    for w in words:
+        inside[w.start:w.end] = True
+    assert np.sum(audio[inside] ** 2) >= 0.9 * np.sum(audio ** 2)
+
+
+def test_words_land_where_whisper_hears_them(tts):
+    """Synthesize a list of words; Whisper tiny.en's word timestamps fall inside the predicted spans."""
+    from faster_whisper import WhisperModel
+
+    from agent.audio import resample
+    from asr.wer import normalize
+
+    text = "Apple, window, seven, purple, mountain, coffee, tiger, pencil, river, orange."
+    audio, words = tts.synthesize_full(text)
+    audio16 = resample(audio, 22050, 16000)
+    model = WhisperModel(str(models.require("whisper-tiny.en")), device="cpu", compute_type="int8")
+    segments, _ = model.transcribe(audio16, language="en", beam_size=1, word_timestamps=True)
+    heard = [(normalize(w.word), w.start, w.end) for s in segments for w in s.words]
+    predicted = {normalize(w.word)[0]: (w.start / 22050, w.end / 22050) for w in words}
+    hits = 0
+    for (word,), start, end in [(h[0], h[1], h[2]) for h in heard if len(h[0]) == 1]:
+        if word in predicted:
+            p0, p1 = predicted[word]
+            mid = (start + end) / 2
+            hits += p0 - 0.15 <= mid <= p1 + 0.15
+    assert hits >= 8, (heard, predicted)

@@ -1,0 +1,127 @@
+"""Torch VITS (tts/vits.py) against the Piper voice in onnxruntime: loader, parity, streaming seams, batching."""
+
+import numpy as np
+import pytest
+import torch
+
+from agent import models
+from tts.piper_weights import VoiceFiles, load_state, onnx_state, synthetic_vits
+from tts.stream import plan_windows
+from tts.vits import Generator, Vits, VitsConfig
+
+
+@pytest.fixture(scope="module")
+def voice_dir():
+    return models.require("piper-joe-medium")
+
+
+@pytest.fixture(scope="module")
+def tts(voice_dir):
+    from tts.torch_backend import TorchPiperTTS
+
+    return TorchPiperTTS(voice_dir, noise_scale=0.0, noise_w=0.0)
+
+
+@pytest.fixture(scope="module")
+def ort_session(voice_dir):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(VoiceFiles.find(voice_dir).onnx), providers=["CPUExecutionProvider"])
+
+
+def ort_audio(session, ids):
+    out = session.run(None, {"input": np.array([ids], np.int64), "input_lengths": np.array([len(ids)], np.int64),
+                             "scales": np.array([0.0, 1.0, 0.0], np.float32)})[0]
+    return out.reshape(-1)
+
+
+def snr_db(ref, x):
+    return 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / max(np.sum((ref.astype(np.float64) - x) ** 2), 1e-30))
+
+
+def test_loader_maps_every_initializer(voice_dir):
+    import onnx
+
+    files = VoiceFiles.find(voice_dir)
+    state, constants = onnx_state(files.onnx)
+    n_init = len(onnx.load(str(files.onnx), load_external_data=False).graph.initializer)
+    assert len(state) + len(constants) == n_init  # every initializer is a weight or a small graph constant
+    model = Vits(VitsConfig())
+    assert set(state) == set(model.state_dict())  # no model tensor left unset, no weight left over
+    assert not any(name.startswith(("enc_p", "dp.", "flow", "dec", "sid", "onnx::Conv")) for name in constants)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        load_state(model, state)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(before)
+    # the folded exp(-logs) came back as logs
+    assert torch.allclose(torch.exp(-model.dp.flows["0"].logs), torch.tensor([[0.9785079], [1.051145]]), atol=1e-6)
+
+
+def test_loader_rejects_unknown_and_missing():
+    model = Vits(VitsConfig())
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    with pytest.raises(KeyError):
+        load_state(model, {**state, "dec.extra.weight": np.zeros(1, np.float32)})
+    state.pop("dec.conv_post.weight")
+    with pytest.raises(KeyError):
+        load_state(model, state)
+
+
+@pytest.mark.parametrize("text", ["Hello world, how are you today?",
+                                  "Call me at 555-1234 before 10 a.m. on Friday!"])
+def test_parity_with_onnxruntime(tts, ort_session, text):
+    ph = tts.phonemize(text)
+    audio, _ = tts.synthesize_full(ph)
+    ref = np.concatenate([ort_audio(ort_session, ids) for ids in ph.ids])
+    assert audio.shape == ref.shape
+    assert np.abs(audio - ref).max() <= 1e-3
+
+
+def test_chunked_equals_whole(tts):
+    text = "Streaming should not leave any seams between the chunks of a phrase."
+    (p,) = tts.prepare([text])
+    with torch.inference_mode():
+        whole = np.concatenate([tts.dec(z[None])[0].numpy() for z in p.latents])
+    small = type(tts)(model=tts.model, voice_json=None, noise_scale=0.0, noise_w=0.0, chunk_frames=9,
+                      first_chunk_frames=4)
+    chunks = list(small.synthesize(p.phonemized))
+    assert len(chunks) > 10 and chunks[-1].last and not any(c.last for c in chunks[:-1])
+    assert [c.offset for c in chunks] == list(np.cumsum([0] + [len(c.audio) for c in chunks[:-1]]))
+    assert snr_db(whole, np.concatenate([c.audio for c in chunks])) >= 40.0
+    # too little context makes seams audible: the test can fail
+    blind = type(tts)(model=tts.model, voice_json=None, noise_scale=0.0, noise_w=0.0, chunk_frames=9,
+                      first_chunk_frames=4, context_frames=0)
+    assert snr_db(whole, np.concatenate([c.audio for c in blind.synthesize(p.phonemized)])) < 40.0
+
+
+def test_batch_matches_single(tts):
+    texts = ["Good morning.", "The quick brown fox jumps over the lazy dog.", "Yes?"]
+    single = [np.concatenate([c.audio for c in tts.synthesize(t)]) for t in texts]
+    got = {i: [] for i in range(len(texts))}
+    order = []
+    for i, chunk in tts.synthesize_batch(texts):
+        got[i].append(chunk)
+        order.append(i)
+    assert sorted(order[:3]) == [0, 1, 2]  # every session's first chunk comes in the first round
+    for i, t in enumerate(texts):
+        assert got[i][-1].last
+        assert snr_db(single[i], np.concatenate([c.audio for c in got[i]])) >= 40.0
+
+
+def test_windows_cover_and_context():
+    for n in (1, 5, 16, 17, 100):
+        ws = plan_windows(n, 7, 3, first_chunk_frames=2)
+        assert ws[0].start == 0 and ws[-1].end == n
+        assert all(a.end == b.start for a, b in zip(ws, ws[1:]))
+        assert all(w.lo == max(0, w.start - 3) and w.hi == min(n, w.end + 3) for w in ws)
+    assert Generator.context_frames(VitsConfig()) >= 11
+
+
+def test_synthetic_model_runs_and_has_sane_durations():
+    model = synthetic_vits(seed=0)
+    ids = torch.randint(3, 150, (2, 30))
+    with torch.inference_mode():
+        audio, dur = model(ids, torch.tensor([30, 20]), noise_scale=0.0, noise_w=0.0)
+    assert torch.isfinite(audio).all() and audio.abs().max() <= 1.0
+    assert (dur[1, 20:] == 0).all() and (dur[0] >= 1).all() and 2 <= dur[0].float().mean() <= 12
