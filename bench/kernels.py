@@ -2,7 +2,8 @@
 
 For each kernel and real shape (Llama-3.1-8B, Llama-3.2-1B; bf16): the Triton output against the reference
 (relative error, or exact ids for sampling), the Triton time and the eager torch reference's time (median of
-triton.testing.do_bench, L2 flushed between calls), and achieved GB/s = the fewest bytes the op must move
+triton.testing.do_bench, L2 flushed between calls), the Triton time per call inside a CUDA graph (how the engine
+runs decode: no launch gaps), a tuning sweep for attention, and achieved GB/s = the fewest bytes the op must move
 (each input read once, each output written once) / time, against a device-to-device copy measured in this run.
 
     python -m bench.kernels            # writes bench/results/kernels_<gpu>.json (or $QUICKTURN_RESULTS)
@@ -39,12 +40,44 @@ ROWS = [1, 8, 64, 512]  # decode batches, and one 512-token prefill chunk
 BATCHES = [1, 8, 32, 64]
 CONTEXTS = [512, 4096, 16384]
 PAGE = 16
+SWEEP = {(1, 512), (1, 4096), (1, 16384), (8, 4096), (64, 4096)}  # (B, ctx) where attention variants are timed
 
 
 def bench_ms(fn, warmup=10, rep=40) -> float:
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def graph_us(calls, replays: int = 10) -> float:
+    """Per-call GPU time of `calls` (each on its own inputs) captured back to back in one CUDA graph: no launch
+    overhead, as in the engine's decode graphs. Inputs rotate over >= 128 MB where they are small (see copies())."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up / compile outside the capture
+        for c in calls:
+            c()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for c in calls:
+            c()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2] * 1e3 / len(calls)
+
+
+def copies(nbytes: int) -> int:
+    """How many input sets a graph rotates over so that together they exceed the 50 MB L2 (at most 64)."""
+    return int(min(64, max(1, math.ceil(128e6 / max(1, nbytes)))))
 
 
 def rel_err(a, b) -> float:
@@ -54,11 +87,16 @@ def rel_err(a, b) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def row(copy_gbps, nbytes, t_triton_ms, t_torch_ms, **kw) -> dict:
+def row(copy_gbps, nbytes, t_triton_ms, t_torch_ms, t_graph_us=None, **kw) -> dict:
+    """triton_*: do_bench (one launch per call, L2 flushed); graph_*: CUDA-graph replay (no launch gaps)."""
     gbps = nbytes / t_triton_ms / 1e6
-    return dict(kw, bytes=int(nbytes), triton_us=round(t_triton_ms * 1e3, 2), torch_us=round(t_torch_ms * 1e3, 2),
-                triton_GBps=round(gbps, 1), pct_copy=round(100 * gbps / copy_gbps, 1),
-                torch_GBps=round(nbytes / t_torch_ms / 1e6, 1), speedup_vs_torch=round(t_torch_ms / t_triton_ms, 2))
+    r = dict(kw, bytes=int(nbytes), triton_us=round(t_triton_ms * 1e3, 2), torch_us=round(t_torch_ms * 1e3, 2),
+             triton_GBps=round(gbps, 1), pct_copy=round(100 * gbps / copy_gbps, 1),
+             torch_GBps=round(nbytes / t_torch_ms / 1e6, 1), speedup_vs_torch=round(t_torch_ms / t_triton_ms, 2))
+    if t_graph_us is not None:
+        g = nbytes / t_graph_us / 1e3
+        r.update(graph_us=round(t_graph_us, 2), graph_GBps=round(g, 1), graph_pct_copy=round(100 * g / copy_gbps, 1))
+    return r
 
 
 def copy_bandwidth() -> float:
@@ -82,8 +120,10 @@ def bench_rmsnorm(copy_gbps):
             err = max(rel_err(got[0], want[0]), rel_err(got[1], want[1]))
             t = bench_ms(lambda: rmsnorm_triton(x, w, 1e-5, res, out=o, new_residual=nr))
             tr = bench_ms(lambda: rmsnorm_ref(x, w, 1e-5, res))
-            out.append(row(copy_gbps, 4 * n * d * 2 + d * 2, t, tr, model=name, N=n, D=d, rel_err=err,
-                           ok=err < 1e-2))
+            nbytes = 4 * n * d * 2 + d * 2
+            sets = [[torch.randn(n, d, device=DEV, dtype=DT) for _ in range(4)] for _ in range(copies(nbytes))]
+            tg = graph_us([lambda a=a: rmsnorm_triton(a[0], w, 1e-5, a[1], out=a[2], new_residual=a[3]) for a in sets])
+            out.append(row(copy_gbps, nbytes, t, tr, tg, model=name, N=n, D=d, rel_err=err, ok=err < 1e-2))
     return out
 
 
@@ -97,7 +137,11 @@ def bench_silu(copy_gbps):
             err = rel_err(silu_and_mul_triton(x, out=o), silu_and_mul_ref(x))
             t = bench_ms(lambda: silu_and_mul_triton(x, out=o))
             tr = bench_ms(lambda: silu_and_mul_ref(x))
-            out.append(row(copy_gbps, 3 * n * i * 2, t, tr, model=name, N=n, I=i, rel_err=err, ok=err < 1e-2))
+            nbytes = 3 * n * i * 2
+            sets = [(torch.randn(n, 2 * i, device=DEV, dtype=DT), torch.empty(n, i, device=DEV, dtype=DT))
+                    for _ in range(copies(nbytes))]
+            tg = graph_us([lambda a=a: silu_and_mul_triton(a[0], out=a[1]) for a in sets])
+            out.append(row(copy_gbps, nbytes, t, tr, tg, model=name, N=n, I=i, rel_err=err, ok=err < 1e-2))
     return out
 
 
@@ -125,7 +169,11 @@ def bench_rope(copy_gbps):
             t = bench_ms(lambda: rope_write_kv_triton(q, k, v, pos, cos, sin, kc, vc, slots, out=o))
             tr = bench_ms(lambda: rope_write_kv_ref(q, k, v, pos, cos, sin, kc2, vc2, slots.long()))
             nbytes = 2 * (t_ * h * d * 2 + 2 * t_ * hkv * d * 2) + t_ * d * 4 + t_ * 8
-            out.append(row(copy_gbps, nbytes, t, tr, model=name, T=t_, rel_err=err, ok=err < 1e-2 and same_nan))
+            sets = [(torch.randn_like(q), torch.randn_like(k), torch.randn_like(v), torch.empty_like(q),
+                     torch.randperm(pages * PAGE, device=DEV)[:t_].int()) for _ in range(copies(nbytes))]
+            tg = graph_us([lambda a=a: rope_write_kv_triton(a[0], a[1], a[2], pos, cos, sin, kc, vc, a[4], out=a[3])
+                           for a in sets])
+            out.append(row(copy_gbps, nbytes, t, tr, tg, model=name, T=t_, rel_err=err, ok=err < 1e-2 and same_nan))
     return out
 
 
@@ -155,11 +203,40 @@ def bench_attention(copy_gbps):
                     if splits > 1 else t
                 tr = bench_ms(lambda: paged_decode_attention_ref(q, kc, vc, bt, lens, scale), rep=20)
                 nbytes = int(lens.sum()) * hkv * d * 2 * 2 + 2 * b * h * d * 2 + bt.numel() * 4
-                r = row(copy_gbps, nbytes, t, tr, model=name, B=b, ctx=ctx, num_splits=splits, rel_err=err,
+                del want
+                # graph timing: `c` calls over disjoint random pages of one pool (cold KV, as in real decode)
+                c = copies(nbytes)
+                if c > 1:
+                    del kc, vc
+                    kc = torch.randn(c * pool, PAGE, hkv, d, device=DEV, dtype=DT)
+                    vc = torch.randn(c * pool, PAGE, hkv, d, device=DEV, dtype=DT)
+                bts = torch.randperm(c * pool, device=DEV).view(c, b, n_pages_seq).int()
+                qs = torch.randn(c, b, h, d, device=DEV, dtype=DT)
+                os_ = torch.empty_like(qs)
+
+                def calls(**kw):
+                    return [lambda i=i: paged_decode_attention_triton(qs[i], kc, vc, bts[i], lens, scale, out=os_[i],
+                                                                      **kw) for i in range(c)]
+
+                tg = graph_us(calls())
+                r = row(copy_gbps, nbytes, t, tr, tg, model=name, B=b, ctx=ctx, num_splits=splits, rel_err=err,
                         ok=err < 1e-2)
                 r["no_split_us"] = round(t1 * 1e3, 2)
+                if (b, ctx) in SWEEP:  # tuning sweep, graph-timed, same inputs
+                    r["sweep_graph_us"] = sweep = {}
+                    variants = {f"block_n={bn},warps={nw}": dict(block_n=bn, num_warps=nw)
+                                for bn, nw in [(32, 4), (64, 4), (128, 4), (32, 8), (64, 8), (128, 8)]}
+                    variants.update({f"splits={sp}": dict(num_splits=sp)
+                                     for sp in sorted({max(1, splits // 2), 2 * splits, 4 * splits})})
+                    variants.update({f"stages={st}": dict(num_stages=st) for st in (1, 2, 4)})
+                    for key, kw in variants.items():
+                        try:
+                            sweep[key] = round(graph_us(calls(**kw)), 2)
+                        except Exception as e:  # e.g. out of shared memory for a large tile
+                            sweep[key] = repr(e)[:120]
+                            torch.cuda.synchronize()
                 out.append(r)
-                del kc, vc, want
+                del kc, vc, qs, os_
                 torch.cuda.empty_cache()
     return out
 
@@ -184,10 +261,17 @@ def bench_sampling(copy_gbps):
         t_full_tp = bench_ms(lambda: sample_triton(logits, temp, top_p, generator=g))
         t_ref = bench_ms(lambda: sample_ref(logits, temp, None, generator=g))
         t_ref_tp = bench_ms(lambda: sample_ref(logits, temp, top_p, generator=g))
-        r = row(copy_gbps, kernel_bytes, t_kernel, t_ref, B=b, V=VOCAB, id_mismatches=mism, ok=mism == 0)
+        sets = [(4 * torch.randn(b, VOCAB, device=DEV), exp_noise((b, VOCAB), DEV))
+                for _ in range(copies(kernel_bytes))]
+        tg = graph_us([lambda a=a: sample_triton(a[0], temp, None, noise=a[1]) for a in sets])
+        tg_full = graph_us([lambda a=a: sample_triton(a[0], temp, None) for a in sets])
+        tg_full_tp = graph_us([lambda a=a: sample_triton(a[0], temp, top_p) for a in sets])
+        r = row(copy_gbps, kernel_bytes, t_kernel, t_ref, tg, B=b, V=VOCAB, id_mismatches=mism, ok=mism == 0)
+        r.update(sample_graph_us=round(tg_full, 2), sample_top_p_graph_us=round(tg_full_tp, 2))
         r.update(sample_us=round(t_full * 1e3, 2), sample_top_p_us=round(t_full_tp * 1e3, 2),
                  ref_top_p_us=round(t_ref_tp * 1e3, 2),
-                 note="triton_us: fused pass only (noise given); torch_us: reference, noise drawn inside")
+                 note="triton_us/graph_us: fused pass + final argmax (noise given); sample_*: whole sample() "
+                      "with noise drawn (default generator in graphs); torch_us: reference, noise drawn inside")
         out.append(r)
     return out
 
@@ -201,7 +285,9 @@ def main():
     copy = copy_bandwidth()
     print(f"copy bandwidth {copy:.0f} GB/s", flush=True)
     res = result_header(torch=torch.__version__, triton=triton.__version__, dtype="bfloat16", copy_GBps=round(copy, 1),
-                        timing="triton.testing.do_bench median (L2 flushed between calls); eager torch references",
+                        timing="triton_us/torch_us: triton.testing.do_bench median, L2 flushed between calls, includes "
+                        "host launch gaps where the host is slower than the GPU; graph_us: per call in a CUDA graph "
+                        "of calls over rotating inputs (>=128 MB together, or 64 sets); torch = eager references",
                         bytes="fewest bytes each op must move: inputs read once, outputs written once")
     for name, fn in [("rmsnorm_residual", bench_rmsnorm), ("silu_and_mul", bench_silu), ("rope_write_kv", bench_rope),
                      ("paged_decode_attention", bench_attention), ("sampling", bench_sampling)]:
@@ -212,8 +298,8 @@ def main():
             traceback.print_exc()
             res[name] = {"error": repr(e)}
         print(f"{name}: {time.time() - t1:.1f}s", flush=True)
-    res["wall_s"] = round(time.time() - t0, 1)
-    path = write_result(f"kernels_{gpu_tag()}.json", res)
+        res["wall_s"] = round(time.time() - t0, 1)
+        path = write_result(f"kernels_{gpu_tag()}.json", res)  # after each kernel: a timeout keeps the rest
     print(f"wrote {path}")
     for name, rows in res.items():
         if isinstance(rows, list):
@@ -221,8 +307,11 @@ def main():
             for r in rows:
                 keys = [k for k in ("model", "N", "T", "B", "ctx", "num_splits") if k in r]
                 print(" ".join(f"{k}={r[k]}" for k in keys), f"ok={r['ok']} tri={r['triton_us']}us "
-                      f"{r['triton_GBps']}GB/s ({r['pct_copy']}%) torch={r['torch_us']}us x{r['speedup_vs_torch']}",
-                      r.get("sample_us", ""), r.get("no_split_us", ""))
+                      f"({r['pct_copy']}%) graph={r.get('graph_us')}us ({r.get('graph_pct_copy')}%) "
+                      f"torch={r['torch_us']}us", r.get("sample_graph_us", ""), r.get("sample_top_p_graph_us", ""),
+                      r.get("no_split_us", ""))
+                if "sweep_graph_us" in r:
+                    print("   sweep:", r["sweep_graph_us"])
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def choose_num_splits(batch: int, n_kv_heads: int, max_len: int, num_sms: int = 
 
 
 def paged_decode_attention_triton(q, k_cache, v_cache, block_table, seq_lens, scale, num_splits=None, *,
-                                  out=None, block_n: int = 64):
+                                  out=None, block_n: int = 64, num_warps: int = 4, num_stages: int | None = None):
     b, h, d = q.shape
     _, page, hkv, dk = k_cache.shape
     assert dk == d and h % hkv == 0 and v_cache.shape == k_cache.shape
@@ -142,7 +142,9 @@ def paged_decode_attention_triton(q, k_cache, v_cache, block_table, seq_lens, sc
     block_d = next_pow2(d)
     g = h // hkv
     meta = dict(G=g, D=d, PAGE=page, BLOCK_G=max(16, next_pow2(g)), BLOCK_N=block_n,
-                BLOCK_D=block_d, num_warps=4)
+                BLOCK_D=block_d, num_warps=num_warps)
+    if num_stages is not None:
+        meta["num_stages"] = num_stages
     qk_scale = scale * math.log2(math.e)
     if num_splits == 1:
         _attn_split_kernel[(b, hkv, 1)](q, k_cache, v_cache, block_table, seq_lens, out, out, out, qk_scale,
