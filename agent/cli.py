@@ -187,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .audio import AudioError
     from .config import ConfigError
+    from .mic import AudioDeviceError
     from .models import ModelError
 
     try:
         return args.fn(args) or 0
-    except (ModelError, ConfigError, AudioError, FileNotFoundError) as e:
+    except (ModelError, ConfigError, AudioError, AudioDeviceError, FileNotFoundError) as e:
         print(f"quickturn: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -48,6 +48,14 @@ class ReplyDone:
 
 
 @dataclass
+class ReplyTruncated:
+    """After a barge-in: the history keeps only `text`, the part of the reply the listener heard."""
+    text: str
+    turn: int
+    played_samples: int
+
+
+@dataclass
 class Flush:
     """Barge-in: drop every reply sample not yet played."""
     turn: int
@@ -69,5 +77,5 @@ class ErrorEvent:
     fatal: bool = False
 
 
-Event = (SpeechStarted | SpeechStopped | TranscriptEvent | ReplyDelta | ReplyAudio | ReplyDone | Flush
+Event = (SpeechStarted | SpeechStopped | TranscriptEvent | ReplyDelta | ReplyAudio | ReplyDone | ReplyTruncated | Flush
          | TurnLatency | ErrorEvent)

@@ -19,12 +19,23 @@ class ChatLLM:
         self.prefix = None  # the system prompt's pages, prefilled once and shared by every session
 
     @classmethod
-    def load(cls, cfg: LLMConfig, path: Path) -> "ChatLLM":
-        from llm.loader import load_chat_engine
+    def load(cls, cfg: LLMConfig, path: Path, max_sessions: int = 8) -> "ChatLLM":
+        import torch
 
-        engine, chat, tokenizer = load_chat_engine(path, device=cfg.device, dtype=cfg.dtype,
-                                                   max_context_tokens=cfg.max_context_tokens, threads=cfg.threads)
-        return cls(engine, chat, tokenizer, cfg)
+        from llm.chat import ChatFormat
+        from llm.engine import Engine
+        from llm.tokenizer import load_tokenizer
+        from llm.weights import load_model
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        dtype = getattr(torch, cfg.dtype)
+        model = load_model(path, device=cfg.device, dtype=dtype)
+        tokenizer = load_tokenizer(path)
+        page_size = 16
+        num_pages = max(64, cfg.max_context_tokens * max_sessions // page_size)
+        engine = Engine(model, tokenizer, num_pages=num_pages, page_size=page_size, device=cfg.device, dtype=dtype)
+        return cls(engine, ChatFormat.from_tokenizer(tokenizer), tokenizer, cfg)
 
     def new_session(self) -> "ChatSession":
         if self.prefix is None and self.system_ids:
@@ -70,7 +81,9 @@ class ChatSession:
     def generate_reply(self) -> Iterator[int]:
         """Reply tokens, stop token excluded. Each is fed to the cache before the next is produced."""
         c = self.llm.cfg
-        sampling = {"temperature": c.temperature, "top_p": c.top_p}
+        from llm.engine import Sampling
+
+        sampling = Sampling(temperature=c.temperature, top_p=c.top_p)
         for tok in self.s.generate(c.max_new_tokens, sampling, stop_ids=self.llm.chat.stop_ids):
             if tok in self.llm.chat.stop_ids:
                 return

@@ -23,6 +23,7 @@ class TurnResult:
     audio: list[np.ndarray] = field(default_factory=list)
     latency: ev.TurnLatency | None = None
     interrupted: bool = False
+    kept: str | None = None  # after a barge-in: the part of the reply the history keeps
     first_audio_at: float | None = None  # monotonic time the first reply audio arrived
 
     @property
@@ -53,6 +54,9 @@ async def _pump(session: Session, results: dict[int, TurnResult], log: list, don
         elif isinstance(e, ev.ReplyDone):
             r = results.setdefault(e.turn, TurnResult())
             r.reply, r.interrupted = e.text, e.interrupted
+        elif isinstance(e, ev.ReplyTruncated):
+            r = results.setdefault(e.turn, TurnResult())
+            r.interrupted, r.kept = True, e.text
         elif isinstance(e, ev.TurnLatency):
             results.setdefault(e.turn, TurnResult()).latency = e
             done.set()

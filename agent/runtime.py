@@ -35,6 +35,9 @@ class Runtime:
     def load(cls, config: Config, log_fn=None) -> "Runtime":
         """Load every model the config names. Raises ModelError (naming the file) when one is missing."""
         say = log_fn or (lambda m: log.info(m))
+        for ref, role in ((config.vad.model, "VAD"), (config.asr.model, "ASR"), (config.llm.model, "LLM"),
+                          (config.tts.voice, "TTS")):
+            resolve_model(ref, role)  # every file is there before anything slow starts
         times: dict[str, float] = {}
 
         def timed(name, fn):
@@ -114,4 +117,4 @@ def load_tts(config: Config):
 def load_llm(config: Config):
     from .llm_adapter import ChatLLM
 
-    return ChatLLM.load(config.llm, resolve_model(config.llm.model, "LLM"))
+    return ChatLLM.load(config.llm, resolve_model(config.llm.model, "LLM"), config.server.max_sessions)

@@ -109,6 +109,8 @@ def event_to_json(e) -> dict:
             return {"type": "reply_delta", "text": e.text, "turn": e.turn}
         case ev.ReplyDone():
             return {"type": "reply_done", "text": e.text, "turn": e.turn, "interrupted": e.interrupted}
+        case ev.ReplyTruncated():
+            return {"type": "reply_truncated", "text": e.text, "turn": e.turn, "played_samples": e.played_samples}
         case ev.Flush():
             return {"type": "flush", "turn": e.turn, "played_samples": e.played_samples}
         case ev.TurnLatency():

@@ -63,7 +63,9 @@ class Reply:
     spans: list[tuple[int, int, int]] = field(default_factory=list)
     words: list[tuple[str, int, int, int]] = field(default_factory=list)  # (word, phrase, start, end) samples
     samples: int = 0
-    cancelled: bool = False
+    cancelled: bool = False  # stop generating / synthesizing
+    interrupted: bool = False  # barge-in
+    committed: bool = False  # the reply is closed in the KV cache and the history
     generating: bool = True
     task: asyncio.Task | None = None
 
@@ -235,8 +237,7 @@ class Session:
                 await tts_task
             except asyncio.CancelledError:
                 pass
-            if not r.cancelled:
-                await self._commit(r, r.tokens, r.text, interrupted=False)
+            await self._commit(r)
 
     def _phrase_ready(self, r: Reply, phrase: Phrase, tts_q: asyncio.Queue) -> None:
         r.trace.mark("first_phrase")
@@ -279,16 +280,16 @@ class Session:
             return self.llm.replay(self.history + [{"role": "user", "content": text}])
         return self.llm.add_user(text)
 
-    async def _commit(self, r: Reply, tokens: list[int], text: str, interrupted: bool) -> None:
-        """Close the assistant message in the KV cache and the history, and report the turn."""
-        if self.llm is not None and r.tokens is not None and "transcript" in r.trace.info:
-            await self.rt.run(self.rt.llm_pool, self.llm.end_reply, list(tokens))
+    async def _commit(self, r: Reply) -> None:
+        """Close the assistant message (everything generated) in the KV cache and the history; report the turn."""
+        text = r.text.strip()
+        if self.llm is not None and "transcript" in r.trace.info and not self.closed:
+            await self.rt.run(self.rt.llm_pool, self.llm.end_reply, list(r.tokens))
             self.history.append({"role": "user", "content": r.trace.info["transcript"]})
-            self.history.append({"role": "assistant", "content": text.strip()})
-        r.trace.info["reply"] = text.strip()
-        if interrupted:
-            r.trace.info["interrupted"] = True
-        self._emit(ev.ReplyDone(text.strip(), r.turn, interrupted, r.text.strip()))
+            self.history.append({"role": "assistant", "content": text})
+            r.committed = True
+        r.trace.info["reply"] = text
+        self._emit(ev.ReplyDone(text, r.turn, r.cancelled, text))
         self.traces.append(r.trace)
         self._emit(ev.TurnLatency(r.turn, r.trace.relative_ms(), r.trace.v2v_ms(), dict(r.trace.info)))
         if path := self.cfg.pipeline.trace_log:
@@ -298,23 +299,27 @@ class Session:
     async def _barge_in(self) -> None:
         """The user spoke over the reply: stop it, keep in the history only what was played, flush the client."""
         r = self.reply
-        if r is None or r.cancelled:
+        if r is None or r.interrupted:
             return
         played = self.playback.played()
-        r.cancelled = True
+        r.cancelled = r.interrupted = True
         if r.task is not None:
             try:
                 await r.task
             except BaseException:
                 pass
         self._emit(ev.Flush(r.turn, played))
+        self.playback.reset()
         # phrase granularity: phrases whose audio was played to the end
         done = {i for i, a, b in r.spans if b <= played}
         kept = [p for p in r.phrases if p.index in done]
         n_tok = kept[-1].token_end if kept else 0
         text = " ".join(p.text for p in kept)
-        self.playback.reset()
-        await self._commit(r, r.tokens[:n_tok], text, interrupted=True)
+        if r.committed:
+            await self.rt.run(self.rt.llm_pool, self.llm.end_reply, r.tokens[:n_tok])
+            self.history[-1] = {"role": "assistant", "content": text}
+        r.trace.info["interrupted_at_sample"] = played
+        self._emit(ev.ReplyTruncated(text, r.turn, played))
 
     # ---------------------------------------------------------------------------------------------- utils
     def _emit(self, event) -> None:

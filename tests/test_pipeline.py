@@ -1,0 +1,142 @@
+"""The whole CPU pipeline with the real embedded-default models, on real speech."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from conftest import dev_set
+
+from agent import events as ev
+from agent.audio import INTERNAL_RATE, load_audio, resample
+from agent.config import Config
+from agent.offline import converse
+from agent.runtime import Runtime
+from agent.session import Session
+from asr.wer import wer, word_match
+
+
+@pytest.fixture(scope="module")
+def rt():
+    cfg = Config.load("cpu")
+    cfg.llm.max_new_tokens = 40
+    runtime = Runtime.load(cfg)
+    yield runtime
+    runtime.close()
+
+
+def test_asr_dev_set_wer_tiny_en(rt, speech):
+    rows = dev_set()
+    hyps = [rt.asr.transcribe(load_audio(speech / r["file"])) for r in rows]
+    score = wer([r["reference"] for r in rows], hyps)
+    print(f"tiny.en WER on {len(rows)} dev clips: {score:.3f}")
+    assert score <= 0.10
+
+
+def test_pipeline_reply_audio_says_the_reply_text(rt, speech):
+    conv = asyncio.run(converse(rt, [load_audio(speech / "speechbrain_harvard/spk1_snt5.wav")]))
+    assert len(conv.turns) == 1
+    turn = conv.turns[0]
+    assert word_match("Sunday is the best part of the week.", turn.transcript) >= 0.8
+    assert turn.reply and not turn.interrupted
+    heard = rt.asr.transcribe(resample(turn.reply_audio, rt.tts.sample_rate, INTERNAL_RATE))
+    assert word_match(turn.reply, heard) >= 0.85, (turn.reply, heard)
+    lat = turn.latency
+    for stage in ("endpoint", "transcript", "llm_first_token", "first_phrase", "tts_first_audio", "audio_sent"):
+        assert stage in lat.ms, stage
+    stages = [lat.ms[s] for s in ("endpoint", "transcript", "llm_first_token", "first_phrase", "tts_first_audio")]
+    assert stages == sorted(stages) and lat.v2v_ms > 0
+    # the first audio left before the whole reply was generated when the reply has several phrases
+    kinds = [type(e).__name__ for e in conv.events]
+    assert kinds.index("ReplyAudio") < kinds.index("ReplyDone")
+
+
+def test_multi_turn_prefills_only_new_tokens(rt, speech):
+    clips = [load_audio(speech / "pocketsphinx_misc/goforward.wav"), load_audio(speech / "pocketsphinx_cards/001.wav")]
+    conv = asyncio.run(converse(rt, clips))
+    assert len(conv.turns) == 2
+    s = conv.session
+    t1, t2 = conv.turns
+    chat = rt.llm.chat
+    n2 = len(chat.user_turn_ids(t2.transcript))
+    # turn 2 prefilled exactly its user message (+ assistant header), not the history before it
+    assert t2.latency.info["prefill_tokens"] == n2
+    assert s.llm.s.stats.last_append_tokens <= n2 + len(chat.end_of_reply_ids())
+    # and the cache holds exactly the conversation: system, user 1, reply 1, user 2, reply 2
+    expect = list(rt.llm.system_ids)
+    for m in s.history:
+        if m["role"] == "user":
+            expect += chat.user_turn_ids(m["content"])
+    assert s.llm.n_tokens > len(expect)  # replies are in there too
+    assert s.llm.s.tokens[: len(rt.llm.system_ids)] == rt.llm.system_ids
+    asyncio.run(s.close())
+
+
+def test_baseline_reprefills_history(rt, speech):
+    rt.config.pipeline.reuse_kv = False
+    try:
+        clips = [load_audio(speech / "pocketsphinx_misc/goforward.wav"), load_audio(speech / "pocketsphinx_cards/001.wav")]
+        conv = asyncio.run(converse(rt, clips))
+    finally:
+        rt.config.pipeline.reuse_kv = True
+    t2 = conv.turns[1]
+    assert t2.latency.info["prefill_tokens"] > len(rt.llm.chat.user_turn_ids(t2.transcript)) + 5
+
+
+def test_barge_in_keeps_only_what_was_played(rt, speech):
+    """Timeline: a question; silence until the reply has played ~0.8 s; the user talks over it."""
+    rt.config.llm.max_new_tokens = 60
+
+    async def scenario():
+        s = Session(rt, INTERNAL_RATE)
+        await s.start()
+        q = load_audio(speech / "speechbrain_misc/single-mic-example1.wav")
+        interrupt = load_audio(speech / "speechbrain_harvard/spk2_snt4.wav")
+        got: list = []
+        first_audio = None
+        frame = 320
+
+        async def pump():
+            nonlocal first_audio
+            while True:
+                e = await s.events.get()
+                got.append(e)
+                if isinstance(e, ev.ReplyAudio):
+                    first_audio = first_audio or asyncio.get_running_loop().time()
+                    s.audio_sent(len(e.audio))
+
+        task = asyncio.create_task(pump())
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(q), frame):
+            await s.feed(q[i:i + frame]); await asyncio.sleep(0.02)
+        while first_audio is None or loop.time() - first_audio < 0.8:
+            await s.feed(np.zeros(frame, np.float32)); await asyncio.sleep(0.02)
+        for i in range(0, len(interrupt), frame):
+            await s.feed(interrupt[i:i + frame]); await asyncio.sleep(0.02)
+        for _ in range(150):  # silence: the interruption becomes the next turn
+            await s.feed(np.zeros(frame, np.float32)); await asyncio.sleep(0.02)
+            if sum(isinstance(e, ev.ReplyDone) for e in got) >= 2:
+                break
+        task.cancel()
+        return s, got
+
+    try:
+        s, got = asyncio.run(scenario())
+    finally:
+        rt.config.llm.max_new_tokens = 40
+    flush = [e for e in got if isinstance(e, ev.Flush)]
+    assert len(flush) == 1
+    full = [e for e in got if isinstance(e, ev.ReplyDone)][0]
+    first = [e for e in got if isinstance(e, ev.ReplyTruncated)][0]
+    assert first.turn == full.turn == 1
+    assert len(first.text) < len(full.text) and full.text.startswith(first.text)
+    assert 0 < first.played_samples < sum(len(e.audio) for e in got if isinstance(e, ev.ReplyAudio) and e.turn == 1)
+    assert s.history[1] == {"role": "assistant", "content": first.text}
+    # the KV cache agrees with the history: system, user 1, the kept reply tokens, end of reply, user 2 ...
+    chat = rt.llm.chat
+    head = list(rt.llm.system_ids) + chat.user_turn_ids(s.history[0]["content"])
+    toks = s.llm.s.tokens
+    assert toks[: len(head)] == head
+    eor = chat.end_of_reply_ids()
+    end = next(i for i in range(len(head), len(toks)) if toks[i:i + len(eor)] == eor)
+    assert " ".join(rt.llm.decode(toks[len(head):end]).split()) == " ".join(first.text.split())
+    asyncio.run(s.close())
