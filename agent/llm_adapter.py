@@ -78,6 +78,14 @@ class ChatSession:
         self.reply_start = self.s.n_tokens
         return len(ids)
 
+    def set_system(self, text: str, history: list[dict]) -> int:
+        """Replace the system prompt (this session only) and re-prefill the history after it."""
+        self.s.truncate(0)
+        if text:
+            self.s.append(list(self.llm.chat.system_ids(text)))
+        self.n_system = self.s.n_tokens
+        return self.replay(history)
+
     def generate_reply(self) -> Iterator[int]:
         """Reply tokens, stop token excluded. Each is fed to the cache before the next is produced."""
         c = self.llm.cfg

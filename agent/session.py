@@ -67,11 +67,13 @@ class Reply:
     interrupted: bool = False  # barge-in
     committed: bool = False  # the reply is closed in the KV cache and the history
     generating: bool = True
+    silent: bool = False  # no reply was asked for (or nothing was said)
     task: asyncio.Task | None = None
 
 
 class Session:
-    def __init__(self, rt: Runtime, input_rate: int = INTERNAL_RATE, *, barge_in: bool | None = None):
+    def __init__(self, rt: Runtime, input_rate: int = INTERNAL_RATE, *, barge_in: bool | None = None,
+                 auto_respond: bool = True):
         self.rt = rt
         cfg = rt.config
         self.cfg = cfg
@@ -96,6 +98,8 @@ class Session:
         self.history: list[dict] = []  # {"role", "content"} as the LLM's cache holds them
         self.traces: list[TurnTrace] = []
         self.llm = None  # the LLM session, created on first use in the LLM thread
+        self.auto_respond = auto_respond  # answer at each endpoint (False: only when respond() is called)
+        self.pending_user: list[str] = []  # user messages not answered yet
         self.closed = False
 
     # ----------------------------------------------------------------------------------------------- input
@@ -161,32 +165,97 @@ class Session:
             self.turns.set_agent_speaking(speaking)
 
     def _start_reply(self, d: Decision) -> None:
-        self.turn_index += 1
-        trace = TurnTrace(self.turn_index)
+        """The turn taker decided the user is done: transcribe what they said and (by default) answer."""
+        trace = TurnTrace(self.turn_index + 1)
         trace.mark("speech_end", self._arrival_time(int(d.speech_end * INTERNAL_RATE)))
         trace.mark("endpoint")
         a = int(max(0.0, d.speech_start - PRE_ROLL_S) * INTERNAL_RATE)
         b = int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
         audio = self._slice(a, b)
         self._drop_before(b)
+        self._launch(trace, audio=audio, respond=self.auto_respond)
+
+    def _launch(self, trace: TurnTrace, audio: np.ndarray | None = None, text: str | None = None,
+                respond: bool = True) -> Reply:
+        self.turn_index += 1
+        trace.turn = self.turn_index
         self.playback.reset()
         reply = Reply(self.turn_index, trace)
         self.reply = reply
         self.turns.set_agent_speaking(True)
-        reply.task = asyncio.create_task(self._respond(reply, audio))
+        reply.task = asyncio.create_task(self._respond(reply, audio, text, respond))
+        return reply
+
+    # ---------------------------------------------------------------------------------- manual control
+    # For transports whose clients decide turns themselves (OpenAI Realtime without server VAD, typed input,
+    # embedding services). Each mirrors what the automatic path does.
+    async def commit_input(self, respond: bool = True) -> Reply:
+        """End the user's turn now: transcribe the audio received since the last turn."""
+        await self._stop_current()
+        trace = TurnTrace(self.turn_index + 1)
+        trace.mark("speech_end")
+        trace.mark("endpoint")
+        audio = self._slice(self._buf_start, self._n_in)
+        self._drop_before(self._n_in)
+        self.turns.in_turn = False
+        return self._launch(trace, audio=audio, respond=respond)
+
+    async def add_user_text(self, text: str, respond: bool = True) -> Reply:
+        """A typed user message (no ASR)."""
+        await self._stop_current()
+        trace = TurnTrace(self.turn_index + 1)
+        trace.mark("speech_end")
+        trace.mark("endpoint")
+        return self._launch(trace, text=text, respond=respond)
+
+    async def respond(self) -> Reply:
+        """Answer the user messages committed without a reply."""
+        await self._stop_current()
+        trace = TurnTrace(self.turn_index + 1)
+        trace.mark("speech_end")
+        return self._launch(trace, respond=True)
+
+    async def cancel_reply(self) -> None:
+        """Stop generating; the history keeps what was generated (not what was played)."""
+        r = self.reply
+        if r is not None and r.task is not None and not r.task.done():
+            r.cancelled = True
+            await asyncio.gather(r.task, return_exceptions=True)
+
+    async def truncate_reply(self, played_samples: int | None = None) -> None:
+        """Barge-in by the client's word: keep only the first `played_samples` of the reply (None: as tracked)."""
+        await self._barge_in(played_samples)
+
+    async def set_instructions(self, text: str) -> None:
+        """A new system prompt for this session; the history is re-prefilled after it."""
+        await self._stop_current()
+        if self.llm is None:
+            await self.start()
+        await self.rt.run(self.rt.llm_pool, self.llm.set_system, text, list(self.history))
+
+    async def _stop_current(self) -> None:
+        r = self.reply
+        if r is not None and r.task is not None and not r.task.done():
+            await self.cancel_reply()
 
     # ---------------------------------------------------------------------------------------------- reply
-    async def _respond(self, r: Reply, audio: np.ndarray) -> None:
+    async def _respond(self, r: Reply, audio: np.ndarray | None, text: str | None, respond: bool) -> None:
         rt, cfg = self.rt, self.cfg
         tts_q: asyncio.Queue = asyncio.Queue()
         tts_task = asyncio.create_task(self._speak(r, tts_q))
         gen = None
         try:
-            text = (await rt.run(rt.asr_pool, rt.asr.transcribe, audio)).strip()
-            r.trace.mark("transcript")
-            self._emit(ev.TranscriptEvent(text, True, r.turn, text))
-            if not text or r.cancelled:
+            if audio is not None:
+                text = (await rt.run(rt.asr_pool, rt.asr.transcribe, audio)).strip()
+                r.trace.mark("transcript")
+                self._emit(ev.TranscriptEvent(text, True, r.turn, text))
+            if text:
+                self.pending_user.append(text.strip())
+            if not respond or not self.pending_user or r.cancelled:
+                r.silent = True
                 return
+            text = " ".join(self.pending_user)
+            self.pending_user.clear()
             r.trace.info["transcript"] = text
             if self.llm is None:
                 await self.start()
@@ -208,7 +277,7 @@ class Session:
                 else:
                     piece, decoded = full[len(decoded):], full
                 if piece is None:
-                    chunker._n_tok += 1  # the token still belongs to the current phrase
+                    chunker.push("")  # the token still belongs to the current phrase
                     continue
                 r.text = decoded
                 if piece:
@@ -288,6 +357,8 @@ class Session:
             self.history.append({"role": "user", "content": r.trace.info["transcript"]})
             self.history.append({"role": "assistant", "content": text})
             r.committed = True
+        if r.silent:
+            return
         r.trace.info["reply"] = text
         self._emit(ev.ReplyDone(text, r.turn, r.cancelled, text))
         self.traces.append(r.trace)
@@ -296,12 +367,12 @@ class Session:
             with open(path, "a") as f:
                 f.write(r.trace.log_line() + "\n")
 
-    async def _barge_in(self) -> None:
+    async def _barge_in(self, played: int | None = None) -> None:
         """The user spoke over the reply: stop it, keep in the history only what was played, flush the client."""
         r = self.reply
-        if r is None or r.interrupted:
+        if r is None or r.interrupted or r.silent:
             return
-        played = self.playback.played()
+        played = self.playback.played() if played is None else played
         r.cancelled = r.interrupted = True
         if r.task is not None:
             try:

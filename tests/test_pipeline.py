@@ -140,3 +140,28 @@ def test_barge_in_keeps_only_what_was_played(rt, speech):
     end = next(i for i in range(len(head), len(toks)) if toks[i:i + len(eor)] == eor)
     assert " ".join(rt.llm.decode(toks[len(head):end]).split()) == " ".join(first.text.split())
     asyncio.run(s.close())
+
+
+def test_typed_input_manual_turns_and_instructions(rt, speech):
+    async def scenario():
+        s = Session(rt, INTERNAL_RATE, auto_respond=False)
+        await s.start()
+        got = []
+        r = await s.add_user_text("What is the capital of France?", respond=False)
+        await r.task
+        assert s.pending_user == ["What is the capital of France?"] and not s.history
+        r = await s.respond()
+        await r.task
+        while not s.events.empty():
+            got.append(s.events.get_nowait())
+        await s.set_instructions("You are a pirate. Answer briefly.")
+        toks = list(s.llm.s.tokens)
+        await s.close()
+        return s, got, toks
+
+    s, got, toks = asyncio.run(scenario())
+    done = [e for e in got if isinstance(e, ev.ReplyDone)]
+    assert len(done) == 1 and "paris" in done[0].text.lower()
+    sys_ids = rt.llm.chat.system_ids("You are a pirate. Answer briefly.")
+    assert toks[: len(sys_ids)] == sys_ids
+    assert toks[len(sys_ids):len(sys_ids) + 3] == rt.llm.chat.user_turn_ids("What is the capital of France?")[:3]
