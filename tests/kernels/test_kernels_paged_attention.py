@@ -43,7 +43,8 @@ def test_reference_matches_plain_math():
 
 def test_choose_num_splits():
     assert choose_num_splits(64, 8, 16384) == 1  # 512 programs already fill 132 SMs
-    assert choose_num_splits(1, 8, 512) == 2  # capped by >= 256 tokens per slice
+    assert choose_num_splits(1, 8, 512) == 8  # capped by >= 64 tokens per slice
+    assert choose_num_splits(1, 8, 512, min_chunk=128) == 4
     assert choose_num_splits(1, 8, 16384) == 33  # ~2 waves of 132 SMs
     assert choose_num_splits(1, 8, 16384, num_sms=132, min_chunk=16384) == 1
 
@@ -64,7 +65,7 @@ def test_triton_matches_reference(num_splits, dtype):
 
 @needs_interpreter
 def test_triton_gqa_group_of_one_and_odd_page():
-    # H == Hkv (no grouping), page size 3, D 32, default num_splits
+    # H == Hkv (no grouping), page size 3, D 32, default num_splits and block_n (128 for D <= 64)
     q, kc, vc, bt, lens = make([9, 30], h=2, hkv=2, d=32, page=3, dtype=torch.float32, seed=7)
-    got = paged_decode_attention_triton(q, kc, vc, bt, lens, 0.1, out=poison(torch.empty_like(q)), block_n=16)
+    got = paged_decode_attention_triton(q, kc, vc, bt, lens, 0.1, out=poison(torch.empty_like(q)))
     assert rel_err(got, plain_attention(q, kc, vc, bt, lens, 0.1)) < 1e-5
