@@ -165,3 +165,94 @@ def load_whisper_dir(model_dir: str | Path, dtype: torch.dtype = torch.float32):
     dims, sd = whisper_state_dict(variables, dtype)
     config = json.loads((model_dir / "config.json").read_text())
     return dims, sd, config
+
+
+# ---- writing (synthetic weights for baselines and round-trip tests) ----
+
+_TYPE_IDS = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3,
+             np.dtype(np.float16): 4}
+
+
+def write_model_bin(path: str | Path, variables: dict[str, np.ndarray], aliases: dict[str, str],
+                    spec: str = "WhisperSpec", revision: int = 3) -> None:
+    """Write the layout read_model_bin() reads (variables sorted by name, as CTranslate2 does)."""
+
+    def string(s: str) -> bytes:
+        b = s.encode("utf-8")
+        return struct.pack("<H", len(b) + 1) + b + b"\0"
+
+    with open(path, "wb") as f:
+        f.write(struct.pack("<I", 6) + string(spec) + struct.pack("<I", revision))
+        f.write(struct.pack("<I", len(variables)))
+        for name in sorted(variables):
+            a = np.array(variables[name], order="C")  # (ascontiguousarray would make scalars 1-d)
+            f.write(string(name) + struct.pack("<B", a.ndim) + struct.pack(f"<{a.ndim}I", *a.shape))
+            f.write(struct.pack("<BI", _TYPE_IDS[a.dtype], a.nbytes) + a.tobytes())
+        f.write(struct.pack("<I", len(aliases)))
+        for alias, target in aliases.items():
+            f.write(string(alias) + string(target))
+
+
+def whisper_variables(model, dtype=np.float16) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The inverse of whisper_state_dict(): our parameters -> WhisperSpec variables (q|k|v fused again)."""
+    sd = {k: p.detach().float().cpu().numpy().astype(dtype) for k, p in model.state_dict().items()}
+    dims = model.dims
+    v: dict[str, np.ndarray] = {}
+
+    def norm(theirs, ours):
+        v[f"{theirs}/gamma"], v[f"{theirs}/beta"] = sd[f"{ours}.weight"], sd[f"{ours}.bias"]
+
+    def linear(theirs, ours):
+        v[f"{theirs}/weight"], v[f"{theirs}/bias"] = sd[f"{ours}.weight"], sd[f"{ours}.bias"]
+
+    def block(theirs, ours, d, cross):
+        a = f"{ours}.attn"
+        v[f"{theirs}/self_attention/linear_0/weight"] = np.concatenate(
+            [sd[f"{a}.query.weight"], sd[f"{a}.key.weight"], sd[f"{a}.value.weight"]])
+        v[f"{theirs}/self_attention/linear_0/bias"] = np.concatenate(
+            [sd[f"{a}.query.bias"], np.zeros(d, dtype), sd[f"{a}.value.bias"]])
+        linear(f"{theirs}/self_attention/linear_1", f"{a}.out")
+        norm(f"{theirs}/self_attention/layer_norm", f"{ours}.attn_ln")
+        if cross:
+            c = f"{ours}.cross_attn"
+            linear(f"{theirs}/attention/linear_0", f"{c}.query")
+            v[f"{theirs}/attention/linear_1/weight"] = np.concatenate([sd[f"{c}.key.weight"], sd[f"{c}.value.weight"]])
+            v[f"{theirs}/attention/linear_1/bias"] = np.concatenate([np.zeros(d, dtype), sd[f"{c}.value.bias"]])
+            linear(f"{theirs}/attention/linear_2", f"{c}.out")
+            norm(f"{theirs}/attention/layer_norm", f"{ours}.cross_attn_ln")
+        linear(f"{theirs}/ffn/linear_0", f"{ours}.mlp.0")
+        linear(f"{theirs}/ffn/linear_1", f"{ours}.mlp.2")
+        norm(f"{theirs}/ffn/layer_norm", f"{ours}.mlp_ln")
+
+    for i in (1, 2):
+        linear(f"encoder/conv{i}", f"encoder.conv{i}")
+    v["encoder/position_encodings/encodings"] = sd["encoder.positional_embedding"]
+    for i in range(dims.n_audio_layer):
+        block(f"encoder/layer_{i}", f"encoder.blocks.{i}", dims.n_audio_state, cross=False)
+    norm("encoder/layer_norm", "encoder.ln_post")
+    v["decoder/embeddings/weight"] = sd["decoder.token_embedding.weight"]
+    v["decoder/position_encodings/encodings"] = sd["decoder.positional_embedding"]
+    for i in range(dims.n_text_layer):
+        block(f"decoder/layer_{i}", f"decoder.blocks.{i}", dims.n_text_state, cross=True)
+    norm("decoder/layer_norm", "decoder.ln")
+    # the spec's constants, as the converter writes them for Whisper (GELU = activation 3, pre-norm)
+    scalars = {"decoder/activation": np.int8(3), "decoder/alibi": np.int8(0), "decoder/alignment_heads": np.int16(1),
+               "decoder/alignment_layer": np.int16(-1), "decoder/num_heads": np.int16(dims.n_text_head),
+               "decoder/pre_norm": np.int8(1), "decoder/scale_embeddings": np.int8(0),
+               "decoder/start_from_zero_embedding": np.int8(0), "encoder/num_heads": np.int16(dims.n_audio_head)}
+    v.update({k: np.asarray(x) for k, x in scalars.items()})
+    return v, {"decoder/projection/weight": "decoder/embeddings/weight"}
+
+
+def save_whisper_dir(model, out_dir: str | Path, tokenizer_dir: str | Path, dtype=np.float16) -> Path:
+    """A CTranslate2 Whisper directory (model.bin + the tokenizer files of tokenizer_dir) for `model`."""
+    import shutil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    variables, aliases = whisper_variables(model, dtype)
+    write_model_bin(out / "model.bin", variables, aliases)
+    for f in ("config.json", "vocabulary.txt", "tokenizer.json"):
+        if (Path(tokenizer_dir) / f).exists():
+            shutil.copy(Path(tokenizer_dir) / f, out / f)
+    return out

@@ -222,7 +222,7 @@ class GreedyDecoder:
             toks = out[i]
             k = toks.index(self.tok.eot) if self.tok.eot in toks else len(toks)
             # faster-whisper: cumulative logprob (with <|endoftext|>) / (len + 1)
-            hyps.append(Hypothesis(list(prefixes[i]) + strip_loop(toks[:k]), sum_lp[i] / (k + 1), no_speech[i]))
+            hyps.append(Hypothesis(list(prefixes[i]) + toks[:k], sum_lp[i] / (k + 1), no_speech[i]))
         return hyps
 
 

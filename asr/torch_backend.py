@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .base import Transcript
-from .decoding import DecodeOptions, GreedyDecoder, Hypothesis, WhisperTokenizer, batch_features
+from .decoding import DecodeOptions, GreedyDecoder, Hypothesis, WhisperTokenizer, batch_features, strip_loop
 from .features import LogMel
 from .stream import EnergyGate, LocalAgreement, StreamPolicy
 from .whisper import Whisper, synthetic
@@ -73,8 +73,11 @@ class TorchWhisperASR:
             self.decoder.encode(batch_features(mels, self.opts))
             # a loop cannot run longer than speech could: <= tokens_per_s per second of audio (+ slack)
             limits = [max(4, int(self.tokens_per_s * len(a) / SAMPLE_RATE) + 8 - len(p)) for a, p in zip(chunk, pre)]
-            out += self.decoder.decode(pre, max_new=max_new, stop_at_eot=stop_at_eot,
+            hyps = self.decoder.decode(pre, max_new=max_new, stop_at_eot=stop_at_eot,
                                        limits=None if max_new else limits)
+            for h, p in zip(hyps, pre):
+                h.tokens = list(p) + strip_loop(h.tokens[len(p):])
+            out += hyps
         return out
 
     def text(self, hyp: Hypothesis, forced: bool = False) -> str:
