@@ -19,6 +19,7 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 _LOCK = threading.Lock()  # espeak-ng is a process-wide singleton
 _READY = False
@@ -45,12 +46,11 @@ class Phonemized:
 def _espeak(voice: str, text: str) -> list[tuple[str, str, bool]]:
     """-> [(phonemes, terminator, end_of_sentence)] per clause."""
     global _READY
-    from piper import espeakbridge
-    from piper.phonemize_espeak import ESPEAK_DATA_DIR
+    from piper import espeakbridge  # only the bridge and its data dir: piper's other modules are not needed
 
     with _LOCK:
         if not _READY:
-            espeakbridge.initialize(str(ESPEAK_DATA_DIR))
+            espeakbridge.initialize(str(Path(espeakbridge.__file__).parent / "espeak-ng-data"))
             _READY = True
         espeakbridge.set_voice(voice)
         return espeakbridge.get_phonemes(text)

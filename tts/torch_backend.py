@@ -73,7 +73,20 @@ class TorchPiperTTS:
         self.generator = None
         if seed is not None:
             self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.decode_fn = self.dec  # replaceable from outside (CUDA graphs, compile): [B, C, W] -> [B, W*hop]
+        # The three model calls, replaceable from outside (CUDA graphs: tts/cuda_graphs.py). `bucket` rounds the
+        # id and frame counts up (padding is masked, so results do not change) to let graphs be reused.
+        self.decode_fn = self.dec  # z [B, C, W] -> audio [B, W*hop]
+        self.bucket = lambda n: n
+
+    def front(self, ids, lengths):
+        """ids [B, T], lengths [B] -> (TextStats, durations [B, T])."""
+        stats = self.model.encode(ids, lengths)
+        return stats, self.model.durations(stats, self.noise_w, self.length_scale, self.generator)
+
+    def back(self, stats, dur, n_frames: int):
+        """-> latent z [B, C, n_frames] in the decoder's dtype, zero past each row's length."""
+        z_p, y_mask = self.model.expand(stats, dur, self.noise_scale, n_frames=n_frames, generator=self.generator)
+        return (self.model.flow_reverse(z_p, y_mask) * y_mask).to(self.dtype)
 
     # ---------------------------------------------------------------------------------------------- stages
 
@@ -89,19 +102,16 @@ class TorchPiperTTS:
         rows = [ids for ph in phs for ids in ph.ids]
         if not rows:
             return [PreparedPhrase(ph, [WordTiming(w, 0, 0) for w in ph.words], [], [], [], [], 0) for ph in phs]
-        T = max(len(r) for r in rows)
+        T = self.bucket(max(len(r) for r in rows))
         ids = torch.zeros(len(rows), T, dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, :len(r)] = torch.tensor(r)
         lengths = torch.tensor([len(r) for r in rows])
         ids, lengths = ids.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
-        m = self.model
-        stats = m.encode(ids, lengths)
-        dur = m.durations(stats, self.noise_w, self.length_scale, self.generator)
+        stats, dur = self.front(ids, lengths)
         dur_cpu = dur.cpu().numpy()  # the one sync: timings and frame counts
         n_frames = np.maximum(dur_cpu.sum(1), 1)
-        z_p, y_mask = m.expand(stats, dur, self.noise_scale, n_frames=int(n_frames.max()), generator=self.generator)
-        z = (m.flow_reverse(z_p, y_mask) * y_mask).to(self.dtype)
+        z = self.back(stats, dur, self.bucket(int(n_frames.max())))
         out, row = [], 0
         for ph in phs:
             n = len(ph.ids)

@@ -1,0 +1,78 @@
+"""CUDA graphs for TorchPiperTTS's three model calls, installed from outside the model (STYLE: the hot step is
+a pure function, optimised from outside).
+
+Shapes are bucketed (ids and frames rounded up to a multiple of `step`; padding is masked, so per-item results
+do not change) and one graph is captured per (batch, ids[, frames]) the first time it is seen, all sharing one
+memory pool. The front graph (encoder + duration predictor) writes static outputs that the back graph (expand +
+flow) reads in place; the decoder graph is keyed by (batch, window width). Noise uses the default CUDA generator
+(graph-safe); a TorchPiperTTS with its own `seed` generator is not supported here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _Graph:
+    def __init__(self, fn, static_inputs, pool, stream):
+        self.inputs = static_inputs
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up on a side stream, as torch.cuda.graphs recommends
+                fn(*static_inputs)
+        stream.synchronize()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool, stream=stream):
+            self.outputs = fn(*static_inputs)
+
+    def __call__(self, *inputs):
+        for dst, src in zip(self.inputs, inputs):
+            if dst is not src:
+                dst.copy_(src, non_blocking=True)
+        self.graph.replay()
+        return self.outputs
+
+
+class GraphedTTS:
+    def __init__(self, tts, step: int = 32, max_graphs: int = 64):
+        assert tts.device.type == "cuda" and tts.generator is None
+        self.tts, self.step, self.max_graphs = tts, step, max_graphs
+        self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream()
+        self.front_graphs, self.back_graphs, self.dec_graphs = {}, {}, {}
+        self.eager_front, self.eager_back, self.eager_decode = tts.front, tts.back, tts.decode_fn
+        tts.bucket = self.bucket
+        tts.front, tts.back, tts.decode_fn = self.front, self.back, self.decode
+
+    def bucket(self, n: int) -> int:
+        return -(-n // self.step) * self.step
+
+    def _room(self) -> bool:
+        return len(self.front_graphs) + len(self.back_graphs) + len(self.dec_graphs) < self.max_graphs
+
+    def front(self, ids, lengths):
+        key = tuple(ids.shape)
+        if key not in self.front_graphs:
+            if not self._room():
+                return self.eager_front(ids, lengths)
+            self.front_graphs[key] = _Graph(self.eager_front, (ids.clone(), lengths.clone()), self.pool, self.stream)
+        return self.front_graphs[key](ids, lengths)
+
+    def back(self, stats, dur, n_frames: int):
+        key = (*dur.shape, n_frames)
+        front = self.front_graphs.get(tuple(dur.shape))
+        if front is None or front.outputs[1] is not dur:  # only chained to the front graph's static outputs
+            return self.eager_back(stats, dur, n_frames)
+        if key not in self.back_graphs:
+            if not self._room():
+                return self.eager_back(stats, dur, n_frames)
+            self.back_graphs[key] = _Graph(lambda s, d: self.eager_back(s, d, n_frames), (stats, dur), self.pool,
+                                           self.stream)
+        return self.back_graphs[key](stats, dur).clone()  # latents outlive the next prepare()
+
+    def decode(self, z):
+        key = tuple(z.shape)
+        if key not in self.dec_graphs:
+            if not self._room():
+                return self.eager_decode(z)
+            self.dec_graphs[key] = _Graph(self.eager_decode, (z.clone(),), self.pool, self.stream)
+        return self.dec_graphs[key](z)
