@@ -20,6 +20,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from kernels._triton import next_pow2, tl, triton, use_triton
 
@@ -27,18 +28,27 @@ from kernels._triton import next_pow2, tl, triton, use_triton
 def paged_decode_attention_ref(q, k_cache, v_cache, block_table, seq_lens, scale, num_splits=None):
     """q [B,H,D], caches [P,page,Hkv,D], block_table [B,max_pages], seq_lens [B] -> out [B,H,D].
 
-    fp32 math over the whole block table with a length mask: no host sync, so it is also the sync-free torch
-    fallback. num_splits is accepted and ignored (splitting only changes the order of summation)."""
+    fp32 attention over the block table's pages with a length mask: no host sync on CUDA, so it is also the
+    sync-free torch fallback. num_splits is accepted and ignored (splitting only changes the summation order)."""
     b, h, d = q.shape
     num_pages, page, hkv = k_cache.shape[:3]
     bt = block_table.long().clamp(0, num_pages - 1)  # entries past a sequence's pages may be any filler
-    k = k_cache[bt].flatten(1, 2).float()  # [B, L, Hkv, D], L = max_pages * page
-    v = v_cache[bt].flatten(1, 2).float()
-    s = torch.einsum("bhgd,blhd->bhgl", q.float().view(b, hkv, h // hkv, d), k) * scale
-    valid = torch.arange(k.shape[1], device=q.device)[None, :] < seq_lens[:, None]  # [B, L]
-    s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
-    p = torch.nan_to_num(s.softmax(-1), nan=0.0)  # seq_len 0 (padding row): output 0, like the kernel
-    return torch.einsum("bhgl,blhd->bhgd", p, v).reshape(b, h, d).to(q.dtype)
+    if not q.is_cuda and b > 0:  # on the CPU a host read is free: skip the table's unused capacity
+        n = int(seq_lens.max())
+        bt = bt[:, : max(1, -(-n // page))]
+        if b == 1 and n > 0:  # the CPU engine's common case: exactly n keys, no mask
+            k = k_cache.index_select(0, bt[0]).flatten(0, 1)[:n].transpose(0, 1)[None].float()  # [1, Hkv, n, D]
+            v = v_cache.index_select(0, bt[0]).flatten(0, 1)[:n].transpose(0, 1)[None].float()
+            o = F.scaled_dot_product_attention(q.float()[:, :, None, :], k, v, scale=scale, enable_gqa=True)
+            return o[:, :, 0, :].to(q.dtype)
+    # [B, Hkv, L, D], L = pages * page (index_select: several times faster than advanced indexing on the CPU)
+    k = k_cache.index_select(0, bt.flatten()).view(b, -1, hkv, d).transpose(1, 2).float()
+    v = v_cache.index_select(0, bt.flatten()).view(b, -1, hkv, d).transpose(1, 2).float()
+    valid = torch.arange(k.shape[2], device=q.device)[None, :] < seq_lens[:, None]  # [B, L]
+    o = F.scaled_dot_product_attention(q.float()[:, :, None, :], k, v, attn_mask=valid[:, None, None, :],
+                                       scale=scale, enable_gqa=True)  # [B, H, 1, D]
+    # seq_len 0 (padding row): every key masked -> NaN; the kernel writes 0 there
+    return torch.nan_to_num(o[:, :, 0, :], nan=0.0).to(q.dtype)
 
 
 @triton.jit

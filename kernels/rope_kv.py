@@ -26,13 +26,15 @@ def rotate_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def rope_write_kv_ref(q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping) -> torch.Tensor:
     """q [T,H,D], k/v [T,Hkv,D], positions [T], cos/sin [max_pos, D/2], caches [P, page, Hkv, D],
     slot_mapping [T] -> q_rot [T,H,D]; writes rotated k and v into the caches in place."""
-    c, s = cos[positions.long()], sin[positions.long()]
+    c, s = cos.index_select(0, positions.long()), sin.index_select(0, positions.long())
     q_rot, k_rot = rotate_ref(q, c, s), rotate_ref(k, c, s)
     hkv, d = k_cache.shape[-2:]
-    keep = slot_mapping >= 0
-    slots = slot_mapping[keep].long()
-    k_cache.view(-1, hkv, d)[slots] = k_rot[keep].to(k_cache.dtype)
-    v_cache.view(-1, hkv, d)[slots] = v[keep].to(v_cache.dtype)
+    slots = slot_mapping.long()
+    if not bool((slots >= 0).all()):  # padding rows (host sync; this is the CPU / fallback path)
+        keep = slots >= 0
+        slots, k_rot, v = slots[keep], k_rot[keep], v[keep]
+    k_cache.view(-1, hkv, d).index_copy_(0, slots, k_rot.to(k_cache.dtype))
+    v_cache.view(-1, hkv, d).index_copy_(0, slots, v.to(v_cache.dtype))
     return q_rot
 
 
