@@ -47,26 +47,66 @@ class ChatLLM:
 
 
 class ChatSession:
+    """One conversation in the engine. The cache holds: system prompt, then alternating user messages and replies.
+    A user message may be open (being spoken): `sync_user` keeps the cache in step with the transcript so far,
+    re-prefilling only from the first token that changed."""
+
     def __init__(self, llm: ChatLLM, session):
         self.llm = llm
         self.s = session
         self.n_system = session.n_tokens
         self.reply_start = session.n_tokens
+        self.user_start: int | None = None  # where the open user message starts, if one is open
 
     @property
     def n_tokens(self) -> int:
         return self.s.n_tokens
 
+    def _user_ids(self, text: str, close: bool) -> list[int]:
+        before, after = self.llm.chat.user_tpl
+        return self.llm.tokenizer.encode(before + text + (after if close else ""), add_special_tokens=False)
+
+    def sync_user(self, text: str, close: bool, want_p_end: bool = False) -> tuple[int, float | None]:
+        """Make the cache hold the user message `text` (closed, with the assistant header, or still open).
+        Returns (tokens prefilled, P(end-of-turn token) after the text when asked and the message is open)."""
+        if self.user_start is None:
+            self.user_start = self.s.n_tokens
+        target = self._user_ids(text, close=False)
+        if close:
+            target = self._user_ids(text, close=True)
+        have = self.s.tokens[self.user_start:]
+        k = 0
+        while k < min(len(have), len(target)) and have[k] == target[k]:
+            k += 1
+        if k < len(have):
+            self.s.truncate(self.user_start + k)
+        before = self.s.stats.prefill_tokens
+        logits = self.s.append(target[k:], return_logits=want_p_end) if (target[k:] or want_p_end) else None
+        n = self.s.stats.prefill_tokens - before
+        p_end = None
+        if logits is not None and not close:
+            p_end = float(logits.float().softmax(-1)[self.llm.chat.end_of_turn_token_id])
+        if close:
+            self.reply_start = self.s.n_tokens
+            self.user_start = None
+        return n, p_end
+
     def add_user(self, text: str) -> int:
-        """Append a user message (and the assistant header); only these new tokens are prefilled."""
-        ids = list(self.llm.chat.user_turn_ids(text))
-        self.s.append(ids)
-        self.reply_start = self.s.n_tokens
-        return len(ids)
+        """Append a whole user message (and the assistant header)."""
+        return self.sync_user(text, close=True)[0]
+
+    def end_probability(self, text: str) -> float:
+        """P(end of turn) after `text` as an open user message, without keeping it in this session's cache."""
+        f = self.fork()
+        try:
+            return f.sync_user(text, close=False, want_p_end=True)[1]
+        finally:
+            f.free()
 
     def replay(self, messages: list[dict]) -> int:
         """The no-KV-reuse baseline: drop everything after the system prompt and prefill the whole history."""
         self.s.truncate(self.n_system)
+        self.user_start = None
         ids: list[int] = []
         chat = self.llm.chat
         for m in messages:
@@ -86,13 +126,22 @@ class ChatSession:
         self.n_system = self.s.n_tokens
         return self.replay(history)
 
-    def generate_reply(self) -> Iterator[int]:
+    def fork(self) -> "ChatSession":
+        """A copy-on-write branch (a draft reply that may be thrown away)."""
+        f = ChatSession(self.llm, self.s.fork())
+        f.n_system, f.reply_start, f.user_start = self.n_system, self.reply_start, self.user_start
+        return f
+
+    def generate_reply(self, max_new_tokens: int | None = None) -> Iterator[int]:
         """Reply tokens, stop token excluded. Each is fed to the cache before the next is produced."""
-        c = self.llm.cfg
         from llm.engine import Sampling
 
+        c = self.llm.cfg
         sampling = Sampling(temperature=c.temperature, top_p=c.top_p)
-        for tok in self.s.generate(c.max_new_tokens, sampling, stop_ids=self.llm.chat.stop_ids):
+        budget = c.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if budget <= 0:
+            return
+        for tok in self.s.generate(budget, sampling, stop_ids=self.llm.chat.stop_ids):
             if tok in self.llm.chat.stop_ids:
                 return
             yield tok

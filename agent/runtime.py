@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from . import models
 from .config import Config, resolve_model
+from .worker import PriorityWorker
 
 log = logging.getLogger("quickturn")
 
@@ -28,7 +29,8 @@ class Runtime:
     tts: object
     startup_s: dict = field(default_factory=dict)  # component -> seconds to load
     asr_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-asr"))
-    llm_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-llm"))
+    # the LLM engine's one thread, ordered by priority (pause-time work yields to urgent work between chunks)
+    llm_pool: PriorityWorker = field(default_factory=lambda: PriorityWorker("qt-llm"))
     tts_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-tts"))
 
     @classmethod

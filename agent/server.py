@@ -16,21 +16,26 @@ from .audio import StreamResampler, float_to_pcm16
 from .protocol import Audio, Playback, ProtocolError, RateMonitor, ServerProtocol, Start, Stop
 from .runtime import Runtime
 from .session import Session
+from .transports.hub import Hub
 
 log = logging.getLogger("quickturn.server")
 _ids = itertools.count(1)
 
 
 class Server:
-    def __init__(self, rt: Runtime):
+    def __init__(self, rt: Runtime, hub: Hub | None = None):
         self.rt = rt
         self.cfg = rt.config.server
-        self.sessions: dict[int, Session] = {}
+        self.hub = hub or Hub(rt)  # capacity and metrics shared with the other transports (agent/transports/)
         self.refused = 0
 
+    @property
+    def sessions(self) -> dict[int, Session]:
+        return {sid: s for sid, (t, s) in self.hub.sessions.items() if t == "quickturn"}
+
     async def handle(self, ws: ServerConnection) -> None:
-        sid = next(_ids)
-        if len(self.sessions) >= self.cfg.max_sessions:
+        sid = self.hub.reserve("quickturn")
+        if sid is None:
             self.refused += 1
             await _send_error(ws, ProtocolError("server_full", f"the server is at its limit of "
                                                 f"{self.cfg.max_sessions} sessions; try again later", fatal=True))
@@ -46,7 +51,7 @@ class Server:
                     msg = proto.receive(message)
                     if isinstance(msg, Start):
                         session = Session(self.rt, msg.sample_rate)
-                        self.sessions[sid] = session
+                        self.hub.add(sid, "quickturn", session)
                         await session.start()
                         monitor = RateMonitor(msg.sample_rate, self.cfg.realtime_slack_s)
                         out_rate = msg.output_sample_rate or self.cfg.output_sample_rate or session.out_rate
@@ -76,7 +81,7 @@ class Server:
                 await asyncio.sleep(0.05)
             if sender is not None:
                 sender.cancel()
-            self.sessions.pop(sid, None)
+            self.hub.remove(sid)
             await ws.close()
 
     async def _send_events(self, ws: ServerConnection, session: Session, out_rate: int) -> None:
@@ -84,6 +89,7 @@ class Server:
         try:
             while True:
                 e = await session.events.get()
+                self.hub.observe("quickturn", e)
                 if isinstance(e, ev.ReplyAudio):
                     pcm = float_to_pcm16(resampler(e.audio))
                     if pcm:
@@ -128,11 +134,19 @@ async def _send_error(ws, err: ProtocolError) -> None:
 
 
 async def start_server(rt: Runtime, host: str | None = None, port: int | None = None):
-    """Start listening; returns (websockets server, Server). port 0 picks a free port."""
+    """Start listening; returns (websockets server, Server). port 0 picks a free port.
+    One port serves every transport, routed by path (agent/transports/router.py): `/` this protocol,
+    `/v1/realtime` OpenAI Realtime, `/twilio` Twilio Media Streams, `/webrtc` the browser page and its signaling,
+    `/metrics`, `/healthz`, `/readyz`."""
+    from .transports.router import Router
+
     srv = Server(rt)
+    router = Router(srv.hub, srv)
     cfg = rt.config.server
-    server = await ws_serve(srv.handle, host or cfg.host, cfg.port if port is None else port,
+    server = await ws_serve(router.handle, host or cfg.host, cfg.port if port is None else port,
+                            process_request=router.process_request,
                             max_size=cfg.max_message_bytes, ping_interval=20, ping_timeout=20)
+    srv.router = router
     return server, srv
 
 
@@ -140,6 +154,8 @@ async def serve(rt: Runtime) -> int:
     server, _ = await start_server(rt)
     host, port = list(server.sockets)[0].getsockname()[:2]
     print(f"quickturn: listening on ws://{host}:{port} (protocol: docs/protocol.md)", flush=True)
+    print(f"quickturn: also /v1/realtime (OpenAI Realtime), /twilio (Twilio Media Streams), "
+          f"http://{host}:{port}/webrtc (browser), /metrics, /healthz, /readyz (docs/transports.md)", flush=True)
     try:
         await server.serve_forever()
     finally:

@@ -19,6 +19,7 @@ from .phrases import Phrase, PhraseChunker
 from .runtime import Runtime
 from .trace import TurnTrace
 from .turn import Decision, Kind, TurnParams, TurnTaker
+from .worker import Priority
 
 log = logging.getLogger("quickturn.session")
 
@@ -71,6 +72,51 @@ class Reply:
     task: asyncio.Task | None = None
 
 
+class TokenText:
+    """Incremental detokenisation: the text each new token adds (None while a UTF-8 sequence is incomplete)."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.tokens: list[int] = []
+        self.text = ""
+
+    def add(self, tok: int) -> str | None:
+        self.tokens.append(tok)
+        full = self.llm.decode(self.tokens)
+        if full.endswith("\ufffd"):
+            return None
+        piece, self.text = full[len(self.text):], full
+        return piece
+
+
+@dataclass
+class Draft:
+    """The first phrase of a reply, generated and synthesized during a pause on a fork of the session."""
+    transcript: str
+    priority: Priority = Priority.BACKGROUND  # raised to URGENT when the endpoint wants it
+    llm: object = None  # the forked ChatSession
+    text: TokenText | None = None
+    chunker: PhraseChunker | None = None
+    phrase: Phrase | None = None
+    chunks: list = field(default_factory=list)  # TTSChunk of the phrase
+    ended: bool = False  # the whole reply fitted in the draft
+    cancelled: bool = False
+    task: asyncio.Task | None = None
+
+
+@dataclass
+class PauseWork:
+    """What one pause prepares: the transcript so far, the KV prefill, P(end of turn), maybe a draft."""
+    upto: float  # speech end (stream s) that the transcript covers
+    asr: asyncio.Task | None = None
+    task: asyncio.Task | None = None
+    transcript: str | None = None
+    p_end: float | None = None
+    prefilled: int = 0
+    draft: Draft | None = None
+    stale: bool = False
+
+
 class Session:
     def __init__(self, rt: Runtime, input_rate: int = INTERNAL_RATE, *, barge_in: bool | None = None,
                  auto_respond: bool = True):
@@ -81,10 +127,13 @@ class Session:
         self.input_rate = input_rate
         self.resample = StreamResampler(input_rate, INTERNAL_RATE)
         self.vad = rt.vad.stream()
+        t = cfg.turn
         self.turns = TurnTaker(TurnParams(
             threshold=cfg.vad.threshold, neg_threshold=cfg.vad.neg_threshold,
-            min_speech_s=cfg.vad.min_speech_ms / 1000, endpoint_silence_s=cfg.turn.endpoint_silence_ms / 1000,
-            barge_in_s=cfg.turn.barge_in_ms / 1000, barge_in=cfg.turn.barge_in if barge_in is None else barge_in))
+            min_speech_s=cfg.vad.min_speech_ms / 1000, barge_in_s=t.barge_in_ms / 1000,
+            barge_in=t.barge_in if barge_in is None else barge_in, pause_s=t.pause_ms / 1000, adaptive=t.adaptive,
+            endpoint_silence_s=t.endpoint_silence_ms / 1000, min_delay_s=t.min_delay_ms / 1000,
+            max_delay_s=t.max_delay_ms / 1000, p_low=t.p_low, p_high=t.p_high))
         self.out_rate = rt.tts.sample_rate
         self.playback = Playback(self.out_rate)
         # audio since the last endpoint (16 kHz), and where it starts in the stream
@@ -100,6 +149,7 @@ class Session:
         self.llm = None  # the LLM session, created on first use in the LLM thread
         self.auto_respond = auto_respond  # answer at each endpoint (False: only when respond() is called)
         self.pending_user: list[str] = []  # user messages not answered yet
+        self.pause: PauseWork | None = None  # the current pause's work, if any
         self.closed = False
 
     # ----------------------------------------------------------------------------------------------- input
@@ -153,6 +203,10 @@ class Session:
             await self._barge_in()
         elif d.kind is Kind.SPEECH_START:
             self._emit(ev.SpeechStarted(d.speech_start))
+        elif d.kind is Kind.PAUSE:
+            self._start_pause(d)
+        elif d.kind is Kind.RESUME:
+            self._drop_pause()
         elif d.kind is Kind.ENDPOINT:
             self._emit(ev.SpeechStopped(d.speech_end))
             self._start_reply(d)
@@ -173,17 +227,24 @@ class Session:
         b = int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
         audio = self._slice(a, b)
         self._drop_before(b)
-        self._launch(trace, audio=audio, respond=self.auto_respond)
+        pause, self.pause = self.pause, None
+        trace.info["endpoint_delay_ms"] = round(d.delay * 1000)
+        if pause is not None and pause.p_end is not None:
+            trace.info["p_end"] = round(pause.p_end, 4)
+        if pause is not None and pause.upto < d.speech_end - 1e-6:  # the user spoke again after that pause
+            self._drop(pause)
+            pause = None
+        self._launch(trace, audio=audio, respond=self.auto_respond, pause=pause)
 
     def _launch(self, trace: TurnTrace, audio: np.ndarray | None = None, text: str | None = None,
-                respond: bool = True) -> Reply:
+                respond: bool = True, pause: PauseWork | None = None) -> Reply:
         self.turn_index += 1
         trace.turn = self.turn_index
         self.playback.reset()
         reply = Reply(self.turn_index, trace)
         self.reply = reply
         self.turns.set_agent_speaking(True)
-        reply.task = asyncio.create_task(self._respond(reply, audio, text, respond))
+        reply.task = asyncio.create_task(self._respond(reply, audio, text, respond, pause))
         return reply
 
     # ---------------------------------------------------------------------------------- manual control
@@ -238,48 +299,181 @@ class Session:
         if r is not None and r.task is not None and not r.task.done():
             await self.cancel_reply()
 
+    # ---------------------------------------------------------------------------------------------- pauses
+    # A pause is idle time: transcribe what was said so far, prefill it into the KV cache (its logits give
+    # P(end of turn) for free), and when the turn looks finished, draft the first phrase on a fork — generated
+    # and synthesized before the endpoint. All of it is background work on the LLM worker.
+    def _start_pause(self, d: Decision) -> None:
+        self._drop_pause()
+        if self.llm is None or not self.auto_respond:
+            return
+        a = int(max(0.0, d.speech_start - PRE_ROLL_S) * INTERNAL_RATE)
+        b = int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
+        pw = PauseWork(upto=d.speech_end)
+        pw.asr = asyncio.create_task(self._transcribe(self._slice(a, b)))
+        pw.task = asyncio.create_task(self._pause_work(pw))
+        self.pause = pw
+
+    async def _transcribe(self, audio: np.ndarray) -> str:
+        return (await self.rt.run(self.rt.asr_pool, self.rt.asr.transcribe, audio)).strip()
+
+    async def _pause_work(self, pw: PauseWork) -> None:
+        rt, t = self.rt, self.cfg.turn
+        try:
+            pw.transcript = text = await asyncio.shield(pw.asr)
+            if pw.stale or not text:
+                return
+            self._emit(ev.TranscriptEvent(text, False, self.turn_index + 1, text))
+            if t.pause_prefill:
+                pw.prefilled, pw.p_end = await rt.llm_pool.run(Priority.BACKGROUND, self.llm.sync_user, text,
+                                                               False, True)
+            else:  # ablation: judge the end of turn on a throw-away fork, keep nothing in the cache
+                pw.p_end = await rt.llm_pool.run(Priority.BACKGROUND, self.llm.end_probability, text)
+            if pw.stale:
+                return
+            self.turns.on_end_probability(pw.p_end, pw.upto)
+            if t.draft and pw.p_end >= t.draft_min_p:
+                pw.draft = Draft(text)
+                pw.draft.task = asyncio.create_task(self._make_draft(pw.draft))
+                await asyncio.shield(pw.draft.task)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("pause-time work failed")
+
+    async def _make_draft(self, d: Draft) -> None:
+        rt, pool = self.rt, self.rt.llm_pool
+        gen = None
+        try:
+            d.llm = await pool.run(d.priority, self.llm.fork)
+            await pool.run(d.priority, d.llm.sync_user, d.transcript, True)
+            d.text = TokenText(rt.llm)
+            ph = self.cfg.phrases
+            d.chunker = PhraseChunker(ph.first_min_words, ph.first_max_words, ph.min_words, ph.max_words)
+            gen = await pool.run(d.priority, d.llm.generate_reply)
+            while not d.cancelled and d.phrase is None:
+                tok = await pool.run(d.priority, next, gen, None)
+                if tok is None:
+                    d.ended = True
+                    d.phrase = d.chunker.flush()
+                    break
+                piece = d.text.add(tok)
+                d.phrase = d.chunker.push(piece if piece is not None else "")
+            await pool.run(d.priority, gen.close)
+            gen = None
+            if d.phrase is not None and not d.cancelled:
+                chunks = await rt.run(rt.tts_pool, lambda text: list(rt.tts.synthesize(text)), d.phrase.text)
+                d.chunks = chunks
+        finally:
+            if gen is not None:  # cancelled mid-way: close the generation on the worker, in order
+                pool.submit_with(Priority.BACKGROUND, gen.close)
+
+    def _drop_pause(self) -> None:
+        if self.pause is not None:
+            self._drop(self.pause)
+            self.pause = None
+
+    def _drop(self, pw: PauseWork) -> None:
+        """The user went on speaking (or the words changed): what this pause prepared is stale."""
+        pw.stale = True
+        if pw.draft is not None:
+            self._discard(pw.draft)
+        if pw.task is not None:
+            pw.task.cancel()
+
+    def _discard(self, d: Draft) -> None:
+        d.cancelled = True
+
+        async def free_after():
+            if d.task is not None:
+                await asyncio.gather(d.task, return_exceptions=True)
+            if d.llm is not None:
+                self.rt.llm_pool.submit_with(Priority.BACKGROUND, d.llm.free)
+
+        asyncio.ensure_future(free_after())
+
+    async def _take_draft(self, pw: PauseWork | None, text: str) -> Draft | None:
+        """At the endpoint: the draft, finished, when it answers exactly what was said; else nothing."""
+        if pw is None:
+            return None
+        d = pw.draft
+        if d is not None and not d.cancelled and d.transcript == text:
+            d.priority = Priority.URGENT
+            await asyncio.gather(d.task, return_exceptions=True)
+            if d.phrase is not None and d.chunks and not d.cancelled:
+                await asyncio.gather(pw.task, return_exceptions=True)
+                return d
+        self._drop(pw)
+        await asyncio.gather(pw.task, return_exceptions=True)  # nothing of it may still be queued
+        return None
+
     # ---------------------------------------------------------------------------------------------- reply
-    async def _respond(self, r: Reply, audio: np.ndarray | None, text: str | None, respond: bool) -> None:
+    async def _respond(self, r: Reply, audio: np.ndarray | None, text: str | None, respond: bool,
+                       pause: PauseWork | None = None) -> None:
         rt, cfg = self.rt, self.cfg
+        pool = rt.llm_pool
         tts_q: asyncio.Queue = asyncio.Queue()
         tts_task = asyncio.create_task(self._speak(r, tts_q))
         gen = None
         try:
             if audio is not None:
-                text = (await rt.run(rt.asr_pool, rt.asr.transcribe, audio)).strip()
+                if pause is not None and pause.asr is not None:  # transcribed during the pause already
+                    text = await asyncio.shield(pause.asr)
+                    r.trace.info["asr_during_pause"] = True
+                else:
+                    text = await self._transcribe(audio)
                 r.trace.mark("transcript")
                 self._emit(ev.TranscriptEvent(text, True, r.turn, text))
             if text:
                 self.pending_user.append(text.strip())
             if not respond or not self.pending_user or r.cancelled:
                 r.silent = True
+                if pause is not None:
+                    self._drop(pause)
                 return
             text = " ".join(self.pending_user)
             self.pending_user.clear()
             r.trace.info["transcript"] = text
             if self.llm is None:
                 await self.start()
-            n_new = await rt.run(rt.llm_pool, self._prefill_user, text)
-            r.trace.info["prefill_tokens"] = n_new
-            chunker = PhraseChunker(cfg.phrases.first_min_words, cfg.phrases.first_max_words,
-                                    cfg.phrases.min_words, cfg.phrases.max_words)
-            gen = await rt.run(rt.llm_pool, self.llm.generate_reply)
-            decoded = ""
-            while not r.cancelled:
-                tok = await rt.run(rt.llm_pool, next, gen, None)
+            draft = await self._take_draft(pause, text)
+            ph = cfg.phrases
+            if draft is not None:  # the first phrase is ready: adopt the fork, play its audio now
+                old, self.llm = self.llm, draft.llm
+                pool.submit_with(Priority.BACKGROUND, old.free)
+                r.trace.info.update(drafted=True, prefill_tokens=0)
+                r.trace.mark("llm_first_token")
+                tt, chunker = draft.text, draft.chunker
+                r.tokens = tt.tokens
+                r.text = tt.text
+                self._emit(ev.ReplyDelta(tt.text, r.turn))
+                self._phrase_ready(r, draft.phrase, tts_q, chunks=draft.chunks)
+                budget = cfg.llm.max_new_tokens - len(r.tokens)
+                if draft.ended:
+                    budget = 0
+            else:
+                n_new = await pool.run(Priority.URGENT, self._prefill_user, text)
+                r.trace.info["prefill_tokens"] = n_new  # prefilled after the endpoint
+                if pause is not None:
+                    r.trace.info["prefilled_in_pause"] = pause.prefilled
+                tt = TokenText(rt.llm)
+                r.tokens = tt.tokens
+                chunker = PhraseChunker(ph.first_min_words, ph.first_max_words, ph.min_words, ph.max_words)
+                budget = cfg.llm.max_new_tokens
+            if budget > 0 and not r.cancelled:
+                gen = await pool.run(Priority.URGENT, self.llm.generate_reply, budget)
+            while gen is not None and not r.cancelled:
+                # the first phrase is urgent; after it, generation only has to stay ahead of playback
+                prio = Priority.URGENT if not r.phrases else Priority.PACED
+                tok = await pool.run(prio, next, gen, None)
                 if tok is None:
                     break
                 r.trace.mark("llm_first_token")
-                r.tokens.append(tok)
-                full = self.rt.llm.decode(r.tokens)
-                if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-                    piece = None
-                else:
-                    piece, decoded = full[len(decoded):], full
+                piece = tt.add(tok)
                 if piece is None:
                     chunker.push("")  # the token still belongs to the current phrase
                     continue
-                r.text = decoded
+                r.text = tt.text
                 if piece:
                     self._emit(ev.ReplyDelta(piece, r.turn))
                 phrase = chunker.push(piece)
@@ -298,7 +492,7 @@ class Session:
         finally:
             r.generating = False
             if gen is not None:
-                await rt.run(rt.llm_pool, gen.close)  # ends the engine's generation request
+                await pool.run(Priority.URGENT, gen.close)  # ends the engine's generation request
             await tts_q.put(None)
             if r.cancelled:
                 tts_task.cancel()
@@ -308,26 +502,26 @@ class Session:
                 pass
             await self._commit(r)
 
-    def _phrase_ready(self, r: Reply, phrase: Phrase, tts_q: asyncio.Queue) -> None:
+    def _phrase_ready(self, r: Reply, phrase: Phrase, tts_q: asyncio.Queue, chunks: list | None = None) -> None:
         r.trace.mark("first_phrase")
         r.phrases.append(phrase)
-        tts_q.put_nowait(phrase)
+        tts_q.put_nowait((phrase, chunks))
 
     async def _speak(self, r: Reply, q: asyncio.Queue) -> None:
         """Synthesize phrases as they come (or all at the end, in the no-streaming baseline)."""
         rt = self.rt
-        pending: list[Phrase] = []
+        pending: list = []
         while True:
-            phrase = await q.get()
-            if phrase is not None:
-                pending.append(phrase)
+            item = await q.get()
+            if item is not None:
+                pending.append(item)
                 if self.cfg.pipeline.stream_tts is False:
                     continue
-            for p in pending:
-                gen = await rt.run(rt.tts_pool, rt.tts.synthesize, p.text)
+            for p, ready in pending:
                 start = r.samples
+                it = iter(ready) if ready is not None else await rt.run(rt.tts_pool, rt.tts.synthesize, p.text)
                 while not r.cancelled:
-                    chunk = await rt.run(rt.tts_pool, next, gen, None)
+                    chunk = next(it, None) if ready is not None else await rt.run(rt.tts_pool, next, it, None)
                     if chunk is None:
                         break
                     for w in chunk.words:
@@ -340,7 +534,7 @@ class Session:
                 if r.cancelled:
                     return
             pending.clear()
-            if phrase is None:
+            if item is None:
                 return
 
     def _prefill_user(self, text: str) -> int:
@@ -381,11 +575,15 @@ class Session:
                 pass
         self._emit(ev.Flush(r.turn, played))
         self.playback.reset()
-        # phrase granularity: phrases whose audio was played to the end
-        done = {i for i, a, b in r.spans if b <= played}
-        kept = [p for p in r.phrases if p.index in done]
-        n_tok = kept[-1].token_end if kept else 0
-        text = " ".join(p.text for p in kept)
+        if r.words:  # word granularity, from the TTS's word timings: words played to their end
+            n_words = sum(1 for _, _, _, end in r.words if end <= played)
+            text = " ".join(w for w, _, _, _ in r.words[:n_words])
+            n_tok = word_boundary(self.rt.llm.decode, r.tokens, n_words)
+        else:  # phrase granularity: phrases whose audio was played to the end
+            done = {i for i, a, b in r.spans if b <= played}
+            kept = [p for p in r.phrases if p.index in done]
+            n_tok = kept[-1].token_end if kept else 0
+            text = " ".join(p.text for p in kept)
         if r.committed:
             await self.rt.run(self.rt.llm_pool, self.llm.end_reply, r.tokens[:n_tok])
             self.history[-1] = {"role": "assistant", "content": text}
@@ -419,6 +617,24 @@ class Session:
         excess = (self._n_in - self._buf_start) - int(keep * INTERNAL_RATE)
         if excess > INTERNAL_RATE:  # trim in 1 s steps, not every frame
             self._drop_before(self._buf_start + excess)
+
+
+def word_boundary(decode, tokens: list[int], n_words: int) -> int:
+    """The number of leading tokens that spell exactly the first n_words words (cut at a word start)."""
+    if n_words <= 0:
+        return 0
+    best = 0
+    for k in range(1, len(tokens) + 1):
+        text = decode(tokens[:k])
+        words = len(text.split())
+        if words > n_words:
+            break
+        at_word_end = k == len(tokens) or decode(tokens[:k + 1])[len(text):][:1].isspace()
+        if words == n_words and at_word_end:
+            return k
+        if at_word_end:
+            best = k
+    return best
 
 
 def trace_summary(traces: list[TurnTrace]) -> str:

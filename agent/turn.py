@@ -1,6 +1,11 @@
-"""Turn taking as a pure state machine: fed timestamped VAD probabilities and the agent's speaking state, it
-decides when the user started talking, when their turn ended (endpoint) and when they interrupted the agent.
-No I/O, no clocks of its own: times are audio-stream seconds given by the caller."""
+"""Turn taking as a pure state machine. Fed timestamped events — VAD probabilities, end-of-turn probabilities
+computed during pauses, the agent's speaking state — it emits decisions: the user started talking, paused (use the
+pause: prefill, draft), resumed (drop the draft), finished (endpoint), or interrupted the agent (barge-in).
+No I/O and no clock of its own: times are audio-stream seconds given by the caller.
+
+The endpoint is adaptive. Silence alone is a poor judge: people pause mid-sentence for as long as they pause at
+the end. So the silence needed depends on P(end of turn) for what was said so far — short when the words are
+clearly finished, long mid-sentence, never longer than `max_delay_s`."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from enum import Enum
 
 class Kind(str, Enum):
     SPEECH_START = "speech_start"
+    PAUSE = "pause"  # silence >= pause_s inside a turn: background work may start
+    RESUME = "resume"  # speech again after a PAUSE: what the pause prepared is stale
     ENDPOINT = "endpoint"
     BARGE_IN = "barge_in"
 
@@ -19,7 +26,8 @@ class Decision:
     kind: Kind
     t: float  # stream time the decision was taken
     speech_start: float  # start of the current utterance
-    speech_end: float  # end of the last speech frame (== t for SPEECH_START)
+    speech_end: float  # end of the last speech frame
+    delay: float = 0.0  # ENDPOINT: the silence that was required
 
 
 @dataclass
@@ -27,19 +35,43 @@ class TurnParams:
     threshold: float = 0.5
     neg_threshold: float = 0.35
     min_speech_s: float = 0.096
-    endpoint_silence_s: float = 0.5
     barge_in_s: float = 0.2
     barge_in: bool = True
+    pause_s: float = 0.1  # silence that counts as a pause (pause-time work starts)
+    adaptive: bool = True  # False: a fixed silence of endpoint_silence_s ends the turn
+    endpoint_silence_s: float = 0.5  # fixed mode; adaptive mode uses it while P(end) is not known yet
+    min_delay_s: float = 0.15  # adaptive: silence needed when P(end) >= p_high
+    max_delay_s: float = 1.0  # adaptive: silence needed when P(end) <= p_low
+    p_low: float = 0.1
+    p_high: float = 0.6
+
+
+def endpoint_delay(p: TurnParams, p_end: float | None) -> float:
+    """Silence (s) that ends the turn, given P(end of turn) for everything said so far (None: unknown yet)."""
+    if not p.adaptive:
+        return p.endpoint_silence_s
+    if p_end is None:
+        return max(p.endpoint_silence_s, p.min_delay_s)
+    if p_end >= p.p_high:
+        return p.min_delay_s
+    if p_end <= p.p_low:
+        return p.max_delay_s
+    x = (p_end - p.p_low) / (p.p_high - p.p_low)
+    return p.max_delay_s - x * (p.max_delay_s - p.min_delay_s)
 
 
 class TurnTaker:
-    """idle -> (speech >= min_speech) -> speaking -> (silence >= endpoint_silence) -> idle with an ENDPOINT.
-    While the agent speaks, speech >= barge_in_s is a BARGE_IN (or ignored in half duplex)."""
+    """idle -> (speech >= min_speech) -> in turn -> (silence >= endpoint delay) -> idle with an ENDPOINT.
+    Inside a turn, silence >= pause_s is a PAUSE and speech after it a RESUME. While the agent speaks, speech
+    >= barge_in_s is a BARGE_IN (ignored in half duplex)."""
 
     def __init__(self, params: TurnParams):
         self.p = params
         self.in_turn = False  # the user holds the floor (speech_start emitted, no endpoint yet)
         self.agent_speaking = False
+        self.paused = False  # a PAUSE was emitted and no speech since
+        self.p_end: float | None = None  # P(end of turn) for speech up to p_end_upto
+        self.p_end_upto = -1.0
         self._run_start: float | None = None  # start of the current run of speech frames
         self._last_speech: float = 0.0  # end time of the last speech frame
         self._turn_start = 0.0
@@ -49,6 +81,14 @@ class TurnTaker:
         self.agent_speaking = speaking
         if speaking and not self.in_turn:
             self._run_start = None
+
+    def on_end_probability(self, p_end: float, upto: float) -> None:
+        """P(end of turn) computed on the transcript of speech up to stream time `upto`."""
+        self.p_end, self.p_end_upto = p_end, upto
+
+    def current_delay(self) -> float:
+        fresh = self.p_end is not None and self.p_end_upto >= self._last_speech - 1e-6
+        return endpoint_delay(self.p, self.p_end if fresh else None)
 
     def on_vad(self, t_end: float, dur: float, prob: float) -> list[Decision]:
         """One VAD frame covering [t_end - dur, t_end]."""
@@ -60,24 +100,34 @@ class TurnTaker:
                 self._run_start = t_end - dur
             self._last_speech = t_end
             run = t_end - self._run_start
-            if not self.in_turn:
-                if self.agent_speaking:
-                    if p.barge_in and run >= p.barge_in_s:
-                        out.append(Decision(Kind.BARGE_IN, t_end, self._run_start, t_end))
-                        self.agent_speaking = False
-                        out.append(self._start(t_end))
-                elif run >= p.min_speech_s:
+            if self.in_turn:
+                if self.paused:
+                    self.paused = False
+                    out.append(Decision(Kind.RESUME, t_end, self._turn_start, t_end))
+            elif self.agent_speaking:
+                if p.barge_in and run >= p.barge_in_s:
+                    out.append(Decision(Kind.BARGE_IN, t_end, self._run_start, t_end))
+                    self.agent_speaking = False
                     out.append(self._start(t_end))
+            elif run >= p.min_speech_s:
+                out.append(self._start(t_end))
         else:
             if not self.in_turn:
                 self._run_start = None
-            elif t_end - self._last_speech >= p.endpoint_silence_s:
-                self.in_turn = False
-                self._run_start = None
-                out.append(Decision(Kind.ENDPOINT, t_end, self._turn_start, self._last_speech))
+                return out
+            self._run_start = None
+            silence = t_end - self._last_speech
+            if silence >= self.current_delay():
+                delay = self.current_delay()
+                self.in_turn = self.paused = False
+                out.append(Decision(Kind.ENDPOINT, t_end, self._turn_start, self._last_speech, delay))
+            elif not self.paused and silence >= p.pause_s:
+                self.paused = True
+                out.append(Decision(Kind.PAUSE, t_end, self._turn_start, self._last_speech))
         return out
 
     def _start(self, t: float) -> Decision:
-        self.in_turn = True
+        self.in_turn, self.paused = True, False
+        self.p_end, self.p_end_upto = None, -1.0
         self._turn_start = self._run_start if self._run_start is not None else t
         return Decision(Kind.SPEECH_START, t, self._turn_start, t)

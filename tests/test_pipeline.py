@@ -52,7 +52,11 @@ def test_pipeline_reply_audio_says_the_reply_text(rt, speech):
 
 def test_multi_turn_prefills_only_new_tokens(rt, speech):
     clips = [load_audio(speech / "pocketsphinx_misc/goforward.wav"), load_audio(speech / "pocketsphinx_cards/001.wav")]
-    conv = asyncio.run(converse(rt, clips))
+    rt.config.turn.pause_prefill, rt.config.turn.draft = False, False  # all prefill happens at the endpoint
+    try:
+        conv = asyncio.run(converse(rt, clips))
+    finally:
+        rt.config.turn.pause_prefill, rt.config.turn.draft = True, True
     assert len(conv.turns) == 2
     s = conv.session
     t1, t2 = conv.turns

@@ -1,5 +1,5 @@
 from agent.phrases import PhraseChunker
-from agent.turn import Kind, TurnParams, TurnTaker
+from agent.turn import Kind, TurnParams, TurnTaker, endpoint_delay
 
 F = 0.032
 
@@ -12,10 +12,14 @@ def run(tt, probs, t0=0.0):
     return out, t
 
 
+def kinds(ds):
+    return [d.kind for d in ds]
+
+
 def test_endpoint_after_silence_threshold():
-    tt = TurnTaker(TurnParams(endpoint_silence_s=0.5))
+    tt = TurnTaker(TurnParams(endpoint_silence_s=0.5, adaptive=False))
     ds, t = run(tt, [0.0] * 10 + [0.9] * 30 + [0.1] * 14)
-    assert [d.kind for d in ds] == [Kind.SPEECH_START]  # 14 frames = 448 ms of silence: not yet
+    assert kinds(ds) == [Kind.SPEECH_START, Kind.PAUSE]  # 14 frames = 448 ms of silence: not yet
     ds, t = run(tt, [0.1] * 2, t)
     assert [d.kind for d in ds] == [Kind.ENDPOINT]
     assert abs(ds[0].speech_end - 40 * F) < 1e-9 and abs(ds[0].speech_start - 10 * F) < 1e-9
@@ -26,9 +30,8 @@ def test_short_blip_and_hysteresis():
     ds, t = run(tt, [0.9, 0.9, 0.1] * 5)  # 64 ms blips never start a turn
     assert ds == []
     ds, t = run(tt, [0.9] * 5 + [0.4] * 20 + [0.1] * 20, t)  # 0.4 is above neg_threshold: still speech
-    kinds = [d.kind for d in ds]
-    assert kinds == [Kind.SPEECH_START, Kind.ENDPOINT]
-    assert ds[1].speech_end > ds[0].t + 19 * F
+    assert kinds(ds) == [Kind.SPEECH_START, Kind.PAUSE, Kind.ENDPOINT]
+    assert ds[2].speech_end > ds[0].t + 19 * F
 
 
 def test_barge_in_only_while_agent_speaks_and_only_full_duplex():
@@ -40,6 +43,43 @@ def test_barge_in_only_while_agent_speaks_and_only_full_duplex():
     half.set_agent_speaking(True)
     ds, _ = run(half, [0.9] * 30)
     assert ds == []
+
+
+def test_pause_resume_and_adaptive_endpoint():
+    tt = TurnTaker(TurnParams(pause_s=0.1, endpoint_silence_s=0.5, min_delay_s=0.15, max_delay_s=1.0,
+                              p_low=0.1, p_high=0.6))
+    ds, t = run(tt, [0.9] * 20 + [0.1] * 4)  # 128 ms of silence: a pause, once
+    assert kinds(ds) == [Kind.SPEECH_START, Kind.PAUSE]
+    ds, t = run(tt, [0.9] * 10, t)
+    assert kinds(ds) == [Kind.RESUME]
+    # mid-sentence: P(end) low -> waits up to max_delay_s
+    ds, t = run(tt, [0.1] * 4, t)
+    tt.on_end_probability(0.05, upto=t - 4 * F)
+    ds, t2 = run(tt, [0.1] * 26, t)  # 30 frames = 0.96 s of silence in all: not yet
+    assert kinds(ds) == []
+    ds, t2 = run(tt, [0.1] * 2, t2)
+    assert kinds(ds) == [Kind.ENDPOINT] and abs(ds[0].delay - 1.0) < 1e-9
+    # clearly finished: P(end) high -> min_delay_s
+    tt2 = TurnTaker(TurnParams())
+    ds, t = run(tt2, [0.9] * 20 + [0.1] * 4)
+    tt2.on_end_probability(0.95, upto=20 * F)
+    ds, t = run(tt2, [0.1], t)
+    assert kinds(ds) == [Kind.ENDPOINT] and ds[0].delay == TurnParams().min_delay_s
+    # a probability computed before the user spoke again does not count
+    tt3 = TurnTaker(TurnParams())
+    run(tt3, [0.9] * 20 + [0.1] * 4)
+    tt3.on_end_probability(0.95, upto=20 * F)
+    ds, t = run(tt3, [0.9] * 5 + [0.1] * 6, 24 * F)
+    assert Kind.ENDPOINT not in kinds(ds)  # 192 ms of silence, P(end) stale: the fallback 0.5 s applies
+
+
+def test_endpoint_delay_is_bounded_and_monotonic():
+    p = TurnParams()
+    delays = [endpoint_delay(p, x / 20) for x in range(21)]
+    assert all(a >= b for a, b in zip(delays, delays[1:]))
+    assert max(delays) == p.max_delay_s and min(delays) == p.min_delay_s
+    assert endpoint_delay(p, None) == p.endpoint_silence_s
+    assert endpoint_delay(TurnParams(adaptive=False), 0.99) == p.endpoint_silence_s
 
 
 def chunk(tokens, **kw):
