@@ -1,0 +1,384 @@
+"""The LLM engine: a paged KV pool allocated once, sessions that own pages, and one decode step for every
+generating session (continuous batching).
+
+    engine = Engine(model, tokenizer=tok, num_pages=512, page_size=16)
+    sys = engine.prefix(chat.system_ids("You are ..."))     # prefilled once, pages shared
+    s = engine.new_session(prefix=sys)
+    logits = s.append(chat.user_turn_ids("Hi"), return_logits=True)  # chunked prefill, cancellable
+    for tok in s.generate(64, Sampling(), stop_ids=chat.stop_ids): ...
+    s.append(chat.end_of_reply_ids())                       # close the assistant message
+    draft = s.fork(); ...; draft.free()                     # copy-on-write branch
+    s.truncate(n)                                           # roll back (barge-in), frees pages
+    s.free()
+
+Token bookkeeping: `s.tokens` is the session's history. All of it is in the KV cache except, right after
+`generate`, possibly the last generated token ("pending": sampled, yielded, not yet run through the model); the
+next `append` or `generate` feeds it first. A stop token is yielded but never becomes part of the history.
+
+Pages: a session's `pages[i]` holds positions i*page_size .. (i+1)*page_size-1. Pages are refcounted; before a
+session writes into a page that another session also holds (fork, shared prefix), it copies it (copy-on-write).
+Everything here is synchronous and single-threaded (the pipeline calls it from one worker thread); only
+`cancel` flags may be set from another thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from llm import ops
+from llm.llama import AttnMeta, Llama
+
+
+class OutOfPages(RuntimeError):
+    """The KV pool has no free page left."""
+
+
+class Cancelled(RuntimeError):
+    """append() stopped between chunks because its cancel flag was set; `n_done` tokens were appended."""
+
+    def __init__(self, n_done: int):
+        super().__init__(f"append cancelled after {n_done} tokens")
+        self.n_done = n_done
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class SessionStats:
+    prefill_tokens: int = 0  # cumulative tokens run through prefill
+    last_append_tokens: int = 0  # tokens the last append() ran through the model (pending token included)
+    decode_tokens: int = 0  # tokens produced by decode steps
+    appends: int = 0
+
+
+class PagePool:
+    """Free list + refcounts over page ids 0..num_pages-1 (host side; the tensors live in Engine.kv)."""
+
+    def __init__(self, num_pages: int):
+        self.num_pages = num_pages
+        self.refs = [0] * num_pages
+        self.free_list = list(range(num_pages - 1, -1, -1))  # pop() gives the lowest id first
+
+    @property
+    def n_free(self) -> int:
+        return len(self.free_list)
+
+    def alloc(self) -> int:
+        if not self.free_list:
+            raise OutOfPages(f"KV pool exhausted ({self.num_pages} pages)")
+        p = self.free_list.pop()
+        self.refs[p] = 1
+        return p
+
+    def incref(self, p: int) -> None:
+        assert self.refs[p] > 0
+        self.refs[p] += 1
+
+    def decref(self, p: int) -> None:
+        assert self.refs[p] > 0, f"page {p} freed twice"
+        self.refs[p] -= 1
+        if self.refs[p] == 0:
+            self.free_list.append(p)
+
+
+class Session:
+    def __init__(self, engine: "Engine"):
+        self.engine = engine
+        self.tokens: list[int] = []
+        self.pages: list[int] = []
+        self.n_cached = 0  # tokens whose K/V are in the pages
+        self.last_logits: Tensor | None = None  # [vocab] logits after tokens[:n_cached] (when known)
+        self.stats = SessionStats()
+        self.freed = False
+        self._request: "_Request | None" = None
+
+    # ---- public API ---------------------------------------------------------------------------------------
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def append(self, ids: Sequence[int], return_logits: bool = False,
+               cancel: threading.Event | Callable[[], bool] | None = None) -> Tensor | None:
+        """Prefill `ids` (plus a pending generated token) in chunks. Returns the logits [vocab] (fp32) of the
+        last position when asked. Raises Cancelled between chunks if `cancel` is set; what ran stays appended."""
+        self._check_idle()
+        self.tokens.extend(int(t) for t in ids)
+        start = self.n_cached
+        self.stats.appends += 1
+        chunk = self.engine.prefill_chunk
+        try:
+            while self.n_cached < len(self.tokens):
+                if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+                    del self.tokens[self.n_cached:]
+                    raise Cancelled(self.n_cached - start)
+                self.engine._prefill(self, min(self.n_cached + chunk, len(self.tokens)))
+        finally:
+            self.stats.last_append_tokens = self.n_cached - start
+            self.stats.prefill_tokens += self.n_cached - start
+        if return_logits and self.last_logits is None:
+            self._refeed_last()
+        return None if not return_logits else self.last_logits.float()
+
+    def generate(self, max_new_tokens: int, sampling: Sampling | None = None, stop_ids: Sequence[int] = (),
+                 stop_strings: Sequence[str] = ()) -> Iterator[int]:
+        """Yield up to `max_new_tokens` sampled tokens. Each yielded token joins the history (and is fed to the
+        model on the next step); a stop token / the token completing a stop string is yielded last and not kept.
+        Closing the iterator early keeps the tokens yielded so far."""
+        self._check_idle()
+        if not self.tokens:
+            raise ValueError("generate() needs at least one token in the session")
+        if self.last_logits is None and self.n_cached == len(self.tokens):
+            self._refeed_last()
+        req = _Request(self, max_new_tokens, sampling or Sampling(), frozenset(int(t) for t in stop_ids),
+                       tuple(stop_strings))
+        self._request = req
+        try:
+            while True:
+                if not req.out:
+                    if req.done:
+                        return
+                    self.engine.step()
+                    continue
+                tok = req.out.popleft()
+                is_stop = req.done and not req.out and req.stopped
+                if not is_stop:
+                    self.tokens.append(tok)  # pending: fed on the next step / append
+                yield tok
+                if is_stop:
+                    return
+        finally:
+            req.done = True
+            req.out.clear()
+            self._request = None
+
+    def truncate(self, n_tokens: int) -> None:
+        """Keep the first n_tokens of the history; pages past them go back to the pool."""
+        self._check_idle()
+        if not 0 <= n_tokens <= len(self.tokens):
+            raise ValueError(f"truncate({n_tokens}) outside 0..{len(self.tokens)}")
+        if n_tokens == len(self.tokens):
+            return
+        del self.tokens[n_tokens:]
+        self.n_cached = min(self.n_cached, n_tokens)
+        self.last_logits = None
+        keep = -(-self.n_cached // self.engine.page_size)
+        for p in self.pages[keep:]:
+            self.engine.pool.decref(p)
+        del self.pages[keep:]
+
+    def fork(self) -> "Session":
+        """A copy-on-write branch: shares every page (refcounted); the first write into a shared page copies it."""
+        self._check_idle()
+        s = Session(self.engine)
+        s.tokens = list(self.tokens)
+        s.pages = list(self.pages)
+        for p in s.pages:
+            self.engine.pool.incref(p)
+        s.n_cached = self.n_cached
+        s.last_logits = None if self.last_logits is None else self.last_logits.clone()
+        self.engine.sessions.add(s)
+        return s
+
+    def free(self) -> None:
+        if self.freed:
+            return
+        if self._request is not None:
+            self._request.done = True
+        for p in self.pages:
+            self.engine.pool.decref(p)
+        self.pages.clear()
+        self.tokens.clear()
+        self.n_cached = 0
+        self.freed = True
+        self.engine.sessions.discard(self)
+
+    # ---- internals ----------------------------------------------------------------------------------------
+
+    def _check_idle(self):
+        if self.freed:
+            raise RuntimeError("session was freed")
+        if self._request is not None and not self._request.done:
+            raise RuntimeError("session is generating; close its iterator first")
+
+    def _refeed_last(self):
+        """Logits of the last position are unknown (after truncate/fork of a fresh state): run it again."""
+        last = self.tokens[-1]
+        self.truncate(len(self.tokens) - 1)
+        self.tokens.append(last)
+        self.engine._prefill(self, len(self.tokens))
+
+    def _reserve(self, n_total: int) -> None:
+        """Make pages writable for positions n_cached .. n_total-1 (allocate; copy shared pages on write)."""
+        eng, ps = self.engine, self.engine.page_size
+        first = self.n_cached // ps
+        if first < len(self.pages) and eng.pool.refs[self.pages[first]] > 1:
+            old = self.pages[first]
+            new = eng.pool.alloc()
+            eng._copy_page(old, new)
+            eng.pool.decref(old)
+            self.pages[first] = new
+        need = -(-n_total // ps)
+        try:
+            while len(self.pages) < need:
+                self.pages.append(eng.pool.alloc())
+        except OutOfPages:
+            keep = -(-self.n_cached // ps)
+            for p in self.pages[keep:]:
+                eng.pool.decref(p)
+            del self.pages[keep:]
+            raise
+
+
+@dataclass(eq=False)
+class _Request:
+    session: Session
+    max_new: int
+    sampling: Sampling
+    stop_ids: frozenset
+    stop_strings: tuple
+    out: deque = field(default_factory=deque)
+    n_generated: int = 0
+    done: bool = False
+    stopped: bool = False  # ended on a stop token / string
+    text: str = ""
+
+
+class Engine:
+    def __init__(self, model: Llama, tokenizer=None, *, num_pages: int = 1024, page_size: int = 16,
+                 device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                 prefill_chunk: int = 512):
+        self.model = model
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device else model.embed.weight.device
+        self.dtype = dtype or model.embed.weight.dtype
+        self.page_size = page_size
+        self.prefill_chunk = prefill_chunk
+        self.pool = PagePool(num_pages)
+        cfg = self.cfg
+        # the whole KV pool, allocated once: [layers, 2 (k, v), pages, page_size, Hkv, D]
+        self.kv_pool = torch.zeros(cfg.n_layers, 2, num_pages, page_size, cfg.n_kv_heads, cfg.head_dim,
+                                   device=self.device, dtype=self.dtype)
+        self.kv = [(self.kv_pool[i, 0], self.kv_pool[i, 1]) for i in range(cfg.n_layers)]
+        self.sessions: set[Session] = set()
+        self._generators: dict[int, torch.Generator] = {}
+
+    # ---- sessions -----------------------------------------------------------------------------------------
+
+    def new_session(self, prefix: Session | None = None) -> Session:
+        if prefix is not None:
+            return prefix.fork()
+        s = Session(self)
+        self.sessions.add(s)
+        return s
+
+    def prefix(self, ids: Sequence[int]) -> Session:
+        """Prefill a shared prefix (a system prompt) once; new_session(prefix=p) shares its pages."""
+        p = self.new_session()
+        p.append(ids)
+        return p
+
+    @property
+    def free_pages(self) -> int:
+        return self.pool.n_free
+
+    # ---- model calls --------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _prefill(self, s: Session, end: int) -> None:
+        """Run s.tokens[s.n_cached:end] through the model (one sequence, one chunk); sets s.last_logits."""
+        start = s.n_cached
+        s._reserve(end)
+        ps, dev = self.page_size, self.device
+        pos = torch.arange(start, end)
+        pages = torch.tensor(s.pages, dtype=torch.int64)
+        slots = pages[pos // ps] * ps + pos % ps
+        meta = AttnMeta(slot_mapping=slots.to(dev), block_table=pages.to(torch.int32)[None].to(dev),
+                        seq_lens=torch.tensor([end], dtype=torch.int32, device=dev), prefill=[(end - start, end)],
+                        logits_idx=torch.tensor([end - start - 1], device=dev))
+        toks = torch.tensor(s.tokens[start:end], dtype=torch.int64, device=dev)
+        logits = self.model(toks, pos.to(dev), meta, self.kv)
+        s.n_cached = end
+        s.last_logits = logits[0]
+
+    @torch.inference_mode()
+    def step(self) -> int:
+        """One decode step for every generating session: feed its pending token, sample the next one.
+        Returns how many sessions advanced."""
+        reqs: list[_Request] = []
+        for s in list(self.sessions):
+            r = s._request
+            if r is None or r.done or r.out:
+                continue
+            if s.n_cached == len(s.tokens):  # nothing pending: sample from the logits the prompt left
+                self._emit(r, self._sample(s.last_logits[None], [r])[0])
+                continue
+            reqs.append(r)
+        if reqs:
+            self._decode(reqs)
+        return len(reqs)
+
+    def _decode(self, reqs: list[_Request]) -> None:
+        ps, dev = self.page_size, self.device
+        ss = [r.session for r in reqs]
+        for s in ss:
+            s._reserve(s.n_cached + 1)
+        pos = [s.n_cached for s in ss]
+        slots = [s.pages[p // ps] * ps + p % ps for s, p in zip(ss, pos)]
+        width = max(len(s.pages) for s in ss)
+        table = [s.pages + [0] * (width - len(s.pages)) for s in ss]
+        meta = AttnMeta(slot_mapping=torch.tensor(slots, device=dev),
+                        block_table=torch.tensor(table, dtype=torch.int32, device=dev),
+                        seq_lens=torch.tensor([p + 1 for p in pos], dtype=torch.int32, device=dev))
+        toks = torch.tensor([s.tokens[s.n_cached] for s in ss], device=dev)
+        logits = self.model(toks, torch.tensor(pos, device=dev), meta, self.kv)  # [B, vocab]
+        ids = self._sample(logits, reqs)
+        for i, (r, s, tok) in enumerate(zip(reqs, ss, ids)):
+            s.n_cached += 1
+            s.last_logits = logits[i]  # for a later append(return_logits=True) / generate
+            s.stats.decode_tokens += 1
+            self._emit(r, tok)
+
+    def _sample(self, logits: Tensor, reqs: list[_Request]) -> list[int]:
+        if all(r.sampling.temperature == 0 for r in reqs):
+            return logits.argmax(-1).tolist()
+        dev = logits.device
+        temp = torch.tensor([r.sampling.temperature for r in reqs], device=dev)
+        top_p = torch.tensor([r.sampling.top_p for r in reqs], device=dev)
+        seed = reqs[0].sampling.seed
+        gen = None
+        if seed is not None:
+            gen = self._generators.get(seed)
+            if gen is None:
+                gen = self._generators[seed] = torch.Generator(device=dev).manual_seed(seed)
+        return ops.sample(logits.float(), temp, top_p, gen).tolist()
+
+    def _emit(self, r: _Request, tok: int) -> None:
+        r.n_generated += 1
+        r.out.append(tok)
+        if tok in r.stop_ids:
+            r.done = r.stopped = True
+        elif r.stop_strings:
+            if self.tokenizer is None:
+                raise ValueError("stop_strings need an Engine(tokenizer=...)")
+            r.text += self.tokenizer.decode([tok])
+            if any(x in r.text for x in r.stop_strings):
+                r.done = r.stopped = True
+        if r.n_generated >= r.max_new:
+            r.done = True
+
+    @torch.inference_mode()
+    def _copy_page(self, src: int, dst: int) -> None:
+        self.kv_pool[:, :, dst].copy_(self.kv_pool[:, :, src])

@@ -1,0 +1,168 @@
+"""The Llama-family decoder (Llama 3.x, SmolLM2; Qwen2 = Llama with q/k/v bias), over a paged KV cache.
+
+No serving logic here: the engine owns the KV pages, batching, sampling and CUDA graphs. The forward takes a flat
+list of tokens (any mix of sequences), their positions, an `AttnMeta` that says where each token's K/V goes and
+what each sequence may attend to, and the per-layer caches `[(k, v)]`, each `[num_pages, page_size, Hkv, D]`.
+
+Weight layout is fixed at load time: q/k/v are one matrix `wqkv` [(H + 2 Hkv) D, hidden] and gate/up one matrix
+`w13` [2 I, hidden] (gate first), so a layer is 4 matmuls. `load_hf_state_dict` maps Hugging Face names onto it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from llm import ops
+from llm.config import ModelConfig, rope_inv_freq
+
+
+@dataclass
+class AttnMeta:
+    """Where the T new tokens go and what they attend to.
+
+    decode  (`prefill is None`): B sequences, one new token each (T == B); attention over pages via block_table.
+    prefill: `prefill[b] = (n_new, ctx_len)` host ints per sequence; the tokens of sequence b are consecutive in
+             the flat batch and sit at positions ctx_len - n_new .. ctx_len - 1.
+    """
+
+    slot_mapping: Tensor  # [T] int64: flat cache slot (page * page_size + offset) of each new token
+    block_table: Tensor  # [B, max_pages] int32: the pages of each sequence, in order
+    seq_lens: Tensor  # [B] int32: context length of each sequence, new tokens included
+    prefill: list[tuple[int, int]] | None = None
+    logits_idx: Tensor | None = None  # rows of the flat batch whose logits are wanted (None: all)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.attn_norm = nn.Parameter(torch.ones(d))
+        self.wqkv = nn.Linear(d, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.q_size, d, bias=False)
+        self.ffn_norm = nn.Parameter(torch.ones(d))
+        self.w13 = nn.Linear(d, 2 * cfg.intermediate_size, bias=False)  # gate | up
+        self.w2 = nn.Linear(cfg.intermediate_size, d, bias=False)
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: ModelConfig, max_seq_len: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.scale = cfg.head_dim ** -0.5
+        self.max_seq_len = min(max_seq_len or cfg.max_position, cfg.max_position)
+        self.init_rope()
+
+    def init_rope(self) -> None:
+        """RoPE tables cos/sin [max_seq_len, D/2] in fp32 (as HF); call again after .to(dtype) / to_empty()."""
+        dev = self.embed.weight.device
+        dev = torch.device("cpu") if dev.type == "meta" else dev
+        inv = torch.tensor(rope_inv_freq(self.cfg), dtype=torch.float32, device=dev)
+        ang = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32, device=dev), inv)
+        self.register_buffer("cos", ang.cos(), persistent=False)
+        self.register_buffer("sin", ang.sin(), persistent=False)
+
+    def head_weight(self) -> Tensor:
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(self, tokens: Tensor, positions: Tensor, meta: AttnMeta, kv: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """tokens/positions [T] -> logits [len(logits_idx) or T, vocab] (in the model dtype)."""
+        cfg = self.cfg
+        H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        x = self.embed(tokens)  # [T, hidden]
+        residual = None
+        for layer, (k_cache, v_cache) in zip(self.layers, kv):
+            if residual is None:
+                h, residual = ops.rmsnorm(x, layer.attn_norm, cfg.rms_eps), x
+            else:
+                h, residual = ops.rmsnorm(x, layer.attn_norm, cfg.rms_eps, residual)
+            qkv = layer.wqkv(h)  # [T, (H + 2Hkv) D]
+            q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
+            q, k, v = q.view(-1, H, D), k.view(-1, Hkv, D), v.view(-1, Hkv, D)
+            q = ops.rope_write_kv(q, k, v, positions, self.cos, self.sin, k_cache, v_cache, meta.slot_mapping)
+            o = self._attention(q, k_cache, v_cache, meta)  # [T, H, D]
+            x = layer.wo(o.reshape(-1, H * D))
+            h, residual = ops.rmsnorm(x, layer.ffn_norm, cfg.rms_eps, residual)
+            x = layer.w2(ops.silu_and_mul(layer.w13(h)))
+        x = x + residual
+        if meta.logits_idx is not None:
+            x = x.index_select(0, meta.logits_idx)
+        x = ops.rmsnorm(x, self.norm, cfg.rms_eps)
+        return x @ self.head_weight().t()
+
+    def _attention(self, q, k_cache, v_cache, meta: AttnMeta) -> Tensor:
+        if meta.prefill is None:
+            return ops.paged_decode_attention(q, k_cache, v_cache, meta.block_table, meta.seq_lens, self.scale)
+        ps, outs, start = k_cache.shape[1], [], 0
+        for b, (n_new, ctx) in enumerate(meta.prefill):
+            pages = meta.block_table[b, : (ctx + ps - 1) // ps].long()
+            sl = slice(start, start + n_new)
+            outs.append(ops.prefill_attention(q[sl], k_cache, v_cache, pages, ctx, self.scale))
+            start += n_new
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    # ---- weights ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def load_hf_state_dict(self, sd: dict[str, Tensor]) -> None:
+        """Hugging Face LlamaForCausalLM / Qwen2ForCausalLM names -> our fused layout. Raises on missing or
+        unexpected keys (only rotary buffers may be extra)."""
+        cfg, used = self.cfg, set()
+
+        def take(name: str) -> Tensor:
+            if name not in sd:
+                raise KeyError(f"weight {name!r} missing")
+            used.add(name)
+            return sd[name]
+
+        def put(dst: Tensor, src: Tensor):
+            assert dst.shape == src.shape, (dst.shape, src.shape)
+            dst.copy_(src)
+
+        put(self.embed.weight, take("model.embed_tokens.weight"))
+        put(self.norm, take("model.norm.weight"))
+        if self.lm_head is not None:
+            put(self.lm_head.weight, take("lm_head.weight"))
+        elif "lm_head.weight" in sd:
+            used.add("lm_head.weight")  # tied copy
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            put(layer.attn_norm, take(p + "input_layernorm.weight"))
+            put(layer.ffn_norm, take(p + "post_attention_layernorm.weight"))
+            put(layer.wqkv.weight, torch.cat([take(a + f"{n}_proj.weight") for n in "qkv"]))
+            if cfg.qkv_bias:
+                put(layer.wqkv.bias, torch.cat([take(a + f"{n}_proj.bias") for n in "qkv"]))
+            put(layer.wo.weight, take(a + "o_proj.weight"))
+            put(layer.w13.weight, torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
+            put(layer.w2.weight, take(p + "mlp.down_proj.weight"))
+        extra = [k for k in sd if k not in used and "rotary_emb" not in k]
+        if extra:
+            raise KeyError(f"unexpected weights: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+
+    @torch.no_grad()
+    def hf_state_dict(self) -> dict[str, Tensor]:
+        """The inverse of load_hf_state_dict (to build transformers' reference model from the same weights)."""
+        cfg = self.cfg
+        sd = {"model.embed_tokens.weight": self.embed.weight, "model.norm.weight": self.norm}
+        sd["lm_head.weight"] = self.head_weight()
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            q, k, v = layer.wqkv.weight.split([cfg.q_size, cfg.kv_size, cfg.kv_size])
+            sd.update({p + "input_layernorm.weight": layer.attn_norm, p + "post_attention_layernorm.weight":
+                       layer.ffn_norm, p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                       p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": layer.wo.weight})
+            if cfg.qkv_bias:
+                qb, kb, vb = layer.wqkv.bias.split([cfg.q_size, cfg.kv_size, cfg.kv_size])
+                sd.update({p + "self_attn.q_proj.bias": qb, p + "self_attn.k_proj.bias": kb,
+                           p + "self_attn.v_proj.bias": vb})
+            g, u = layer.w13.weight.chunk(2)
+            sd.update({p + "mlp.gate_proj.weight": g, p + "mlp.up_proj.weight": u,
+                       p + "mlp.down_proj.weight": layer.w2.weight})
+        return sd

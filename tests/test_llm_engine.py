@@ -1,0 +1,292 @@
+"""The LLM engine: real SmolLM2 weights against transformers, chat pieces, sessions, and the page pool."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from llm.config import tiny
+from llm.engine import Cancelled, Engine, OutOfPages, Sampling
+from llm.llama import Llama
+from llm.weights import init_synthetic
+
+SMOL = "smollm2-135m-instruct"
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a short story about a robot who learns to paint.",
+    "Explain how a bicycle works, step by step.",
+    "List five fruits and describe the taste of each one.",
+    "Why is the sky blue? Answer in detail.",
+]
+
+
+def _smol_dir():
+    from agent.models import model_dir
+
+    d = model_dir(SMOL)
+    if not any(d.glob("*.gguf")):
+        pytest.skip(f"{SMOL} not fetched (quickturn models fetch {SMOL})")
+    return d
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from llm.chat import ChatFormat
+    from llm.tokenizer import load_tokenizer
+    from llm.weights import load_model
+
+    d = _smol_dir()
+    tok = load_tokenizer(d)
+    return load_model(d), tok, ChatFormat.from_tokenizer(tok), d
+
+
+@pytest.fixture(scope="module")
+def hf_smol(smol):
+    """transformers' own GGUF loader (independent of our conversion, Q/K un-permutation included)."""
+    from transformers import AutoModelForCausalLM
+
+    d = smol[3]
+    gguf = next(d.glob("*.gguf")).name
+    return AutoModelForCausalLM.from_pretrained(str(d), gguf_file=gguf, dtype=torch.float32).eval()
+
+
+def _prompt_ids(chat, text):
+    return chat.system_ids("You are a helpful assistant.") + chat.user_turn_ids(text)
+
+
+def test_greedy_matches_transformers(smol, hf_smol):
+    """64 greedy tokens for 5 prompts. Greedy decoding is fixed by argmax at every prefix, so one transformers
+    forward over prompt + our tokens checks all 64 steps: HF's argmax at each position must be our next token."""
+    model, tok, chat, _ = smol
+    eng = Engine(model, tok, num_pages=128)
+    for text in PROMPTS:
+        ids = _prompt_ids(chat, text)
+        s = eng.new_session()
+        s.append(ids)
+        ours = list(s.generate(64))  # no stop ids: always 64 tokens
+        s.free()
+        with torch.no_grad():
+            logits = hf_smol(torch.tensor([ids + ours])).logits[0]
+        hf_next = logits[len(ids) - 1: len(ids) + 63].argmax(-1).tolist()
+        assert hf_next == ours, f"{text!r}: first mismatch at {next(i for i, (a, b) in enumerate(zip(hf_next, ours)) if a != b)}"
+    assert eng.free_pages == 128
+
+
+def test_prefill_logits_match_transformers(smol, hf_smol):
+    model, tok, chat, _ = smol
+    ids = _prompt_ids(chat, PROMPTS[0])
+    eng = Engine(model, tok, num_pages=32, prefill_chunk=7)  # several chunks, page-crossing
+    ours = eng.new_session().append(ids, return_logits=True)
+    with torch.no_grad():
+        ref = hf_smol(torch.tensor([ids])).logits[0, -1]
+    assert (ours - ref).abs().max().item() < 1e-3
+
+
+def test_chat_pieces_match_template(smol):
+    _, tok, chat, _ = smol
+    sysmsg, user, reply = "You are terse.", "Hello there, who are you?", "I am SmolLM."
+
+    def ref(msgs, gen):
+        out = tok.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    one = [{"role": "system", "content": sysmsg}, {"role": "user", "content": user}]
+    assert chat.system_ids(sysmsg) + chat.user_turn_ids(user) == ref(one, True)
+    two = one + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And then?"}]
+    ours = (chat.system_ids(sysmsg) + chat.user_turn_ids(user) + tok.encode(reply, add_special_tokens=False)
+            + chat.end_of_reply_ids() + chat.user_turn_ids("And then?"))
+    assert ours == ref(two, True)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert chat.end_of_turn_token_id == im_end and im_end in chat.stop_ids
+    assert chat.user_open_ids() + tok.encode(user, add_special_tokens=False) + chat.user_close_ids() == \
+        chat.user_turn_ids(user)
+
+
+def test_multi_turn_prefills_only_new_tokens(smol):
+    model, tok, chat, _ = smol
+    eng = Engine(model, tok, num_pages=64)
+    sys_p = eng.prefix(chat.system_ids("You are a helpful assistant."))
+    s = eng.new_session(prefix=sys_p)
+    turn1 = chat.user_turn_ids("Name a colour.")
+    s.append(turn1)
+    assert s.stats.last_append_tokens == len(turn1)  # the system prompt was not prefilled again
+    reply = list(s.generate(24, stop_ids=chat.stop_ids))
+    stopped = reply[-1] in chat.stop_ids
+    n_before = s.n_tokens
+    turn2 = chat.end_of_reply_ids() + chat.user_turn_ids("And another one?")
+    logits = s.append(turn2, return_logits=True)
+    # only turn 2 (plus the last generated token if the reply hit max_new_tokens) runs through the model
+    assert s.stats.last_append_tokens == len(turn2) + (0 if stopped else 1)
+    assert s.n_tokens == n_before + len(turn2)
+    # the incremental cache gives the same logits as prefilling the whole history at once
+    fresh = eng.new_session()
+    ref = fresh.append(list(s.tokens), return_logits=True)
+    assert (logits - ref).abs().max().item() < 1e-3
+    for x in (s, fresh, sys_p):
+        x.free()
+    assert eng.free_pages == 64
+
+
+def test_concurrent_sessions_match_single(smol):
+    """Two sessions decoding in the same steps (batch of 2) produce what each produces alone."""
+    model, tok, chat, _ = smol
+    eng = Engine(model, tok, num_pages=64)
+    a_ids, b_ids = _prompt_ids(chat, PROMPTS[0]), _prompt_ids(chat, PROMPTS[2])
+    alone = []
+    for ids in (a_ids, b_ids):
+        s = eng.new_session()
+        s.append(ids)
+        alone.append(list(s.generate(16)))
+        s.free()
+    a, b = eng.new_session(), eng.new_session()
+    a.append(a_ids)
+    b.append(b_ids)
+    ga, gb = a.generate(16), b.generate(16)
+    out_a, out_b = [], []
+    for ta, tb in zip(ga, gb):
+        out_a.append(ta)
+        out_b.append(tb)
+    assert [out_a, out_b] == alone
+    assert a.stats.decode_tokens == 15 and b.stats.decode_tokens == 15
+
+
+# ---- engine mechanics on a tiny synthetic model ----------------------------------------------------------------
+
+
+def _tiny_engine(num_pages=64, page_size=4, **kw):
+    torch.manual_seed(0)
+    model = init_synthetic(Llama(tiny(vocab_size=97)), seed=1).eval()
+    return Engine(model, num_pages=num_pages, page_size=page_size, **kw)
+
+
+def test_cancel_between_chunks():
+    eng = _tiny_engine(prefill_chunk=8)
+    s = eng.new_session()
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2  # allow two chunks
+
+    with pytest.raises(Cancelled) as e:
+        s.append(list(range(40)), cancel=cancel)
+    assert e.value.n_done == 16 and s.n_tokens == 16 and s.stats.last_append_tokens == 16
+    s.append(list(range(16, 40)))
+    ref = eng.new_session()
+    assert torch.allclose(s.append([], return_logits=True), ref.append(list(range(40)), return_logits=True),
+                          atol=1e-5)
+
+
+def test_fork_is_copy_on_write():
+    eng = _tiny_engine(page_size=4)
+    s = eng.new_session()
+    s.append(list(range(10)))  # 3 pages, last one partial
+    used = eng.pool.num_pages - eng.free_pages
+    f = s.fork()
+    assert eng.pool.num_pages - eng.free_pages == used  # nothing copied yet
+    lf = f.append([50, 51], return_logits=True)  # writes into the shared partial page -> copied
+    ls = s.append([60], return_logits=True)
+    assert f.pages[:2] == s.pages[:2] and f.pages[2] != s.pages[2]
+    r1, r2 = eng.new_session(), eng.new_session()
+    assert torch.allclose(lf, r1.append(list(range(10)) + [50, 51], return_logits=True), atol=1e-5)
+    assert torch.allclose(ls, r2.append(list(range(10)) + [60], return_logits=True), atol=1e-5)
+
+
+def test_stop_token_not_fed_and_truncate_frees_pages():
+    eng = _tiny_engine(page_size=4)
+    s = eng.new_session()
+    s.append([1, 2, 3])
+    free_toks = list(s.fork().generate(12))
+    k = max(i for i in range(len(free_toks)) if free_toks[i] not in free_toks[:i])  # last first-occurrence
+    g = list(s.generate(12, stop_ids=[free_toks[k]]))
+    assert g == free_toks[: k + 1]
+    assert s.n_tokens == 3 + k  # the stop token is not part of the history
+    s.truncate(2)
+    assert len(s.pages) == 1
+    assert list(s.generate(3)) == _greedy(eng, [1, 2], 3)
+
+
+def _greedy(eng, ids, n):
+    s = eng.new_session()
+    s.append(ids)
+    out = list(s.generate(n))
+    s.free()
+    return out
+
+
+def test_sampling_seeded_and_top_p():
+    eng = _tiny_engine()
+    s = eng.new_session()
+    s.append([5, 6, 7])
+    a = list(s.fork().generate(8, Sampling(temperature=1.0, top_p=0.9, seed=3)))
+    eng._generators.clear()
+    b = list(s.fork().generate(8, Sampling(temperature=1.0, top_p=0.9, seed=3)))
+    assert a == b
+    tiny_p = list(s.fork().generate(8, Sampling(temperature=1.0, top_p=1e-6, seed=4)))
+    assert tiny_p == _greedy(eng, [5, 6, 7], 8)  # top_p -> 0 keeps only the top token
+
+
+def test_random_ops_never_leak_pages():
+    """10,000 random append/generate/truncate/fork/free ops; every page returns to the pool; refcounts always
+    equal the number of sessions holding each page; sampled KV contents are checked against a fresh prefill."""
+    torch.set_num_threads(1)
+    rng = random.Random(1234)
+    eng = _tiny_engine(num_pages=96, page_size=4, prefill_chunk=16)
+    live = []
+    n_ops = checks = oom = 0
+    while n_ops < 10_000:
+        op = rng.choices(["new", "append", "generate", "truncate", "fork", "free"], [1, 4, 3, 3, 2, 2])[0]
+        n_ops += 1
+        try:
+            if op == "new" or not live:
+                live.append(eng.new_session())
+            elif op == "append":
+                rng.choice(live).append([rng.randrange(97) for _ in range(rng.randint(0, 20))])
+            elif op == "generate":
+                s = rng.choice(live)
+                if s.n_tokens:
+                    for i, _ in enumerate(s.generate(rng.randint(1, 5), stop_ids=[rng.randrange(97)])):
+                        if rng.random() < 0.1:
+                            break  # consumer walks away mid-reply
+            elif op == "truncate":
+                s = rng.choice(live)
+                s.truncate(rng.randint(0, s.n_tokens))
+            elif op == "fork":
+                live.append(rng.choice(live).fork())
+            else:
+                live.pop(rng.randrange(len(live))).free()
+        except OutOfPages:
+            oom += 1
+            victim = live.pop(rng.randrange(len(live)))
+            victim.free()
+        if n_ops % 97 == 0:
+            held = [0] * eng.pool.num_pages
+            for s in live:
+                for p in s.pages:
+                    held[p] += 1
+                assert len(s.pages) == -(-s.n_cached // eng.page_size)
+            assert held == eng.pool.refs
+            assert eng.free_pages == sum(1 for r in held if r == 0)
+        if n_ops % 1000 == 0:
+            cands = [s for s in live if s.n_tokens]
+            if cands:
+                s = rng.choice(cands)
+                others = [x for x in live if x is not s]
+                while eng.free_pages < 2 * (s.n_tokens // eng.page_size + 2) and others:
+                    victim = others.pop()
+                    live.remove(victim)
+                    victim.free()
+                checks += 1
+                probe = s.fork()
+                got = probe.append([3], return_logits=True)
+                ref = eng.new_session()
+                want = ref.append(list(s.tokens) + [3], return_logits=True)
+                assert torch.allclose(got, want, atol=1e-4), "KV contents diverged from a fresh prefill"
+                probe.free()
+                ref.free()
+    for s in live:
+        s.free()
+    assert eng.free_pages == eng.pool.num_pages and not any(eng.pool.refs)
+    assert checks >= 5
