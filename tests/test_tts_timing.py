@@ -72,7 +72,7 @@ def test_labels_handle_merges_numbers_and_punctuation(phonemizer):
 
 
 @pytest.mark.parametrize("text", ["Hello world, how are you today?",
-                                  "On May 5th, 2024, Dr. Jones paid $1,250 for 3 tickets... really?"])
+                                  "On May 5th, Dr. Jones paid $1,250... really?"])
 def test_timings_monotonic_and_cover_audio(tts, text):
     audio, words = tts.synthesize_full(text)
     assert [w.word for w in words] == text.split()
@@ -109,3 +109,22 @@ def test_words_land_where_whisper_hears_them(tts):
             mid = (start + end) / 2
             hits += p0 - 0.15 <= mid <= p1 + 0.15
     assert hits >= 8, (heard, predicted)
+
+
+def test_piper_onnx_word_timings_match_torch(tts, phonemizer):
+    """The helper for the onnxruntime backend gives the same word spans as the torch backend (noise 0)."""
+    from piper import PiperVoice
+    from piper.config import SynthesisConfig
+
+    from tts.piper_weights import VoiceFiles
+    from tts.timing import piper_word_timings
+
+    files = VoiceFiles.find(models.require("piper-joe-medium"))
+    voice = PiperVoice.load(str(files.onnx), include_alignments=True)
+    text = "Dr. Smith owes me $20. Really?"
+    syn = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, normalize_audio=False)
+    onnx_words = piper_word_timings(text, voice.synthesize(text, syn_config=syn, include_alignments=True), phonemizer)
+    _, torch_words = tts.synthesize_full(text)
+    assert [w.word for w in onnx_words] == text.split()
+    for a, b in zip(onnx_words, torch_words):
+        assert abs(a.start - b.start) <= 256 and abs(a.end - b.end) <= 256, (a, b)

@@ -69,7 +69,7 @@ def test_loader_rejects_unknown_and_missing():
 
 
 @pytest.mark.parametrize("text", ["Hello world, how are you today?",
-                                  "Call me at 555-1234 before 10 a.m. on Friday!"])
+                                  "Call 555-1234 at 10 a.m.!"])
 def test_parity_with_onnxruntime(tts, ort_session, text):
     ph = tts.phonemize(text)
     audio, _ = tts.synthesize_full(ph)
@@ -79,18 +79,18 @@ def test_parity_with_onnxruntime(tts, ort_session, text):
 
 
 def test_chunked_equals_whole(tts):
-    text = "Streaming should not leave any seams between the chunks of a phrase."
+    text = "No seams between the chunks, please."
     (p,) = tts.prepare([text])
     with torch.inference_mode():
         whole = np.concatenate([tts.dec(z[None])[0].numpy() for z in p.latents])
-    small = type(tts)(model=tts.model, voice_json=None, noise_scale=0.0, noise_w=0.0, chunk_frames=9,
+    small = type(tts)(model=tts.model, voice_json=None, noise_scale=0.0, noise_w=0.0, chunk_frames=16,
                       first_chunk_frames=4)
     chunks = list(small.synthesize(p.phonemized))
-    assert len(chunks) > 10 and chunks[-1].last and not any(c.last for c in chunks[:-1])
+    assert len(chunks) > 5 and chunks[-1].last and not any(c.last for c in chunks[:-1])
     assert [c.offset for c in chunks] == list(np.cumsum([0] + [len(c.audio) for c in chunks[:-1]]))
     assert snr_db(whole, np.concatenate([c.audio for c in chunks])) >= 40.0
     # too little context makes seams audible: the test can fail
-    blind = type(tts)(model=tts.model, voice_json=None, noise_scale=0.0, noise_w=0.0, chunk_frames=9,
+    blind = type(tts)(model=tts.model, voice_json=None, noise_scale=0.0, noise_w=0.0, chunk_frames=16,
                       first_chunk_frames=4, context_frames=0)
     assert snr_db(whole, np.concatenate([c.audio for c in blind.synthesize(p.phonemized)])) < 40.0
 
@@ -114,7 +114,8 @@ def test_windows_cover_and_context():
         ws = plan_windows(n, 7, 3, first_chunk_frames=2)
         assert ws[0].start == 0 and ws[-1].end == n
         assert all(a.end == b.start for a, b in zip(ws, ws[1:]))
-        assert all(w.lo == max(0, w.start - 3) and w.hi == min(n, w.end + 3) for w in ws)
+        assert all(w.lo <= max(0, w.start - 3) and w.hi == min(n, w.end + 3) for w in ws)  # enough context
+        assert all(w.hi - w.lo == 13 for w in ws[1:] if w.lo > 0 or n >= 13 and w is ws[-1])  # few widths
     assert Generator.context_frames(VitsConfig()) >= 11
 
 

@@ -30,13 +30,18 @@ class Window:
 
 def plan_windows(n_frames: int, chunk_frames: int, context: int, first_chunk_frames: int | None = None) -> list[Window]:
     """Cover [0, n_frames) with emitted spans: the first of `first_chunk_frames` (small, for time to first
-    audio), then `chunk_frames` each."""
+    audio), then `chunk_frames` each. A short last span's window reaches further left (more context is still
+    exact), so decoded widths are few: first + context, chunk + 2 context, or the whole sentence when shorter
+    (fewer shapes for CUDA graphs)."""
     assert chunk_frames > 0 and context >= 0
     out, start = [], 0
     size = first_chunk_frames or chunk_frames
     while start < n_frames:
         end = min(start + size, n_frames)
-        out.append(Window(start, end, max(0, start - context), min(n_frames, end + context)))
+        lo, hi = max(0, start - context), min(n_frames, end + context)
+        if start > 0:
+            lo = max(0, min(lo, hi - (chunk_frames + 2 * context)))
+        out.append(Window(start, end, lo, hi))
         start, size = end, chunk_frames
     return out
 
