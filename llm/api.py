@@ -27,7 +27,7 @@ class ChatLLM:
 
 
 def load_chat_llm(source: str | Path | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                  num_pages: int = 1024, page_size: int = 16, max_seq_len: int | None = None) -> ChatLLM:
+                  num_pages: int = 256, page_size: int = 16, max_seq_len: int | None = None) -> ChatLLM:
     """`source`: a GGUF file / directory holding one, or a Hugging Face directory; default: the fetched
     SmolLM2-135M-Instruct. num_pages * page_size tokens fit in the KV pool (shared by all sessions)."""
     from llm.tokenizer import load_tokenizer

@@ -36,25 +36,27 @@ class AttnMeta:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, device=None):
         super().__init__()
-        d = cfg.hidden_size
-        self.attn_norm = nn.Parameter(torch.ones(d))
-        self.wqkv = nn.Linear(d, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(cfg.q_size, d, bias=False)
-        self.ffn_norm = nn.Parameter(torch.ones(d))
-        self.w13 = nn.Linear(d, 2 * cfg.intermediate_size, bias=False)  # gate | up
-        self.w2 = nn.Linear(cfg.intermediate_size, d, bias=False)
+        d, dev = cfg.hidden_size, dict(device=device)
+        self.attn_norm = nn.Parameter(torch.ones(d, **dev))
+        self.wqkv = nn.Linear(d, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias, **dev)
+        self.wo = nn.Linear(cfg.q_size, d, bias=False, **dev)
+        self.ffn_norm = nn.Parameter(torch.ones(d, **dev))
+        self.w13 = nn.Linear(d, 2 * cfg.intermediate_size, bias=False, **dev)  # gate | up
+        self.w2 = nn.Linear(cfg.intermediate_size, d, bias=False, **dev)
 
 
 class Llama(nn.Module):
-    def __init__(self, cfg: ModelConfig, max_seq_len: int | None = None):
+    def __init__(self, cfg: ModelConfig, max_seq_len: int | None = None, device=None):
+        """device="meta" builds the skeleton without memory (the loaders then call to_empty + load)."""
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        dev = dict(device=device)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size, **dev)
+        self.layers = nn.ModuleList(Block(cfg, device) for _ in range(cfg.n_layers))
+        self.norm = nn.Parameter(torch.ones(cfg.hidden_size, **dev))
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, **dev)
         self.scale = cfg.head_dim ** -0.5
         self.max_seq_len = min(max_seq_len or cfg.max_position, cfg.max_position)
         self.init_rope()
@@ -111,40 +113,8 @@ class Llama(nn.Module):
 
     @torch.no_grad()
     def load_hf_state_dict(self, sd: dict[str, Tensor]) -> None:
-        """Hugging Face LlamaForCausalLM / Qwen2ForCausalLM names -> our fused layout. Raises on missing or
-        unexpected keys (only rotary buffers may be extra)."""
-        cfg, used = self.cfg, set()
-
-        def take(name: str) -> Tensor:
-            if name not in sd:
-                raise KeyError(f"weight {name!r} missing")
-            used.add(name)
-            return sd[name]
-
-        def put(dst: Tensor, src: Tensor):
-            assert dst.shape == src.shape, (dst.shape, src.shape)
-            dst.copy_(src)
-
-        put(self.embed.weight, take("model.embed_tokens.weight"))
-        put(self.norm, take("model.norm.weight"))
-        if self.lm_head is not None:
-            put(self.lm_head.weight, take("lm_head.weight"))
-        elif "lm_head.weight" in sd:
-            used.add("lm_head.weight")  # tied copy
-        for i, layer in enumerate(self.layers):
-            p = f"model.layers.{i}."
-            a = p + "self_attn."
-            put(layer.attn_norm, take(p + "input_layernorm.weight"))
-            put(layer.ffn_norm, take(p + "post_attention_layernorm.weight"))
-            put(layer.wqkv.weight, torch.cat([take(a + f"{n}_proj.weight") for n in "qkv"]))
-            if cfg.qkv_bias:
-                put(layer.wqkv.bias, torch.cat([take(a + f"{n}_proj.bias") for n in "qkv"]))
-            put(layer.wo.weight, take(a + "o_proj.weight"))
-            put(layer.w13.weight, torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
-            put(layer.w2.weight, take(p + "mlp.down_proj.weight"))
-        extra = [k for k in sd if k not in used and "rotary_emb" not in k]
-        if extra:
-            raise KeyError(f"unexpected weights: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+        """Load Hugging Face names (copying into this model's tensors)."""
+        self.load_state_dict(fuse_hf_state_dict(self.cfg, sd))
 
     @torch.no_grad()
     def hf_state_dict(self) -> dict[str, Tensor]:
@@ -166,3 +136,36 @@ class Llama(nn.Module):
             sd.update({p + "mlp.gate_proj.weight": g, p + "mlp.up_proj.weight": u,
                        p + "mlp.down_proj.weight": layer.w2.weight})
         return sd
+
+
+def fuse_hf_state_dict(cfg: ModelConfig, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face LlamaForCausalLM / Qwen2ForCausalLM names -> our names and fused layout (q|k|v, gate|up).
+    Raises on missing or unexpected keys (rotary buffers and a tied lm_head copy may be extra)."""
+    used: set[str] = set()
+
+    def take(name: str) -> Tensor:
+        if name not in sd:
+            raise KeyError(f"weight {name!r} missing")
+        used.add(name)
+        return sd[name]
+
+    out = {"embed.weight": take("model.embed_tokens.weight"), "norm": take("model.norm.weight")}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = take("lm_head.weight")
+    elif "lm_head.weight" in sd:
+        used.add("lm_head.weight")
+    for i in range(cfg.n_layers):
+        p, o = f"model.layers.{i}.", f"layers.{i}."
+        a = p + "self_attn."
+        out[o + "attn_norm"] = take(p + "input_layernorm.weight")
+        out[o + "ffn_norm"] = take(p + "post_attention_layernorm.weight")
+        out[o + "wqkv.weight"] = torch.cat([take(a + f"{n}_proj.weight") for n in "qkv"])
+        if cfg.qkv_bias:
+            out[o + "wqkv.bias"] = torch.cat([take(a + f"{n}_proj.bias") for n in "qkv"])
+        out[o + "wo.weight"] = take(a + "o_proj.weight")
+        out[o + "w13.weight"] = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
+        out[o + "w2.weight"] = take(p + "mlp.down_proj.weight")
+    extra = [k for k in sd if k not in used and "rotary_emb" not in k]
+    if extra:
+        raise KeyError(f"unexpected weights: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    return out

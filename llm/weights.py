@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from llm.config import ModelConfig
-from llm.llama import Llama
+from llm.llama import Llama, fuse_hf_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,18 @@ def cache_root() -> Path:
     return Path(home()) / "cache" / "llm"
 
 
+_SHA_MEMO: dict[tuple, str] = {}
+
+
 def file_sha256(path: Path) -> str:
+    st = Path(path).stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        _SHA_MEMO[key] = _sha256(path)
+    return _SHA_MEMO[key]
+
+
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -126,20 +137,21 @@ def convert_gguf(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
 
 def load_gguf_cached(path: str | Path, cache_dir: Path | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Like convert_gguf, but the converted weights are cached (safetensors + config in its metadata)."""
+    """GGUF -> (config, state dict in OUR fused layout), cached as safetensors (+ config in its metadata)."""
     from safetensors.torch import load_file, save_file
     from safetensors import safe_open
 
     path = find_gguf(path)
     cache_dir = cache_dir or cache_root()
     digest = file_sha256(path)[:16]
-    cached = cache_dir / f"{path.stem}-{digest}.safetensors"
+    cached = cache_dir / f"{path.stem}-{digest}.v2.safetensors"
     if cached.exists():
         with safe_open(str(cached), "pt") as f:
             cfg = ModelConfig.from_json(f.metadata()["config"])
         return cfg, load_file(str(cached))
     t0 = time.perf_counter()
     cfg, sd = convert_gguf(path)
+    sd = fuse_hf_state_dict(cfg, sd)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     save_file(sd, str(tmp), metadata={"config": cfg.to_json(), "source": str(path), "sha256_16": digest})
@@ -152,6 +164,7 @@ def load_gguf_cached(path: str | Path, cache_dir: Path | None = None) -> tuple[M
 
 
 def load_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """HF directory -> (config, state dict in our fused layout)."""
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -161,7 +174,7 @@ def load_hf_dir(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
         sd.update(load_file(str(f)))
     if not sd:
         raise FileNotFoundError(f"no *.safetensors in {p}")
-    return cfg, sd
+    return cfg, fuse_hf_state_dict(cfg, sd)
 
 
 @torch.no_grad()
@@ -196,9 +209,8 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
         cfg, sd = load_gguf_cached(p)
     else:
         cfg, sd = load_hf_dir(p)
-    with torch.device("meta"):
-        model = Llama(cfg, max_seq_len)
-    model = model.to_empty(device=device).to(dtype)
+    model = Llama(cfg, max_seq_len, device="meta")
+    model.load_state_dict(sd, assign=True)  # no copy: the model takes the loaded tensors
+    model = model.to(device=device, dtype=dtype)
     model.init_rope()
-    model.load_hf_state_dict(sd)
     return model.eval()
