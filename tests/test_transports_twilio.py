@@ -1,0 +1,156 @@
+"""Twilio Media Streams over loopback: the test plays Twilio — real speech as 8 kHz mu-law in base64 media frames
+at the real 20 ms cadence, reply audio "played" in real time from a buffer, marks echoed when their audio has
+played, `clear` honoured — and the caller barges in on the first reply."""
+
+import asyncio
+import base64
+import json
+import time
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+
+from agent import events as ev
+from agent.audio import INTERNAL_RATE, load_audio, resample, ulaw_decode, ulaw_encode
+from agent.config import Config
+from agent.runtime import Runtime
+from agent.server import start_server
+from agent.transports.twilio import parse_mark
+from asr.wer import word_match
+
+
+@pytest.fixture(scope="module")
+def rt():
+    cfg = Config.load("cpu")
+    cfg.llm.max_new_tokens = 40
+    runtime = Runtime.load(cfg)
+    yield runtime
+    runtime.close()
+
+
+class FakeTwilio:
+    """What Twilio does with a <Connect><Stream>: sends the caller's audio, plays ours in real time, echoes marks
+    when playback reaches them, empties its buffer (and returns the pending marks) on clear."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.play_end = 0.0  # monotonic time the buffered reply audio finishes playing
+        self.log: list[tuple[str, object]] = []  # ("media", mu-law bytes) / ("mark", name), as received
+        self.first_audio_at: float | None = None
+        self.marks_sent: list[str] = []  # marks the server sent
+        self.marks_echoed: list[str] = []
+        self.clears: list[float] = []
+        self.pending: list[asyncio.TimerHandle] = []
+        self.pending_names: dict[asyncio.TimerHandle, str] = {}
+
+    async def send(self, obj):
+        await self.ws.send(json.dumps(obj))
+
+    async def stream(self, ulaw: bytes, sid: str):
+        t0 = time.monotonic()
+        for k, i in enumerate(range(0, len(ulaw), 160)):
+            await self.send({"event": "media", "sequenceNumber": str(k + 3), "streamSid": sid,
+                             "media": {"track": "inbound", "chunk": str(k + 1), "timestamp": str(k * 20),
+                                       "payload": base64.b64encode(ulaw[i:i + 160]).decode()}})
+            await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.02 - time.monotonic()))
+
+    def _echo(self, name: str, sid: str):
+        self.marks_echoed.append(name)
+        asyncio.ensure_future(self.send({"event": "mark", "streamSid": sid, "sequenceNumber": "0",
+                                         "mark": {"name": name}}))
+
+    async def receive(self, sid: str):
+        loop = asyncio.get_running_loop()
+        async for raw in self.ws:
+            m = json.loads(raw)
+            assert m.get("streamSid") == sid, m
+            now = time.monotonic()
+            if m["event"] == "media":
+                blob = base64.b64decode(m["media"]["payload"])
+                self.log.append(("media", blob))
+                self.first_audio_at = self.first_audio_at or now
+                self.play_end = max(self.play_end, now) + len(blob) / 8000
+            elif m["event"] == "mark":
+                name = m["mark"]["name"]
+                self.marks_sent.append(name)
+                self.log.append(("mark", name))
+                h = loop.call_later(max(0.0, self.play_end - now), self._echo, name, sid)
+                self.pending_names[h] = name
+                self.pending.append(h)
+            elif m["event"] == "clear":
+                self.clears.append(now)
+                self.play_end = now
+                for h in self.pending:
+                    if not h.cancelled() and h.when() > loop.time():
+                        h.cancel()
+                        self._echo(self.pending_names[h], sid)  # Twilio returns the marks it dropped
+                self.pending.clear()
+
+
+def test_twilio_call_with_barge_in(rt, speech):
+    q1 = ulaw_encode(resample(load_audio(speech / "speechbrain_harvard/spk2_snt2.wav"), INTERNAL_RATE, 8000))
+    q2 = ulaw_encode(resample(load_audio(speech / "pocketsphinx_cards/003.wav"), INTERNAL_RATE, 8000))
+    silence = b"\xff" * 8000  # 1 s of mu-law silence
+
+    async def scenario():
+        server, srv = await start_server(rt, "127.0.0.1", 0)
+        seen = []  # every session event, as the server saw it
+        observe = srv.hub.observe
+        srv.hub.observe = lambda transport, e: (seen.append(e), observe(transport, e))
+        port = list(server.sockets)[0].getsockname()[1]
+        sid = "MZ" + "0" * 32
+        try:
+            async with connect(f"ws://127.0.0.1:{port}/twilio") as ws:
+                tw = FakeTwilio(ws)
+                await tw.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+                await tw.send({"event": "start", "sequenceNumber": "1", "streamSid": sid, "start": {
+                    "accountSid": "AC0", "streamSid": sid, "callSid": "CA0", "tracks": ["inbound"],
+                    "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
+                                                            "channels": 1}}})
+                recv = asyncio.create_task(tw.receive(sid))
+                await tw.stream(q1 + silence, sid)
+                # silence at the real cadence until the reply is playing, then the caller talks over it
+                while tw.first_audio_at is None or time.monotonic() < tw.first_audio_at + 0.4:
+                    await tw.stream(b"\xff" * 160, sid)
+                barge_at = time.monotonic()
+                await tw.stream(q2 + silence, sid)
+                end = time.monotonic() + 40
+                while time.monotonic() < end and sum(isinstance(e, ev.ReplyDone) for e in seen) < 2:
+                    await tw.stream(b"\xff" * 800, sid)
+                await tw.stream(silence, sid)  # let the second reply "play" so its marks come back
+                await tw.send({"event": "stop", "sequenceNumber": "999", "streamSid": sid,
+                               "stop": {"accountSid": "AC0", "callSid": "CA0"}})
+                await asyncio.sleep(0.2)
+                recv.cancel()
+                return tw, seen, barge_at
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    tw, seen, barge_at = asyncio.run(scenario())
+    finals = [e.text.lower() for e in seen if isinstance(e, ev.TranscriptEvent) and e.final]
+    assert len(finals) >= 2 and "joy" in finals[0] and "clubs" in finals[1], finals
+    # the caller barged in: the server cleared Twilio's buffer after the caller started talking
+    assert tw.clears and tw.clears[0] > barge_at
+    trunc = [e for e in seen if isinstance(e, ev.ReplyTruncated)]
+    assert trunc and trunc[0].turn == 1
+    # what the history keeps was heard: the truncation point is not past what the marks had confirmed by then
+    confirmed = [s for t, s in filter(None, map(parse_mark, tw.marks_echoed)) if t == 1]
+    sent_turn1 = max(s for t, s in filter(None, map(parse_mark, tw.marks_sent)) if t == 1)
+    assert trunc[0].played_samples < sent_turn1  # the clear came while audio was still buffered
+    assert confirmed and all(a <= b for a, b in zip(confirmed, confirmed[1:]))  # echoed in playback order
+    # the second reply arrived whole, in 20 ms frames, and says what the LLM wrote
+    done = [e for e in seen if isinstance(e, ev.ReplyDone)]
+    assert len(done) == 2 and not done[1].interrupted
+    assert all(len(b) == 160 for k, b in tw.log if k == "media")
+    assert sum(len(b) for k, b in tw.log if k == "media") > 8000  # over a second of reply audio in all
+    # the second reply: the media after the first reply's done mark
+    i1 = tw.log.index(("mark", "qt:1:done"))
+    sent2 = [b for k, b in tw.log[i1 + 1:] if k == "mark"]
+    assert sent2 and sent2[-1] == "qt:2:done" and all(m.startswith("qt:2:") for m in sent2)
+    assert set(sent2) <= set(tw.marks_echoed)  # every mark came back once its audio had played
+    audio2 = ulaw_decode(b"".join(b for k, b in tw.log[i1 + 1:] if k == "media"))
+    assert len(audio2) > 4000
+    heard = rt.asr.transcribe(resample(audio2, 8000, INTERNAL_RATE))
+    assert word_match(done[1].full_text, heard) > 0.5, (done[1].full_text, heard)
