@@ -30,14 +30,15 @@ class TurnConfig:
     barge_in: bool = True  # False: half duplex, the mic is ignored while the agent speaks
     pause_ms: int = 100  # silence inside a turn that counts as a pause: pause-time work starts
     adaptive: bool = True  # adaptive endpoint from P(end of turn); False: a fixed endpoint_silence_ms
-    endpoint_silence_ms: int = 500  # fixed mode, and adaptive mode while P(end of turn) is not known yet
+    endpoint_silence_ms: int = 500  # fixed mode
+    unknown_delay_ms: int = 800  # adaptive mode, while P(end of turn) for the words so far is not known yet
     min_delay_ms: int = 150  # adaptive: silence needed when the words are clearly finished ...
     max_delay_ms: int = 1000  # ... and mid-sentence
-    p_low: float = 0.1  # P(end of turn) at or below which max_delay_ms applies
-    p_high: float = 0.6  # at or above which min_delay_ms applies
+    p_low: float = 0.001  # P(end of turn) at or below which max_delay_ms applies (log-interpolated between)
+    p_high: float = 0.05  # at or above which min_delay_ms applies
     pause_prefill: bool = True  # prefill what was said so far into the KV cache during pauses
     draft: bool = True  # draft (generate + synthesize) the first phrase during pauses
-    draft_min_p: float = 0.2  # ... when P(end of turn) is at least this
+    draft_min_p: float = 0.005  # ... when P(end of turn) is at least this
 
 
 @dataclass

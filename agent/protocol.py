@@ -62,7 +62,7 @@ class ServerProtocol:
             return self._audio(bytes(message))
         try:
             obj = json.loads(message)
-        except (json.JSONDecodeError, TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
             raise ProtocolError("bad_json", "text messages must be JSON objects") from None
         if not isinstance(obj, dict):
             raise ProtocolError("bad_json", "text messages must be JSON objects")

@@ -50,7 +50,8 @@ class Server:
                 try:
                     msg = proto.receive(message)
                     if isinstance(msg, Start):
-                        session = Session(self.rt, msg.sample_rate)
+                        session = self.hub.session_factory(self.rt, msg.sample_rate,
+                                                           info={"transport": "quickturn"})
                         self.hub.add(sid, "quickturn", session)
                         await session.start()
                         monitor = RateMonitor(msg.sample_rate, self.cfg.realtime_slack_s)
@@ -133,14 +134,14 @@ async def _send_error(ws, err: ProtocolError) -> None:
         pass
 
 
-async def start_server(rt: Runtime, host: str | None = None, port: int | None = None):
+async def start_server(rt: Runtime, host: str | None = None, port: int | None = None, hub: Hub | None = None):
     """Start listening; returns (websockets server, Server). port 0 picks a free port.
     One port serves every transport, routed by path (agent/transports/router.py): `/` this protocol,
     `/v1/realtime` OpenAI Realtime, `/twilio` Twilio Media Streams, `/webrtc` the browser page and its signaling,
     `/metrics`, `/healthz`, `/readyz`."""
     from .transports.router import Router
 
-    srv = Server(rt)
+    srv = Server(rt, hub)
     router = Router(srv.hub, srv)
     cfg = rt.config.server
     server = await ws_serve(router.handle, host or cfg.host, cfg.port if port is None else port,

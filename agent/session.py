@@ -132,7 +132,8 @@ class Session:
             threshold=cfg.vad.threshold, neg_threshold=cfg.vad.neg_threshold,
             min_speech_s=cfg.vad.min_speech_ms / 1000, barge_in_s=t.barge_in_ms / 1000,
             barge_in=t.barge_in if barge_in is None else barge_in, pause_s=t.pause_ms / 1000, adaptive=t.adaptive,
-            endpoint_silence_s=t.endpoint_silence_ms / 1000, min_delay_s=t.min_delay_ms / 1000,
+            endpoint_silence_s=t.endpoint_silence_ms / 1000, unknown_delay_s=t.unknown_delay_ms / 1000,
+            min_delay_s=t.min_delay_ms / 1000,
             max_delay_s=t.max_delay_ms / 1000, p_low=t.p_low, p_high=t.p_high))
         self.out_rate = rt.tts.sample_rate
         self.playback = Playback(self.out_rate)

@@ -9,6 +9,7 @@ clearly finished, long mid-sentence, never longer than `max_delay_s`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -39,11 +40,14 @@ class TurnParams:
     barge_in: bool = True
     pause_s: float = 0.1  # silence that counts as a pause (pause-time work starts)
     adaptive: bool = True  # False: a fixed silence of endpoint_silence_s ends the turn
-    endpoint_silence_s: float = 0.5  # fixed mode; adaptive mode uses it while P(end) is not known yet
+    endpoint_silence_s: float = 0.5  # fixed mode
+    unknown_delay_s: float = 0.8  # adaptive mode, while P(end) for the words so far is not known yet
     min_delay_s: float = 0.15  # adaptive: silence needed when P(end) >= p_high
     max_delay_s: float = 1.0  # adaptive: silence needed when P(end) <= p_low
-    p_low: float = 0.1
-    p_high: float = 0.6
+    # P(end-of-turn token) spans decades (a cut sentence ~1e-5, a finished one 0.005-0.5 with SmolLM2-135M):
+    # the delay is interpolated on log10(P) between these two
+    p_low: float = 0.001
+    p_high: float = 0.05
 
 
 def endpoint_delay(p: TurnParams, p_end: float | None) -> float:
@@ -51,12 +55,12 @@ def endpoint_delay(p: TurnParams, p_end: float | None) -> float:
     if not p.adaptive:
         return p.endpoint_silence_s
     if p_end is None:
-        return max(p.endpoint_silence_s, p.min_delay_s)
+        return p.unknown_delay_s
     if p_end >= p.p_high:
         return p.min_delay_s
     if p_end <= p.p_low:
         return p.max_delay_s
-    x = (p_end - p.p_low) / (p.p_high - p.p_low)
+    x = (math.log10(p_end) - math.log10(p.p_low)) / (math.log10(p.p_high) - math.log10(p.p_low))
     return p.max_delay_s - x * (p.max_delay_s - p.min_delay_s)
 
 

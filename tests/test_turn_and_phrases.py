@@ -29,7 +29,7 @@ def test_short_blip_and_hysteresis():
     tt = TurnTaker(TurnParams(min_speech_s=0.096))
     ds, t = run(tt, [0.9, 0.9, 0.1] * 5)  # 64 ms blips never start a turn
     assert ds == []
-    ds, t = run(tt, [0.9] * 5 + [0.4] * 20 + [0.1] * 20, t)  # 0.4 is above neg_threshold: still speech
+    ds, t = run(tt, [0.9] * 5 + [0.4] * 20 + [0.1] * 30, t)  # 0.4 is above neg_threshold: still speech
     assert kinds(ds) == [Kind.SPEECH_START, Kind.PAUSE, Kind.ENDPOINT]
     assert ds[2].speech_end > ds[0].t + 19 * F
 
@@ -46,15 +46,15 @@ def test_barge_in_only_while_agent_speaks_and_only_full_duplex():
 
 
 def test_pause_resume_and_adaptive_endpoint():
-    tt = TurnTaker(TurnParams(pause_s=0.1, endpoint_silence_s=0.5, min_delay_s=0.15, max_delay_s=1.0,
-                              p_low=0.1, p_high=0.6))
+    tt = TurnTaker(TurnParams(pause_s=0.1, unknown_delay_s=0.8, min_delay_s=0.15, max_delay_s=1.0,
+                              p_low=0.001, p_high=0.05))
     ds, t = run(tt, [0.9] * 20 + [0.1] * 4)  # 128 ms of silence: a pause, once
     assert kinds(ds) == [Kind.SPEECH_START, Kind.PAUSE]
     ds, t = run(tt, [0.9] * 10, t)
     assert kinds(ds) == [Kind.RESUME]
     # mid-sentence: P(end) low -> waits up to max_delay_s
     ds, t = run(tt, [0.1] * 4, t)
-    tt.on_end_probability(0.05, upto=t - 4 * F)
+    tt.on_end_probability(1e-5, upto=t - 4 * F)
     ds, t2 = run(tt, [0.1] * 26, t)  # 30 frames = 0.96 s of silence in all: not yet
     assert kinds(ds) == []
     ds, t2 = run(tt, [0.1] * 2, t2)
@@ -69,16 +69,18 @@ def test_pause_resume_and_adaptive_endpoint():
     tt3 = TurnTaker(TurnParams())
     run(tt3, [0.9] * 20 + [0.1] * 4)
     tt3.on_end_probability(0.95, upto=20 * F)
-    ds, t = run(tt3, [0.9] * 5 + [0.1] * 6, 24 * F)
-    assert Kind.ENDPOINT not in kinds(ds)  # 192 ms of silence, P(end) stale: the fallback 0.5 s applies
+    ds, t = run(tt3, [0.9] * 5 + [0.1] * 20, 24 * F)
+    assert Kind.ENDPOINT not in kinds(ds)  # 640 ms of silence, P(end) stale: the fallback 0.8 s applies
+    ds, t = run(tt3, [0.1] * 6, t)
+    assert kinds(ds) == [Kind.ENDPOINT] and ds[0].delay == TurnParams().unknown_delay_s
 
 
 def test_endpoint_delay_is_bounded_and_monotonic():
     p = TurnParams()
-    delays = [endpoint_delay(p, x / 20) for x in range(21)]
+    delays = [endpoint_delay(p, 10 ** (-(24 - x) / 4)) for x in range(25)]  # P(end) rising from 1e-6 to 1
     assert all(a >= b for a, b in zip(delays, delays[1:]))
     assert max(delays) == p.max_delay_s and min(delays) == p.min_delay_s
-    assert endpoint_delay(p, None) == p.endpoint_silence_s
+    assert endpoint_delay(p, None) == p.unknown_delay_s
     assert endpoint_delay(TurnParams(adaptive=False), 0.99) == p.endpoint_silence_s
 
 

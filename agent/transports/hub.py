@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import time
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -74,6 +75,9 @@ class Hub:
         self.started = time.time()
         self.draining = False  # set on shutdown: /readyz answers 503 so load balancers stop sending calls
         self.metrics = Metrics(self)
+        # embedding hooks (agent/embed.py): how sessions are made, what a Twilio key press does
+        self.session_factory: Callable[..., Session] = lambda rt, rate, info=None, **kw: Session(rt, rate, **kw)
+        self.on_dtmf = None  # async (session, digit) -> None
 
     # ------------------------------------------------------------------------------------------ capacity
     def capacity_left(self) -> int:
@@ -94,12 +98,13 @@ class Hub:
         self.metrics.live.labels(transport).inc()
         log.info(json.dumps({"event": "session_open", "session": sid, "transport": transport}))
 
-    def open(self, transport: str, input_rate: int, **kw) -> tuple[int, Session] | None:
-        """Reserve and create a session (not started yet); None when the server is full."""
+    def open(self, transport: str, input_rate: int, info: dict | None = None, **kw) -> tuple[int, Session] | None:
+        """Reserve and create a session (not started yet); None when the server is full. `info`: what the
+        transport knows about the caller, for the embedding hooks."""
         sid = self.reserve(transport)
         if sid is None:
             return None
-        session = Session(self.rt, input_rate, **kw)
+        session = self.session_factory(self.rt, input_rate, info={"transport": transport, **(info or {})}, **kw)
         self.add(sid, transport, session)
         return sid, session
 

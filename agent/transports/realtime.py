@@ -482,7 +482,11 @@ class _Conn:
 
     def _apply_turn_detection(self) -> None:
         td = self.proto.turn_detection
-        self.session.auto_respond = bool(td and td.get("create_response", True))
+        answer = bool(td and td.get("create_response", True))
+        if hasattr(self.session, "hook_auto"):  # an embed.Conversation: its hook answers, after the hook
+            self.session.hook_auto = answer
+        else:
+            self.session.auto_respond = answer
         if td:  # the session's turn taker reads these per frame (agent/turn.py TurnParams)
             self.session.turns.p = dataclasses.replace(
                 self.session.turns.p, barge_in=bool(td.get("interrupt_response", True)),

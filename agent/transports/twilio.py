@@ -215,7 +215,8 @@ class TwilioHandler:
                         break
                     continue
                 if isinstance(msg, Start):
-                    opened = hub.open("twilio", RATE)
+                    opened = hub.open("twilio", RATE, info={"call_sid": msg.call_sid, "stream_sid": msg.stream_sid,
+                                                            "custom": msg.custom})
                     if opened is None:
                         log.warning(json.dumps({"event": "twilio_refused", "call": msg.call_sid}))
                         break  # Twilio ends the <Stream>; the TwiML after <Connect> can say "busy"
@@ -232,10 +233,14 @@ class TwilioHandler:
                     marks_heard.append(msg.name)
                     if (m := parse_mark(msg.name)) is not None:
                         session.playback.on_mark(*m)
+                    elif msg.name == f"qt:{getattr(session, 'end_turn', None)}:done":
+                        log.info(json.dumps({"event": "twilio_end", "reason": "end requested by on_turn hook"}))
+                        break  # the caller heard the last reply; Twilio goes on with the TwiML after <Connect>
                 elif isinstance(msg, Dtmf):
                     log.info(json.dumps({"event": "twilio_dtmf", "digit": msg.digit}))
-                    if self.on_dtmf is not None:
-                        await self.on_dtmf(session, msg.digit)
+                    on_dtmf = self.on_dtmf or hub.on_dtmf
+                    if on_dtmf is not None:
+                        await on_dtmf(session, msg.digit)
                 elif isinstance(msg, Stop):
                     break
         except ConnectionClosed:

@@ -1,0 +1,290 @@
+"""Mouth-to-ear latency at the client, over the WebSocket, in real time — and what each pause-time mechanism buys.
+
+A client streams real speech to `quickturn serve` (in-process, loopback): multi-turn sessions built from
+../shared/speech clips separated by the agent's replies, plus single clips with a silence spliced in mid-sentence
+at a word gap. Measured at the client: from the true end of speech in the audio (Silero VAD on the clip) to the
+first non-silent reply sample (its chunk's arrival + its offset in the reply audio). The same scenario set runs
+under four configurations in one run: full, no pause prefill, no drafting, fixed-silence endpointing.
+
+    python bench/voice_to_voice.py [--sessions 4] [--turns 3] [--spliced 8] [--config cpu]
+
+Writes bench/results/v2v_<device>.json, v2v_<device>_waterfall.png and v2v_<device>_cdf.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from bench.common import gpu_tag, percentile, result_header, write_result  # noqa: E402
+from agent import models  # noqa: E402
+from agent.audio import INTERNAL_RATE, float_to_pcm16, load_audio  # noqa: E402
+from agent.config import Config  # noqa: E402
+from agent.runtime import Runtime  # noqa: E402
+from agent.server import start_server  # noqa: E402
+from agent.vad import SileroVAD, speech_bounds  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+
+SPEECH = REPO.parent / "shared" / "speech"
+FRAME_S = 0.02
+SPLICE_S = 0.6  # a mid-sentence hesitation: longer than a 500 ms fixed endpoint, shorter than our max delay
+AUDIBLE = 0.02  # |sample| above this is "non-silent"
+
+
+@dataclass
+class Segment:
+    audio: np.ndarray  # 16 kHz
+    speech_end: float  # true end of speech within the segment (s)
+    splice: tuple[float, float] | None = None  # spliced silence [start, end) within the segment (s)
+
+
+@dataclass
+class Turn:
+    kind: str  # "turn" (a clip in a multi-turn session) or "spliced"
+    latency_ms: float | None = None
+    endpoint_ms: float | None = None  # server: end of speech -> endpoint decision
+    stages: dict = field(default_factory=dict)
+    false_cutoff: bool = False
+    info: dict = field(default_factory=dict)
+
+
+async def run_script(url: str, segments: list[Segment], kind: str, out_rate_hint: int = 22050,
+                     reply_timeout: float = 60.0) -> list[Turn]:
+    """Speak each segment, then stay silent until the reply has finished playing (+0.7 s), like a caller."""
+    turns: list[Turn] = []
+    frame = int(INTERNAL_RATE * FRAME_S)
+    silence = np.zeros(frame, np.float32)
+    async with connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": INTERNAL_RATE}))
+        ready = json.loads(await ws.recv())
+        rate = ready.get("output_sample_rate", out_rate_hint)
+        state = {"audio": bytearray(), "first_at": None, "done": 0, "latency": [], "stopped": []}
+
+        async def receive():
+            async for msg in ws:
+                now = time.monotonic()
+                if isinstance(msg, bytes):
+                    if state["first_at"] is None:
+                        state["first_at"] = now
+                    state["audio"] += msg
+                    continue
+                e = json.loads(msg)
+                if e["type"] == "speech_stopped":
+                    state["stopped"].append(e["t"])
+                elif e["type"] == "latency":
+                    state["latency"].append(e)
+                elif e["type"] == "reply_done":
+                    state["done"] += 1
+
+        rx = asyncio.create_task(receive())
+        t0 = time.monotonic()
+        sent = 0  # samples sent so far (stream position)
+
+        async def send(chunk):
+            nonlocal sent
+            await ws.send(float_to_pcm16(chunk))
+            sent += len(chunk)
+            await asyncio.sleep(max(0.0, t0 + sent / INTERNAL_RATE - time.monotonic()))
+
+        for seg in segments:
+            seg_start = sent / INTERNAL_RATE
+            done_before = state["done"]
+            state["audio"], state["first_at"] = bytearray(), None
+            for i in range(0, len(seg.audio), frame):
+                await send(seg.audio[i:i + frame])
+            t_speech_end = t0 + seg_start + seg.speech_end
+            deadline = time.monotonic() + reply_timeout
+            while state["done"] <= done_before and time.monotonic() < deadline:
+                await send(silence)
+            # let the reply play out (the agent's audio arrives faster than real time)
+            played_until = (state["first_at"] or time.monotonic()) + len(state["audio"]) / 2 / rate + 0.7
+            while time.monotonic() < played_until:
+                await send(silence)
+            t = Turn(kind)
+            pcm = np.frombuffer(bytes(state["audio"]), dtype="<i2").astype(np.float32) / 32768
+            loud = np.flatnonzero(np.abs(pcm) > AUDIBLE)
+            if state["first_at"] is not None and len(loud):
+                t.latency_ms = (state["first_at"] + loud[0] / rate - t_speech_end) * 1000
+            lat = [e for e in state["latency"] if e["turn"] == len(turns) + 1]
+            if lat:
+                t.endpoint_ms = lat[-1]["ms"].get("endpoint")
+                t.stages = lat[-1]["ms"]
+            if seg.splice:
+                a, b = seg_start + seg.splice[0], seg_start + seg.splice[1]
+                t.false_cutoff = any(a - 0.05 <= x <= b + 0.05 for x in state["stopped"])
+            turns.append(t)
+        rx.cancel()
+    return turns
+
+
+def build_segments(rt: Runtime, n_sessions: int, n_turns: int, n_spliced: int):
+    from conftest import dev_set
+
+    vad = SileroVAD(models.require("silero-vad"))
+    rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= 6.5]
+    sessions = []
+    for s in range(n_sessions):
+        segs = []
+        for k in range(n_turns):
+            r = rows[(s * n_turns + k) % len(rows)]
+            audio = load_audio(SPEECH / r["file"])
+            segs.append(Segment(audio, speech_bounds(vad, audio)[1]))
+        sessions.append(segs)
+    spliced = []
+    long_rows = [r for r in dev_set() if len(r["reference"].split()) >= 7 and float(r["duration_s"]) <= 10]
+    for r in long_rows:
+        if len(spliced) >= n_spliced:
+            break
+        audio = load_audio(SPEECH / r["file"])
+        segs, _ = rt.asr.model.transcribe(audio, language=rt.asr.language, word_timestamps=True,
+                                          condition_on_previous_text=False)
+        words = [w for seg in segs for w in (seg.words or [])]
+        if len(words) < 6:
+            continue
+        # a word gap in the middle third, after a word that does not end a sentence
+        mid = [i for i in range(len(words) // 3, 2 * len(words) // 3) if not words[i].word.strip().endswith((".", "?", "!", ","))]
+        if not mid:
+            continue
+        i = mid[len(mid) // 2]
+        cut = int((words[i].end + words[i + 1].start) / 2 * INTERNAL_RATE)
+        gap = np.zeros(int(SPLICE_S * INTERNAL_RATE), np.float32)
+        joined = np.concatenate([audio[:cut], gap, audio[cut:]])
+        end = speech_bounds(vad, joined)[1]
+        spliced.append(Segment(joined, end, (cut / INTERNAL_RATE, cut / INTERNAL_RATE + SPLICE_S)))
+    return sessions, spliced
+
+
+async def run_all(rt, sessions, spliced) -> list[Turn]:
+    server, _ = await start_server(rt, "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"
+    turns: list[Turn] = []
+    try:
+        for segs in sessions:
+            turns += await run_script(url, segs, "turn")
+        for seg in spliced:
+            turns += await run_script(url, [seg], "spliced")
+    finally:
+        server.close()
+        await server.wait_closed()
+    return turns
+
+
+def summarize(turns: list[Turn]) -> dict:
+    lat = [t.latency_ms for t in turns if t.latency_ms is not None]
+    ends = [t.endpoint_ms for t in turns if t.endpoint_ms is not None and t.kind == "turn"]
+    spl = [t for t in turns if t.kind == "spliced"]
+    return {"turns": len(turns), "v2v_p50_ms": percentile(lat, 50), "v2v_p95_ms": percentile(lat, 95),
+            "max_wait_ms": max(lat) if lat else None,
+            "false_cutoff_rate": (sum(t.false_cutoff for t in spl) / len(spl)) if spl else None,
+            "mean_endpoint_delay_ms": float(np.mean(ends)) if ends else None,
+            "stage_p50_ms": {s: percentile([t.stages[s] for t in turns if s in t.stages], 50)
+                             for s in ("endpoint", "transcript", "llm_first_token", "first_phrase",
+                                       "tts_first_audio", "audio_sent")}}
+
+
+def plots(results: dict, tag: str) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, res in results.items():
+        lat = sorted(t["latency_ms"] for t in res["per_turn"] if t["latency_ms"] is not None)
+        if lat:
+            ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=name)
+    ax.set_xlabel("voice-to-voice latency at the client (ms)")
+    ax.set_ylabel("fraction of turns")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out_dir = Path(os.environ.get("QUICKTURN_RESULTS") or REPO / "bench" / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    p = out_dir / f"v2v_{tag}_cdf.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    out.append(str(p))
+    stages = ["endpoint", "transcript", "llm_first_token", "first_phrase", "tts_first_audio", "audio_sent"]
+    turns = [t for t in results["full"]["per_turn"] if t["stages"]]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(turns) + 1.2))
+    colors = plt.cm.viridis(np.linspace(0, 1, len(stages)))
+    for i, t in enumerate(turns):
+        prev = 0.0
+        for s, c in zip(stages, colors):
+            if s in t["stages"]:
+                ax.barh(i, t["stages"][s] - prev, left=prev, color=c, label=s if i == 0 else None)
+                prev = t["stages"][s]
+    ax.set_xlabel("ms after the end of speech (server side)")
+    ax.set_ylabel("turn")
+    ax.legend(fontsize=7, loc="lower right")
+    p = out_dir / f"v2v_{tag}_waterfall.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    out.append(str(p))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="cpu")
+    ap.add_argument("--sessions", type=int, default=4)
+    ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--spliced", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    args = ap.parse_args()
+    cfg = Config.load(args.config)
+    cfg.llm.max_new_tokens = args.max_new_tokens
+    rt = Runtime.load(cfg)
+    rt.warmup()
+    sessions, spliced = build_segments(rt, args.sessions, args.turns, args.spliced)
+    print(f"{sum(map(len, sessions))} turns in {len(sessions)} sessions + {len(spliced)} spliced clips, real time")
+    variants = {
+        "full": {},
+        "no_pause_prefill": {"pause_prefill": False},
+        "no_drafting": {"draft": False},
+        "fixed_silence_500ms": {"adaptive": False, "endpoint_silence_ms": 500},
+    }
+    base = {k: getattr(cfg.turn, k) for k in ("pause_prefill", "draft", "adaptive", "endpoint_silence_ms")}
+    results = {}
+    for name, over in variants.items():
+        for k, v in {**base, **over}.items():
+            setattr(cfg.turn, k, v)
+        turns = asyncio.run(run_all(rt, sessions, spliced))
+        results[name] = {**summarize(turns), "per_turn": [t.__dict__ for t in turns]}
+        s = results[name]
+        print(f"  {name:<22} p50 {s['v2v_p50_ms']:.0f} ms  p95 {s['v2v_p95_ms']:.0f}  max {s['max_wait_ms']:.0f}  "
+              f"false cut-offs {s['false_cutoff_rate']}  endpoint {s['mean_endpoint_delay_ms']}", flush=True)
+    for k, v in base.items():
+        setattr(cfg.turn, k, v)
+    tag = gpu_tag()
+    out = result_header(config=cfg.source, models={"asr": cfg.asr.model, "llm": cfg.llm.model, "tts": cfg.tts.voice},
+                        components={"asr": f"{cfg.asr.backend} on {cfg.asr.device}",
+                                    "llm": f"quickturn engine on {cfg.llm.device} ({cfg.llm.dtype})",
+                                    "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
+                        splice_s=SPLICE_S, max_new_tokens=args.max_new_tokens,
+                        measured_at="client, loopback WebSocket, real-time streaming")
+    out["metrics"] = {k: v for k, v in results["full"].items() if k != "per_turn"}
+    out["ablations"] = {k: {kk: vv for kk, vv in v.items() if kk != "per_turn"} for k, v in results.items()
+                        if k != "full"}
+    out["per_turn"] = {k: v["per_turn"] for k, v in results.items()}
+    out["plots"] = [Path(p).name for p in plots(results, tag)]
+    print("->", write_result(f"v2v_{tag}.json", out))
+    rt.close()
+
+
+if __name__ == "__main__":
+    main()
