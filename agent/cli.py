@@ -129,6 +129,12 @@ def cmd_serve(args) -> int:
         cfg.server.host = args.host
     if args.port is not None:
         cfg.server.port = args.port
+    if args.max_sessions is not None:
+        cfg.server.max_sessions = args.max_sessions
+    if args.log_json:  # one JSON object per line (sessions, turn latencies, errors) for log pipelines
+        from .transports.hub import use_json_logs
+
+        use_json_logs()
     rt = _load_runtime(cfg)
     return asyncio.run(serve(rt))
 
@@ -173,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     s = with_config(sub.add_parser("serve", help="WebSocket server (docs/protocol.md)"))
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument("--max-sessions", type=int, help="sessions served at once (/readyz reports what is left)")
+    s.add_argument("--log-json", action="store_true", help="structured JSON logs on stderr")
     s.set_defaults(fn=cmd_serve)
 
     cl = sub.add_parser("client", help="stream a file to a server in real time, save the reply")

@@ -96,8 +96,7 @@ def load_asr(config: Config):
     if c.backend == "torch":
         from asr.torch_backend import TorchWhisperASR
 
-        return TorchWhisperASR(path, device=c.device, language=c.language,
-                               partial_interval_s=(c.partial_interval_ms or 200) / 1000)
+        return TorchWhisperASR(path, device=c.device, partial_interval_s=(c.partial_interval_ms or 200) / 1000)
     raise models.ModelError(f"unknown ASR backend {c.backend!r} (faster-whisper, torch)")
 
 

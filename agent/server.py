@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
+import signal
 import time
 
 from websockets.asyncio.server import ServerConnection, serve as ws_serve
@@ -151,14 +152,29 @@ async def start_server(rt: Runtime, host: str | None = None, port: int | None = 
     return server, srv
 
 
-async def serve(rt: Runtime) -> int:
-    server, _ = await start_server(rt)
+async def serve(rt: Runtime, drain_s: float = 30.0) -> int:
+    """Serve until SIGTERM/SIGINT, then drain: /readyz turns 503 and new sessions are refused while the live ones
+    get up to `drain_s` to finish (a Kubernetes rollout sends SIGTERM; see docs/deploy.md)."""
+    server, srv = await start_server(rt)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
     host, port = list(server.sockets)[0].getsockname()[:2]
     print(f"quickturn: listening on ws://{host}:{port} (protocol: docs/protocol.md)", flush=True)
     print(f"quickturn: also /v1/realtime (OpenAI Realtime), /twilio (Twilio Media Streams), "
           f"http://{host}:{port}/webrtc (browser), /metrics, /healthz, /readyz (docs/transports.md)", flush=True)
     try:
-        await server.serve_forever()
+        await stop.wait()
+        srv.hub.draining = True
+        end = loop.time() + drain_s
+        while srv.hub.sessions and loop.time() < end:
+            await asyncio.sleep(0.2)
+        server.close()
+        await server.wait_closed()
     finally:
         rt.close()
     return 0

@@ -377,6 +377,8 @@ class Session:
     def _drop(self, pw: PauseWork) -> None:
         """The user went on speaking (or the words changed): what this pause prepared is stale."""
         pw.stale = True
+        if pw.asr is not None and not pw.asr.done():
+            pw.asr.cancel()  # not started yet: never runs
         if pw.draft is not None:
             self._discard(pw.draft)
         if pw.task is not None:
@@ -519,14 +521,16 @@ class Session:
                 if self.cfg.pipeline.stream_tts is False:
                     continue
             for p, ready in pending:
-                start = r.samples
+                start, seen = r.samples, set()
                 it = iter(ready) if ready is not None else await rt.run(rt.tts_pool, rt.tts.synthesize, p.text)
                 while not r.cancelled:
                     chunk = next(it, None) if ready is not None else await rt.run(rt.tts_pool, next, it, None)
                     if chunk is None:
                         break
-                    for w in chunk.words:
-                        r.words.append((w.word, p.index, start + w.start, start + w.end))
+                    for w in chunk.words:  # backends may repeat the phrase's timings with every chunk
+                        if (w.start, w.end) not in seen:
+                            seen.add((w.start, w.end))
+                            r.words.append((w.word, p.index, start + w.start, start + w.end))
                     if len(chunk.audio):
                         r.trace.mark("tts_first_audio")
                         r.samples += len(chunk.audio)
