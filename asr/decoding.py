@@ -84,18 +84,18 @@ class Hypothesis:
         return self.no_speech_prob > 0.6 and self.avg_logprob < -1.0
 
 
-def encoder_frames(n_frames: int, opts: DecodeOptions) -> int:
+def encoder_frames(n_frames: int, opts: DecodeOptions, window: str | None = None) -> int:
     """Number of mel frames the encoder is fed for an utterance of n_frames (even, <= 3000)."""
-    if opts.window == "pad30":
+    if (window or opts.window) == "pad30":
         return FRAMES_30S
     n = n_frames + opts.pad_frames
     n = -(-n // opts.bucket_frames) * opts.bucket_frames
     return min(FRAMES_30S, n + (n % 2))
 
 
-def batch_features(mels: list[torch.Tensor], opts: DecodeOptions) -> torch.Tensor:
+def batch_features(mels: list[torch.Tensor], opts: DecodeOptions, window: str | None = None) -> torch.Tensor:
     """Pad/trim a list of (n_mels, F_i) to one (B, n_mels, F) batch with zero frames, as pad_or_trim does."""
-    f = max(encoder_frames(m.shape[-1], opts) for m in mels)
+    f = max(encoder_frames(m.shape[-1], opts, window) for m in mels)
     out = mels[0].new_zeros(len(mels), mels[0].shape[0], f)
     for i, m in enumerate(mels):
         n = min(m.shape[-1], f)
@@ -182,11 +182,9 @@ class GreedyDecoder:
         max_new = max_new or self.opts.max_new_tokens
         prompt = self.tok.prompt
         seqs = [prompt + list(p) for p in prefixes]
-        lens = torch.tensor([len(s) for s in seqs], device=self.device)
-        width = int(max(len(s) for s in seqs))
-        tokens = torch.full((n, width), self.tok.eot, dtype=torch.long, device=self.device)
-        for i, s in enumerate(seqs):
-            tokens[i, :len(s)] = torch.tensor(s)
+        width = max(len(s) for s in seqs)
+        tokens = torch.tensor([s + [self.tok.eot] * (width - len(s)) for s in seqs]).to(self.device)  # (n, width)
+        lens = torch.tensor([len(s) for s in seqs]).to(self.device)
         pos = torch.arange(width, device=self.device).expand(n, width).contiguous()
         cache = self.cache.narrow(n)
         logits = self.model.decoder(tokens, pos, cache).float()  # prefill (n, width, V)

@@ -31,7 +31,8 @@ class TorchWhisperASR:
     tokens_per_s = 6.0  # fast English speech is ~3-4 words (~4-5 tokens) a second
 
     def __init__(self, model_dir: str | Path | None = None, *, shape: str | None = None, device: str = "cpu",
-                 dtype: torch.dtype | None = None, window: str = "trunc", partial_interval_s: float = 0.2,
+                 dtype: torch.dtype | None = None, window: str = "pad30", final_window: str | None = None,
+                 partial_interval_s: float = 0.2,
                  max_batch: int = 32, cuda_graphs: bool = True, energy_floor_dbfs: float = -45.0,
                  max_new_tokens: int = 128, seed: int = 0):
         self.device = torch.device(device)
@@ -53,6 +54,7 @@ class TorchWhisperASR:
             sup, sup_begin = [], [220, self.tokenizer.eot]
         self.opts = DecodeOptions(max_new_tokens=max_new_tokens, suppress_ids=sup, suppress_ids_begin=sup_begin,
                                   window=window)
+        self.final_window = final_window or window  # encoder input at the endpoint (partials use `window`)
         self.decoder = GreedyDecoder(self.model, self.tokenizer, self.opts, max_batch=max_batch,
                                      cuda_graphs=cuda_graphs)
         self.mel = LogMel(self.model.dims.n_mels, device=self.device)
@@ -63,14 +65,15 @@ class TorchWhisperASR:
     # ---- batched core ----
     @torch.no_grad()
     def recognize(self, audios: list[np.ndarray], prefixes: list[list[int]] | None = None,
-                  max_new: int | None = None, stop_at_eot: bool = True) -> list[Hypothesis]:
+                  max_new: int | None = None, stop_at_eot: bool = True, window: str | None = None
+                  ) -> list[Hypothesis]:
         """One encoder batch + one greedy decoder batch for several utterances (each <= max_batch)."""
         out: list[Hypothesis] = []
         prefixes = prefixes or [[] for _ in audios]
         for i in range(0, len(audios), self.max_batch):
             chunk, pre = audios[i:i + self.max_batch], prefixes[i:i + self.max_batch]
             mels = [self.mel(torch.as_tensor(a[:MAX_SAMPLES])) for a in chunk]
-            self.decoder.encode(batch_features(mels, self.opts))
+            self.decoder.encode(batch_features(mels, self.opts, window))
             # a loop cannot run longer than speech could: <= tokens_per_s per second of audio (+ slack)
             limits = [max(4, int(self.tokens_per_s * len(a) / SAMPLE_RATE) + 8 - len(p)) for a, p in zip(chunk, pre)]
             hyps = self.decoder.decode(pre, max_new=max_new, stop_at_eot=stop_at_eot,
@@ -88,7 +91,7 @@ class TorchWhisperASR:
     def transcribe_batch(self, audios: list[np.ndarray]) -> list[str]:
         texts = [""] * len(audios)
         live = [i for i, a in enumerate(audios) if len(a) >= SAMPLE_RATE // 10 and not self.gate.is_silent(a)]
-        for i, h in zip(live, self.recognize([audios[i] for i in live])):
+        for i, h in zip(live, self.recognize([audios[i] for i in live], window=self.final_window)):
             texts[i] = self.text(h)
         return texts
 
@@ -110,13 +113,19 @@ class TorchWhisperASR:
                 results[i] = Transcript("", finals[i], "")
             else:
                 live.append((i, audio))
-        if live:
-            hyps = self.recognize([a for _, a in live], [streams[i].agreement.committed for i, _ in live])
-            for (i, _), h in zip(live, hyps):
+        # one batch for the finals (final_window) and one for the partials (window)
+        for want_final in (True, False):
+            group = [(i, a) for i, a in live if finals[i] == want_final]
+            if not group:
+                continue
+            hyps = self.recognize([a for _, a in group], [streams[i].agreement.committed for i, _ in group],
+                                  window=self.final_window if want_final else self.opts.window)
+            for (i, _), h in zip(group, hyps):
                 s = streams[i]
                 forced = bool(s.agreement.committed)
                 text = self.text(h, forced)
                 if finals[i]:
+                    s.final_increment = len(h.tokens) - len(s.agreement.committed)  # tokens decoded at the end
                     results[i] = Transcript(text, True, text)
                 else:
                     committed = s.agreement.update(h.tokens if text else s.agreement.committed)
@@ -133,6 +142,7 @@ class TorchStream:
         self.n = 0
         self.last_run = 0
         self.agreement = LocalAgreement()
+        self.final_increment = 0
         self._audio: np.ndarray | None = None
 
     def push(self, audio: np.ndarray) -> None:

@@ -1,0 +1,86 @@
+"""The torch Whisper backend on real speech (tiny.en, CPU fp32) against faster-whisper; silence/noise;
+streaming on a real clip; batching."""
+
+import numpy as np
+import pytest
+import torch
+
+from agent.audio import load_audio
+from agent.models import require
+from asr.torch_backend import TorchWhisperASR
+from asr.wer import wer
+
+CLIPS = ["jfk/jfk.flac", "librispeech/stereo_diarization_left.wav"]
+
+
+@pytest.fixture(scope="module")
+def asr():
+    torch.set_num_threads(2)
+    return TorchWhisperASR(require("whisper-tiny.en"), device="cpu", partial_interval_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def fw_model():
+    fw = pytest.importorskip("faster_whisper")
+    return fw.WhisperModel(str(require("whisper-tiny.en")), device="cpu", compute_type="float32", cpu_threads=2)
+
+
+def test_transcript_equals_faster_whisper(asr, fw_model, speech):
+    for clip in CLIPS:
+        audio = load_audio(speech / clip)
+        segs, _ = fw_model.transcribe(audio, beam_size=1, temperature=0.0, without_timestamps=True,
+                                      condition_on_previous_text=False, vad_filter=False)
+        theirs = " ".join(s.text.strip() for s in segs).strip()
+        assert asr.transcribe(audio) == theirs
+
+
+def test_silence_and_noise_are_empty(asr, speech):
+    silence = np.zeros(3 * 16000, np.float32)
+    noise = load_audio(speech / "alsa/Noise.wav")
+    assert asr.transcribe(silence) == ""
+    assert asr.transcribe(noise) == ""
+    # without the energy gate the model's own no-speech rule must still reject both
+    h = asr.recognize([silence, noise])
+    assert all(x.is_silence for x in h), h
+    s = asr.stream()
+    for i in range(0, len(noise), 3200):
+        r = s.feed(noise[i:i + 3200])
+        assert r is None or r.text == ""
+    assert s.finish().text == ""
+
+
+def test_faster_whisper_backend_silence_and_noise(speech):
+    pytest.importorskip("faster_whisper")
+    from asr.fw import FasterWhisperASR
+
+    fw = FasterWhisperASR(require("whisper-tiny.en"), cpu_threads=2)
+    assert fw.transcribe(np.zeros(3 * 16000, np.float32)) == ""
+    assert fw.transcribe(load_audio(speech / "alsa/Noise.wav")) == ""
+
+
+def test_streaming_real_clip(asr, speech):
+    audio = load_audio(speech / CLIPS[1])
+    ref = "He began a confused complaint against the wizard, who had vanished behind the curtain on the left."
+    s = asr.stream()
+    partials = []
+    for i in range(0, len(audio), 1600):  # 100 ms chunks; a partial every 1 s of audio
+        r = s.feed(audio[i:i + 1600])
+        if r is not None:
+            assert not r.final and r.text.startswith(r.stable)
+            partials.append(r)
+    assert len(partials) == len(audio) // 16000
+    stables = [p.stable for p in partials]
+    assert all(b.startswith(a) for a, b in zip(stables, stables[1:]))  # the stable prefix only grows
+    assert stables[-1]
+    final = s.finish()
+    assert final.final and final.text.startswith(stables[-1])
+    assert wer(ref, final.text) <= 0.15
+    assert s.final_increment < len(asr.tokenizer.encode(" " + final.text))  # only the tail was decoded
+
+
+def test_batched_equals_single(asr, speech):
+    a = load_audio(speech / CLIPS[1])
+    b = a[: 3 * 16000]
+    both = asr.recognize([a, b])
+    one = [asr.recognize([a])[0], asr.recognize([b])[0]]
+    assert [h.tokens for h in both] == [h.tokens for h in one]
