@@ -11,9 +11,8 @@ import pytest
 import typing
 
 from agent.audio import INTERNAL_RATE, load_audio, pcm16_to_float, resample, ulaw_decode, ulaw_encode
-from agent.config import Config
-from agent.runtime import Runtime
 from agent.server import start_server
+from transports_helpers import runtime_with
 
 openai = pytest.importorskip("openai")
 from openai import AsyncOpenAI  # noqa: E402
@@ -31,11 +30,7 @@ def validate(e) -> None:
 
 @pytest.fixture(scope="module")
 def rt():
-    cfg = Config.load("cpu")
-    cfg.llm.max_new_tokens = 24
-    runtime = Runtime.load(cfg)
-    yield runtime
-    runtime.close()
+    yield from runtime_with(max_new_tokens=24)
 
 
 async def with_server(rt, fn):

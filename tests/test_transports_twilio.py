@@ -13,20 +13,15 @@ from websockets.asyncio.client import connect
 
 from agent import events as ev
 from agent.audio import INTERNAL_RATE, load_audio, resample, ulaw_decode, ulaw_encode
-from agent.config import Config
-from agent.runtime import Runtime
 from agent.server import start_server
+from transports_helpers import runtime_with
 from agent.transports.twilio import parse_mark
 from asr.wer import word_match
 
 
 @pytest.fixture(scope="module")
 def rt():
-    cfg = Config.load("cpu")
-    cfg.llm.max_new_tokens = 40
-    runtime = Runtime.load(cfg)
-    yield runtime
-    runtime.close()
+    yield from runtime_with(max_new_tokens=40)
 
 
 class FakeTwilio:

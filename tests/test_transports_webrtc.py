@@ -16,9 +16,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from agent.audio import INTERNAL_RATE, load_audio, resample, write_wav
-from agent.config import Config
-from agent.runtime import Runtime
 from agent.server import start_server
+from transports_helpers import runtime_with
 
 pytest.importorskip("aiortc")
 REPO = Path(__file__).resolve().parents[1]
@@ -38,11 +37,7 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def rt():
-    cfg = Config.load("cpu")
-    cfg.llm.max_new_tokens = 24
-    runtime = Runtime.load(cfg)
-    yield runtime
-    runtime.close()
+    yield from runtime_with(max_new_tokens=24)
 
 
 class DevTools:

@@ -1,0 +1,91 @@
+"""/metrics, /healthz, /readyz on the same port as every transport: after a real turn over Quickturn's own protocol
+the latency histograms have counts; a client over the session limit is refused, counted, and readiness drops."""
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+
+from agent.audio import load_audio
+from agent.client import stream_file
+from agent.server import start_server
+from transports_helpers import runtime_with
+
+
+@pytest.fixture(scope="module")
+def rt():
+    yield from runtime_with(max_new_tokens=16, max_sessions=1)
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+
+def samples(text: str) -> dict:
+    """{(name, frozenset(labels)): value} from a Prometheus exposition."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def test_metrics_health_readiness_after_a_turn(rt, speech):
+    clip = load_audio(speech / "speechbrain_harvard/spk1_snt3.wav")
+
+    async def scenario():
+        server, srv = await start_server(rt, "127.0.0.1", 0)
+        base = f"http://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"
+        g = lambda path: asyncio.to_thread(get, base + path)  # noqa: E731
+        try:
+            before = await g("/metrics")
+            ready0 = await g("/readyz")
+            turn = asyncio.create_task(stream_file(base.replace("http", "ws") + "/", clip, tail_s=4.0))
+            await asyncio.sleep(1.0)
+            during = await g("/readyz")  # the one session slot is taken
+            # a second client is refused (server full) while the first is served
+            async with connect(base.replace("http", "ws") + "/") as ws:  # refused on connect
+                refusal = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            res = await turn
+            await asyncio.sleep(0.2)
+            return before, ready0, during, refusal, res, await g("/metrics"), await g("/healthz"), \
+                await g("/readyz"), await g("/nope"), await g("/webrtc"), await g("/")
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    before, ready0, during, refusal, res, after, health, ready1, missing, page, index = asyncio.run(scenario())
+    assert before[0] == 200 and before[1].startswith("text/plain")
+    assert ready0[0] == 200 and json.loads(ready0[2])["capacity_left"] == 1
+    assert during[0] == 503 and json.loads(during[2]) == {"ready": False, "sessions": 1, "max_sessions": 1,
+                                                         "capacity_left": 0, "draining": False}
+    assert refusal["type"] == "error" and refusal["code"] == "server_full"
+    assert res.of("reply_done") and not res.errors
+
+    m0, m = samples(before[2]), samples(after[2])
+    assert m0[("quickturn_voice_to_voice_seconds_count", frozenset())] == 0
+    assert m[("quickturn_voice_to_voice_seconds_count", frozenset())] == 1
+    v2v = m[("quickturn_voice_to_voice_seconds_sum", frozenset())]
+    assert 0 < v2v < 30 and abs(v2v * 1000 - res.of("latency")[0]["v2v_ms"]) < 1  # the turn the client saw
+    for stage in ("endpoint", "transcript", "llm_first_token", "first_phrase", "tts_first_audio", "audio_sent"):
+        assert m[("quickturn_stage_latency_seconds_count", frozenset({("stage", stage)}))] == 1, stage
+    assert m[("quickturn_turns_total", frozenset({("transport", "quickturn"), ("interrupted", "false")}))] == 1
+    assert m[("quickturn_sessions_total", frozenset({("transport", "quickturn")}))] == 1
+    assert m[("quickturn_sessions_refused_total", frozenset({("transport", "quickturn")}))] == 1
+    assert m[("quickturn_sessions_live", frozenset({("transport", "quickturn")}))] == 0
+    assert m[("quickturn_sessions_capacity_left", frozenset())] == 1
+    assert ("quickturn_gpu_memory_bytes", frozenset({("kind", "allocated")})) in m
+
+    assert health[0] == 200 and json.loads(health[2])["status"] == "ok"
+    assert ready1[0] == 200 and json.loads(ready1[2])["ready"] is True
+    assert missing[0] == 404
+    assert page[0] == 200 and "RTCPeerConnection" in page[2] and page[1].startswith("text/html")
+    assert index[0] == 200 and "/v1/realtime" in index[2]
