@@ -1,0 +1,261 @@
+"""Who may connect, and for how long: pure decisions (no sockets, no clocks), wired into the server by the caller.
+
+    check_bind(host, token)                      at startup: a token is required unless the host is loopback
+    authorize(token, path, headers)              per connection: None, or the Refusal to answer with
+    origin_allowed(origin, allowed, host)        browser connections: the Origin allow-list
+    AddressCounter(max_per_address)              sessions per client address (IPv6 counted per /64)
+    SessionTimers(start, idle_s, max_s)          idle timeout and maximum session length, from timestamps
+    redact_path(path)                            a request path fit for logs (no token)
+
+Every refusal carries an HTTP status (before the WebSocket upgrade) or a close code (after it), a stable error
+code and a message that says what to do; none of them echo the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import parse_qsl, urlsplit
+
+TOKEN_ENV = "QUICKTURN_TOKEN"  # overrides [server] auth_token, so the token need not sit in a config file
+MIN_TOKEN_CHARS = 16
+TOKEN_PARAM = "token"  # ?token=... (browsers and Twilio cannot set headers on a WebSocket)
+TOKEN_HEADERS = ("authorization", "x-quickturn-token")  # "Bearer <token>" / the bare token
+
+
+class LimitsError(ValueError):
+    """A configuration the server refuses to start with; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int  # HTTP status before the upgrade
+    close_code: int  # WebSocket close code after it
+    code: str  # the error event's code
+    message: str
+
+
+UNAUTHORIZED = Refusal(401, 1008, "unauthorized", "a valid token is required: pass ?token=... or an "
+                       "'Authorization: Bearer ...' header")
+BAD_ORIGIN = Refusal(403, 1008, "origin_not_allowed", "this page's origin may not connect to the server "
+                     "(see [server] allowed_origins)")
+TOO_MANY = Refusal(429, 1013, "too_many_sessions", "too many sessions from your address; close one and retry")
+IDLE = Refusal(408, 1000, "idle_timeout", "no message from the client for too long; the session was closed")
+TOO_LONG = Refusal(408, 1000, "session_too_long", "the session reached its maximum length and was closed")
+
+
+# ------------------------------------------------------------------------------------------------- binding
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach. '' and 0.0.0.0 / :: (every interface) are not; host
+    names other than 'localhost' are not either (they are not resolved here)."""
+    h = (host or "").strip().strip("[]").lower()
+    if h in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(h.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def effective_token(configured: str | None, env: Mapping[str, str] | None = None) -> str:
+    """The token in force: $QUICKTURN_TOKEN if set, else [server] auth_token ('' = none)."""
+    env = os.environ if env is None else env
+    return (env.get(TOKEN_ENV) or configured or "").strip()
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a token (or with one too short to be a secret)."""
+    if is_loopback(host):
+        return
+    where = host or "every interface"
+    if not token:
+        raise LimitsError(
+            f"refusing to listen on {where} without an auth token: anyone who can reach this port could use the "
+            f"models. Set {TOKEN_ENV} (or [server] auth_token) to a random secret of at least {MIN_TOKEN_CHARS} "
+            f"characters, e.g. `export {TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_urlsafe(24))')`,"
+            f" or listen on 127.0.0.1 behind a reverse proxy that authenticates")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise LimitsError(f"the auth token is too short ({len(token)} characters) to protect a server listening "
+                          f"on {where}: use at least {MIN_TOKEN_CHARS} random characters")
+
+
+# ---------------------------------------------------------------------------------------------- the token
+def presented_token(path: str, headers: Mapping[str, str]) -> str | None:
+    """The token a client presented: the `token` query parameter, an `Authorization: Bearer` header, or an
+    `X-Quickturn-Token` header. `headers` may be any case-insensitive or lower-cased mapping."""
+    for name in TOKEN_HEADERS:
+        value = _header(headers, name)
+        if value:
+            value = value.strip()
+            if name == "authorization":
+                scheme, _, rest = value.partition(" ")
+                if scheme.lower() != "bearer" or not rest.strip():
+                    continue
+                value = rest.strip()
+            return value
+    try:
+        query = urlsplit(path).query
+    except ValueError:
+        return None
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        if k == TOKEN_PARAM:
+            return v
+    return None
+
+
+def token_ok(expected: str, presented: str | None) -> bool:
+    """Constant-time comparison; no token configured means no check (loopback only, see check_bind)."""
+    if not expected:
+        return True
+    if presented is None:
+        return False
+    return hmac.compare_digest(expected.encode(), presented.encode())
+
+
+def authorize(expected: str, path: str, headers: Mapping[str, str]) -> Refusal | None:
+    return None if token_ok(expected, presented_token(path, headers)) else UNAUTHORIZED
+
+
+def redact_path(path: str) -> str:
+    """The request path with the token's value hidden, for logs."""
+    return re.sub(r"([?&]token=)[^&#]*", r"\1***", path)
+
+
+# --------------------------------------------------------------------------------------------- the origin
+def origin_allowed(origin: str | None, allowed: list[str] | tuple[str, ...], host: str | None) -> bool:
+    """Browser connections carry an Origin; other clients (SDKs, Twilio, curl) do not and are allowed here (the
+    token is what guards them). With an empty allow-list only same-origin pages may connect (the Origin's host and
+    port equal the request's Host). Entries: '*', an exact origin 'https://app.example.com', or a subdomain
+    wildcard 'https://*.example.com'."""
+    if origin is None:
+        return True
+    o = _origin(origin)
+    if o is None:  # "null" (sandboxed iframes, file://) or garbage
+        return "*" in allowed
+    if not allowed:
+        return host is not None and _hostport(host, o[0]) == (o[1], o[2])
+    for entry in allowed:
+        if entry.strip() == "*":
+            return True
+        wildcard = "://*." in entry
+        e = _origin(entry.replace("://*.", "://", 1))
+        if e is None or e[0] != o[0] or e[2] != o[2]:
+            continue
+        if e[1] == o[1] if not wildcard else o[1].endswith("." + e[1]):  # *.example.com: subdomains only
+            return True
+    return False
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _origin(value: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin, lower-cased, default port filled in; None if it is not one."""
+    try:
+        u = urlsplit(value.strip())
+        port = u.port
+    except ValueError:
+        return None
+    if u.scheme not in _DEFAULT_PORTS or not u.hostname or u.path not in ("", "/") or u.query or u.username:
+        return None
+    return u.scheme, u.hostname.lower().rstrip("."), port or _DEFAULT_PORTS[u.scheme]
+
+
+def _hostport(host: str, scheme: str) -> tuple[str, int] | None:
+    try:
+        u = urlsplit(f"//{host.strip()}")
+        port = u.port
+    except ValueError:
+        return None
+    if not u.hostname:
+        return None
+    return u.hostname.lower().rstrip("."), port or _DEFAULT_PORTS.get(scheme, 80)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    v = headers.get(name)
+    if v is None:
+        v = headers.get(name.title())
+    if v is None and not hasattr(headers, "get_all"):  # a plain dict with odd casing
+        for k, val in headers.items():
+            if k.lower() == name:
+                return val
+    return v
+
+
+# ------------------------------------------------------------------------------------ sessions per address
+def address_key(addr: str | tuple | None) -> str:
+    """The key sessions are counted under: the IP (port dropped); IPv6 by its /64 (one subscriber's prefix)."""
+    ip = addr[0] if isinstance(addr, tuple) else (addr or "")
+    ip = ip.strip().strip("[]").split("%", 1)[0]
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip or "unknown"
+    if isinstance(a, ipaddress.IPv6Address):
+        if a.ipv4_mapped is not None:
+            return str(a.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{a}/64", strict=False))
+    return str(a)
+
+
+class AddressCounter:
+    """Live sessions per client address. acquire() before a session starts, release() when it ends (always: put
+    it in a finally). Not thread-safe; the server calls it from its event loop."""
+
+    def __init__(self, max_per_address: int):
+        self.max = max_per_address
+        self.live: dict[str, int] = {}
+
+    def acquire(self, addr) -> bool:
+        if self.max <= 0:  # 0: no per-address limit
+            return True
+        k = address_key(addr)
+        if self.live.get(k, 0) >= self.max:
+            return False
+        self.live[k] = self.live.get(k, 0) + 1
+        return True
+
+    def release(self, addr) -> None:
+        if self.max <= 0:
+            return
+        k = address_key(addr)
+        n = self.live.get(k, 0) - 1
+        if n > 0:
+            self.live[k] = n
+        else:
+            self.live.pop(k, None)
+
+
+# ------------------------------------------------------------------------------------------------- timers
+class SessionTimers:
+    """Idle timeout (no client message for idle_s) and maximum session length (max_s), from timestamps the caller
+    passes (time.monotonic()). 0 disables either. An audio frame counts as activity: a client streaming its mic,
+    even silence, is there; a dead peer whose TCP connection never closed is not."""
+
+    def __init__(self, start: float, idle_s: float, max_s: float):
+        self.start, self.last = start, start
+        self.idle_s, self.max_s = idle_s, max_s
+
+    def touch(self, now: float) -> None:
+        self.last = max(self.last, now)
+
+    def expired(self, now: float) -> Refusal | None:
+        if self.max_s > 0 and now - self.start >= self.max_s:
+            return TOO_LONG
+        if self.idle_s > 0 and now - self.last >= self.idle_s:
+            return IDLE
+        return None
+
+    def next_check(self, now: float) -> float:
+        """Seconds until the earliest expiry (inf when both are disabled); sleep this long, then call expired()."""
+        due = []
+        if self.max_s > 0:
+            due.append(self.start + self.max_s)
+        if self.idle_s > 0:
+            due.append(self.last + self.idle_s)
+        return max(0.0, min(due) - now) if due else float("inf")
