@@ -12,7 +12,7 @@ from agent.config import Config
 from agent.offline import converse
 from agent.runtime import Runtime
 from agent.session import Session
-from asr.wer import wer, word_match
+from asr.wer import edit_distance, normalize, wer, word_match
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,19 @@ def test_barge_in_keeps_only_what_was_played(rt, speech):
     assert len(first.text) < len(full.text) and full.text.startswith(first.text)
     assert 0 < first.played_samples < sum(len(e.audio) for e in got if isinstance(e, ev.ReplyAudio) and e.turn == 1)
     assert s.history[1] == {"role": "assistant", "content": first.text}
+    # word-accurate: the history holds the words the listener heard (ASR of the played audio), +- one word
+    played = np.concatenate([e.audio for e in got if isinstance(e, ev.ReplyAudio) and e.turn == 1])
+    heard = rt.asr.transcribe(resample(played[: first.played_samples], rt.tts.sample_rate, INTERNAL_RATE))
+    assert abs(words_heard(heard, full.text) - len(normalize(first.text))) <= 1, (heard, first.text)
+
+
+def words_heard(heard: str, reply: str) -> int:
+    """How many words of `reply` the ASR transcript of the played audio covers (matched letter by letter, so
+    'can use lid' still counts as 'canoe slid')."""
+    letters = list("".join(normalize(heard)))
+    words = normalize(reply)
+    dists = [edit_distance(letters, list("".join(words[:k]))) for k in range(len(words) + 1)]
+    return dists.index(min(dists))
     # the KV cache agrees with the history: system, user 1, the kept reply tokens, end of reply, user 2 ...
     chat = rt.llm.chat
     head = list(rt.llm.system_ids) + chat.user_turn_ids(s.history[0]["content"])
