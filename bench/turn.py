@@ -29,7 +29,7 @@ SPEECH = REPO.parent / "shared" / "speech"
 
 
 def dev_clips(n: int) -> list[tuple[str, str]]:
-    from conftest import dev_set
+    from speechdata import dev_set
 
     rows = [r for r in dev_set() if 1.0 <= float(r["duration_s"]) <= 8.0]
     return [(r["file"], r["reference"]) for r in rows[:n]]

@@ -130,7 +130,7 @@ async def run_script(url: str, segments: list[Segment], kind: str, out_rate_hint
 
 
 def build_segments(rt: Runtime, n_sessions: int, n_turns: int, n_spliced: int):
-    from conftest import dev_set
+    from speechdata import dev_set
 
     vad = SileroVAD(models.require("silero-vad"))
     rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= 6.5]

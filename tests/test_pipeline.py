@@ -4,7 +4,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import dev_set
+from speechdata import dev_set
 
 from agent import events as ev
 from agent.audio import INTERNAL_RATE, load_audio, resample
