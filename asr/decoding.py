@@ -182,7 +182,9 @@ class GreedyDecoder:
         max_new = max_new or self.opts.max_new_tokens
         prompt = self.tok.prompt
         seqs = [prompt + list(p) for p in prefixes]
-        width = max(len(s) for s in seqs)
+        # prefill width rounded up to a multiple of 16: few distinct shapes, so warm-up covers them all
+        # (padding positions are written to the cache but masked, and overwritten by the following steps)
+        width = min(-(-max(len(s) for s in seqs) // 16) * 16, self.model.dims.n_text_ctx - 1)
         tokens = torch.tensor([s + [self.tok.eot] * (width - len(s)) for s in seqs]).to(self.device)  # (n, width)
         lens = torch.tensor([len(s) for s in seqs]).to(self.device)
         pos = torch.arange(width, device=self.device).expand(n, width).contiguous()

@@ -68,10 +68,15 @@ def bench_shape(shape: str, args, device) -> dict:
         h = asr.recognize([audio], [pre], max_new=(k if streamed else n_tokens) + 1, stop_at_eot=False)[0]
         return asr.tokenizer.decode(h.tokens)
 
+    a = utterance(10.0, 7)
+    out["cold_first_final_ms"] = round(timed(lambda: final(a, 30, 7), device), 1)  # before any warm-up
+    t = time.perf_counter()
+    asr.warmup(batches=(1,))
+    out["warmup_s"] = round(time.perf_counter() - t, 2)
     for window in ("pad30", "trunc"):
         asr.opts.window = asr.final_window = window
         key = "" if window == "pad30" else "_trunc"
-        for d in args.durations[:2]:  # warm-up (cuBLAS heuristics, graph capture of bucket 1)
+        for d in args.durations:  # each duration once: trunc windows have a shape per second of audio
             final(utterance(d, 0), round(args.tokens_per_s * d), 0)
         lat, full = [], []
         for rep in range(args.reps):
@@ -82,6 +87,7 @@ def bench_shape(shape: str, args, device) -> dict:
                     full.append(timed(lambda: final(a, n, rep, streamed=False), device))
         out[f"final_latency_p50_ms{key}"] = round(percentile(lat, 50), 2)
         out[f"final_latency_p90_ms{key}"] = round(percentile(lat, 90), 2)
+        out[f"final_latencies_ms{key}"] = [round(x, 1) for x in lat]  # reps x durations, in order
         out[f"final_latency_p50_ms_no_streaming{key}"] = round(percentile(full, 50), 2)  # decode all tokens
         # stage split of one 10 s final: mel + encoder + cross k/v
         a = utterance(10.0, 1)
