@@ -88,6 +88,12 @@ def bench_shape(shape: str, args, device) -> dict:
         out[f"final_latency_p50_ms{key}"] = round(percentile(lat, 50), 2)
         out[f"final_latency_p90_ms{key}"] = round(percentile(lat, 90), 2)
         out[f"final_latencies_ms{key}"] = [round(x, 1) for x in lat]  # reps x durations, in order
+        if window == "pad30":  # sensitivity: a last increment of 3x the tokens
+            k0, k = k, 3 * k
+            lat3 = [timed(lambda: final(utterance(d, 5), round(args.tokens_per_s * d), 5), device)
+                    for d in args.durations]
+            k = k0
+            out[f"final_latency_p50_ms_increment{3 * k}"] = round(percentile(lat3, 50), 2)
         out[f"final_latency_p50_ms_no_streaming{key}"] = round(percentile(full, 50), 2)  # decode all tokens
         # stage split of one 10 s final: mel + encoder + cross k/v
         a = utterance(10.0, 1)
