@@ -172,3 +172,5 @@ def use_json_logs(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for noisy in ("websockets", "faster_whisper", "aioice", "aiortc"):  # per-request / per-packet chatter
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
