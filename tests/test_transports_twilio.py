@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +150,63 @@ def test_twilio_call_with_barge_in(rt, speech):
     assert len(audio2) > 4000
     heard = rt.asr.transcribe(resample(audio2, 8000, INTERNAL_RATE))
     assert word_match(done[1].full_text, heard) > 0.5, (done[1].full_text, heard)
+
+
+def test_phonebot_over_twilio_dtmf_hands_off(rt):
+    """The example phone bot served through the embedding API: the TwiML parameter reaches its system prompt, key 0
+    makes it say it is putting the caller through, and the stream ends once the caller has heard that."""
+    import importlib.util
+
+    from agent.embed import Agent
+
+    spec = importlib.util.spec_from_file_location("phonebot", Path(__file__).resolve().parents[1] /
+                                                  "examples/phonebot.py")
+    pb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pb)
+    agent = Agent(rt, instructions=pb.instructions, on_turn=pb.on_turn, on_dtmf=pb.on_dtmf)
+    convs = []
+    factory = agent.session_factory
+    agent.session_factory = lambda *a, **kw: convs.append(factory(*a, **kw)) or convs[-1]
+
+    async def scenario():
+        server, srv = await agent.start_server("127.0.0.1", 0)
+        port = list(server.sockets)[0].getsockname()[1]
+        sid = "MZ" + "1" * 32
+        try:
+            async with connect(f"ws://127.0.0.1:{port}/twilio") as ws:
+                tw = FakeTwilio(ws)
+                await tw.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+                await tw.send({"event": "start", "sequenceNumber": "1", "streamSid": sid, "start": {
+                    "streamSid": sid, "callSid": "CA1", "tracks": ["inbound"],
+                    "customParameters": {"caller_name": "Anna"},
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
+                recv = asyncio.create_task(tw.receive(sid))
+                await tw.stream(b"\xff" * 4000, sid)
+                await tw.send({"event": "dtmf", "streamSid": sid, "sequenceNumber": "5",
+                               "dtmf": {"track": "inbound_track", "digit": "0"}})
+                t_key = time.monotonic()
+                end = time.monotonic() + 60
+                while not recv.done() and time.monotonic() < end:  # the server closes the stream itself
+                    try:
+                        await tw.stream(b"\xff" * 160, sid)
+                    except Exception:
+                        break
+                closed_by_server = recv.done()
+                await asyncio.gather(recv, return_exceptions=True)
+                return tw, closed_by_server, time.monotonic() - t_key
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    tokens, rt.config.llm.max_new_tokens = rt.config.llm.max_new_tokens, 16  # a short hand-off sentence
+    try:
+        tw, closed_by_server, after_key = asyncio.run(scenario())
+    finally:
+        rt.config.llm.max_new_tokens = tokens
+    assert closed_by_server, "the stream was not ended after the hand-off reply"
+    assert "Anna" in convs[0].base_instructions
+    assert convs[0].history and "put me through" in convs[0].history[0]["content"]
+    done = [m for m in tw.marks_echoed if m.endswith(":done")]
+    assert done == [f"qt:{convs[0].end_turn}:done"]  # it ended after Twilio said the caller had heard the reply
+    audio = ulaw_decode(b"".join(b for k, b in tw.log if k == "media"))
+    assert len(audio) > 4000 and after_key > len(audio) / 8000  # the whole reply played before the end
