@@ -258,7 +258,8 @@ class _Request:
 class Engine:
     def __init__(self, model: Llama, tokenizer=None, *, num_pages: int = 1024, page_size: int = 16,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 prefill_chunk: int = 512):
+                 prefill_chunk: int = 512, cuda_graphs: bool = True, max_batch: int = 64,
+                 max_seq_len: int | None = None):
         self.model = model
         self.cfg = model.cfg
         self.tokenizer = tokenizer
@@ -274,6 +275,17 @@ class Engine:
         self.kv = [(self.kv_pool[i, 0], self.kv_pool[i, 1]) for i in range(cfg.n_layers)]
         self.sessions: set[Session] = set()
         self._generators: dict[int, torch.Generator] = {}
+        self.max_seq_len = min(max_seq_len or model.max_seq_len, model.max_seq_len)
+        self.graphs: DecodeGraphs | None = None
+        self._want_graphs = cuda_graphs and self.device.type == "cuda"
+        self.max_batch = max_batch
+        self.n_graph_steps = self.n_eager_steps = 0
+
+    def capture(self) -> "DecodeGraphs | None":
+        """Capture the decode CUDA graphs now (otherwise done on the first decode step)."""
+        if self._want_graphs and self.graphs is None:
+            self.graphs = DecodeGraphs(self, self.max_batch, -(-self.max_seq_len // self.page_size))
+        return self.graphs
 
     # ---- sessions -----------------------------------------------------------------------------------------
 
@@ -336,6 +348,16 @@ class Engine:
         for s in ss:
             s._reserve(s.n_cached + 1)
         pos = [s.n_cached for s in ss]
+        graphs = self.capture()
+        if graphs is not None and len(ss) <= graphs.buckets[-1] and max(pos) < self.max_seq_len:
+            greedy = all(r.sampling.temperature == 0 for r in reqs)
+            logits, ids = graphs.run([s.tokens[s.n_cached] for s in ss], pos, [s.pages for s in ss], greedy)
+            if ids is None:
+                ids = self._sample(logits, reqs)
+            self.n_graph_steps += 1
+            self._finish_decode(reqs, ss, logits, ids)
+            return
+        self.n_eager_steps += 1
         slots = [s.pages[p // ps] * ps + p % ps for s, p in zip(ss, pos)]
         width = max(len(s.pages) for s in ss)
         table = [s.pages + [0] * (width - len(s.pages)) for s in ss]
@@ -345,6 +367,9 @@ class Engine:
         toks = torch.tensor([s.tokens[s.n_cached] for s in ss], device=dev)
         logits = self.model(toks, torch.tensor(pos, device=dev), meta, self.kv)  # [B, vocab]
         ids = self._sample(logits, reqs)
+        self._finish_decode(reqs, ss, logits, ids)
+
+    def _finish_decode(self, reqs, ss, logits, ids) -> None:
         for i, (r, s, tok) in enumerate(zip(reqs, ss, ids)):
             s.n_cached += 1
             s.last_logits = logits[i]  # for a later append(return_logits=True) / generate
@@ -382,3 +407,92 @@ class Engine:
     @torch.inference_mode()
     def _copy_page(self, src: int, dst: int) -> None:
         self.kv_pool[:, :, dst].copy_(self.kv_pool[:, :, src])
+
+
+class DecodeGraphs:
+    """CUDA graphs of one decode step (forward + greedy argmax), one per batch-size bucket, sharing one memory
+    pool and one set of static input buffers. Rows past the live batch are padding: slot -1 (no KV write) and
+    seq_len 0 (attention output 0). Per step the host fills one pinned staging buffer, uploads it with one
+    non-blocking copy, replays, and reads back the token ids (the only sync)."""
+
+    BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+    @torch.inference_mode()
+    def __init__(self, engine: Engine, max_batch: int, max_pages: int, capture: bool = True):
+        """capture=False runs the same static-buffer step eagerly (tests the padding logic on CPU)."""
+        dev, model = engine.device, engine.model
+        self.buckets = [b for b in self.BUCKETS if b < max_batch] + [max_batch]
+        B, self.max_pages, self._page_size = max_batch, max_pages, engine.page_size
+        # staging: rows 0..3 = tokens, positions, slots, seq_lens; then the block table [B, max_pages]
+        self.host = torch.zeros(4 * B + B * max_pages, dtype=torch.int64, pin_memory=dev.type == "cuda")
+        self.dev = torch.zeros_like(self.host, device=dev)
+        self.tokens, self.positions, self.slots, self.seq_lens64 = self.dev[: 4 * B].view(4, B)
+        self.table64 = self.dev[4 * B:].view(B, max_pages)
+        self.block_table = torch.zeros(B, max_pages, dtype=torch.int32, device=dev)
+        self.seq_lens = torch.zeros(B, dtype=torch.int32, device=dev)
+        self._fill([], [], [])
+        self.dev.copy_(self.host)
+        self.graphs, self.logits, self.ids = {}, {}, {}
+        pool = None
+        self.eager = {} if capture else {b: self._forward_fn(model, engine.kv, b) for b in self.buckets}
+        for b in reversed(self.buckets if capture else []):  # largest first; the smaller ones reuse its pool
+            fwd = self._forward_fn(model, engine.kv, b)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fwd()  # compiles the Triton kernels, warms cuBLAS
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                self.logits[b], self.ids[b] = fwd()
+            pool = g.pool()
+            self.graphs[b] = g
+        if capture:
+            torch.cuda.synchronize()
+
+    def _forward_fn(self, model, kv, b):
+        def fwd():
+            # int64 staging -> the int32 views the kernels take, inside the graph
+            self.block_table[:b].copy_(self.table64[:b])
+            self.seq_lens[:b].copy_(self.seq_lens64[:b])
+            meta = AttnMeta(slot_mapping=self.slots[:b], block_table=self.block_table[:b],
+                            seq_lens=self.seq_lens[:b])
+            logits = model(self.tokens[:b], self.positions[:b], meta, kv)  # [b, vocab]
+            return logits, logits.argmax(-1)
+
+        return fwd
+
+    def _fill(self, tokens, positions, pages_list, ps: int = 0):
+        B, n = self.buckets[-1], len(tokens)
+        h = self.host.numpy()
+        rows = h[: 4 * B].reshape(4, B)
+        table = h[4 * B:].reshape(B, self.max_pages)
+        rows[0, :n] = tokens
+        rows[1, :n] = positions
+        rows[2, :n] = [pages[p // ps] * ps + p % ps for pages, p in zip(pages_list, positions)] if n else []
+        rows[3, :n] = [p + 1 for p in positions]
+        rows[0:2, n:] = 0
+        rows[2, n:] = -1
+        rows[3, n:] = 0
+        table[:] = 0
+        for i, pages in enumerate(pages_list):
+            table[i, : len(pages)] = pages
+
+    def run(self, tokens, positions, pages_list, greedy: bool):
+        """-> (logits [n, vocab] (a copy), ids list or None when not greedy)."""
+        n = len(tokens)
+        b = next(x for x in self.buckets if x >= n)
+        self._fill(tokens, positions, pages_list, self._page_size)
+        rows = 4 * self.buckets[-1]
+        width = max(len(p) for p in pages_list)
+        # upload the 4 rows and only the used part of the block table
+        self.dev[:rows].copy_(self.host[:rows], non_blocking=True)
+        self.table64[:n, :width].copy_(self.host[rows:].view(-1, self.max_pages)[:n, :width], non_blocking=True)
+        if self.eager:
+            self.logits[b], self.ids[b] = self.eager[b]()
+        else:
+            self.graphs[b].replay()
+        logits = self.logits[b][:n].clone()
+        ids = self.ids[b][:n].tolist() if greedy else None
+        return logits, ids

@@ -41,6 +41,9 @@ def _rope_write_kv(q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping)
     s = sin.index_select(0, positions).to(q.dtype)
     q = _rotate(q, c, s)
     k = _rotate(k, c, s)
+    if slot_mapping.numel() and int(slot_mapping.min()) < 0:  # padding rows: no write (host sync: CPU path)
+        keep = slot_mapping >= 0
+        slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]
     k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
     return q
@@ -70,7 +73,7 @@ def _paged_decode_attention(q, k_cache, v_cache, block_table, seq_lens, scale):
     mask = torch.arange(L, device=q.device)[None, :] < seq_lens[:, None]  # [B, L]
     o = F.scaled_dot_product_attention(q[:, :, None, :], k.transpose(1, 2), v.transpose(1, 2),
                                        attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True)
-    return o[:, :, 0, :]
+    return torch.nan_to_num(o[:, :, 0, :], nan=0.0)  # seq_len 0 (padding row) -> 0
 
 
 def _silu_and_mul(x):

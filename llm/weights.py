@@ -199,8 +199,7 @@ def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype:
 
     if s.startswith("synthetic:") or name in SHAPES:
         cfg = replace(ModelConfig.named(name), synthetic=True)
-        with torch.device(device):
-            model = Llama(cfg, max_seq_len).to(dtype)
+        model = Llama(cfg, max_seq_len, device="meta").to(dtype).to_empty(device=device)  # no fp32 detour
         model.init_rope()
         log.warning("model %s uses SYNTHETIC weights (seed %d)", name, seed)
         return init_synthetic(model, seed).eval()

@@ -290,3 +290,53 @@ def test_random_ops_never_leak_pages():
         s.free()
     assert eng.free_pages == eng.pool.num_pages and not any(eng.pool.refs)
     assert checks >= 5
+
+
+def test_static_batch_step_matches_eager():
+    """The CUDA-graph step's static, padded buffers (run eagerly here) give the same tokens as the eager step."""
+    from llm.engine import DecodeGraphs
+
+    # interleave: zip-style consumption so that steps batch the 3 sessions (bucket 4: one padding row)
+    def run_zip(graphs):
+        eng = _tiny_engine(num_pages=64, page_size=4)
+        if graphs:
+            eng.graphs = DecodeGraphs(eng, max_batch=8, max_pages=16, capture=False)
+        ss = [eng.new_session() for _ in range(3)]
+        for i, s in enumerate(ss):
+            s.append(list(range(5 + 3 * i)))
+        outs = [[] for _ in ss]
+        for toks in zip(*[s.generate(10) for s in ss]):
+            for o, t in zip(outs, toks):
+                o.append(t)
+        return outs, eng
+
+    eager, e1 = run_zip(False)
+    static, e2 = run_zip(True)
+    assert static == eager
+    assert e2.n_graph_steps > 0 and e2.n_eager_steps == 0 and e1.n_graph_steps == 0
+
+
+@pytest.mark.parametrize("variant", ["llama3-rope", "qwen2-bias"])
+def test_synthetic_variants_match_transformers(variant):
+    """Our model vs transformers on the same random weights (fp32, CPU): Llama 3.x rope scaling, Qwen2 biases
+    (also exercises config.hf_dict(), used by bench/llm.py to build the GPU reference)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llm.config import RopeScaling
+
+    if variant == "llama3-rope":
+        cfg = tiny(vocab_size=300, rope_theta=500000.0, rope_scaling=RopeScaling(8.0, 1.0, 4.0, 64),
+                   tie_embeddings=False)
+    else:
+        cfg = tiny(vocab_size=300, rope_theta=1e6, qkv_bias=True, tie_embeddings=False)
+    model = init_synthetic(Llama(cfg), seed=3).eval()
+    hcfg = AutoConfig.for_model(**cfg.hf_dict())
+    hf = AutoModelForCausalLM.from_config(hcfg).eval()
+    hf.load_state_dict(model.hf_state_dict(), strict=False)
+    eng = Engine(model, num_pages=64, page_size=16)
+    ids = list(range(3, 203))  # 200 positions: past the rope-scaling wavelengths
+    s = eng.new_session()
+    ours = s.append(ids, return_logits=True)
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0, -1]
+    assert (ours - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())

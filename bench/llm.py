@@ -1,0 +1,310 @@
+"""GPU LLM benchmark (issue 3): our engine vs HF transformers eager, same synthetic bf16 weights, same run.
+
+    python bench/llm.py [--models llama-3.2-1b,llama-3.1-8b] [--out DIR]  -> bench/results/llm_<gpu>.json
+
+Weights are SYNTHETIC (fixed seed, real shapes): latency does not depend on the values for fixed lengths.
+Per model: decode_tok_s (one session, 1,024-token context), pct_roofline (bytes read per decode step: every
+weight but the embedding table (tied: counted once as the LM head) + the KV of the context, divided by the copy
+bandwidth measured here), cold_ttft_ms / cold_first30_ms (1,024-token prompt into an empty session),
+warm_ttft_ms / warm_first30_ms (1,024 tokens already in the session, 24 appended), aggregate decode tok/s at
+1/8/32/64 concurrent sessions (256-token prompts), and hf_* for transformers eager (DynamicCache, argmax, one
+token read back per step as streaming needs). Correctness (1B): logits vs transformers bf16, relative L2 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.common import gpu_tag, result_header, write_result  # noqa: E402
+from llm import ops  # noqa: E402
+from llm.engine import Engine  # noqa: E402
+from llm.weights import load_model  # noqa: E402
+
+CTX, WARM_NEW, N_FIRST = 1024, 24, 30
+
+
+def sync():
+    torch.cuda.synchronize()
+
+
+def copy_bandwidth_TBps(n_bytes=2 << 30, iters=20) -> float:
+    x = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        y.copy_(x)
+    sync()
+    dt = (time.perf_counter() - t0) / iters
+    del x, y
+    return 2 * n_bytes / dt / 1e12  # read + write
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def rand_ids(n, vocab, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(100, vocab - 100, (n,), generator=g).tolist()
+
+
+# ---- ours ------------------------------------------------------------------------------------------------------
+
+
+def time_generate(s, n):
+    """-> (ms to first token, ms to n-th token) for s.generate(n) (includes whatever append came before)."""
+    t0 = time.perf_counter()
+    first = None
+    for i, _ in enumerate(s.generate(n)):
+        if i == 0:
+            first = time.perf_counter()
+    sync()
+    return (first - t0) * 1e3, (time.perf_counter() - t0) * 1e3
+
+
+def bench_ours(eng: Engine, vocab: int, trials=3) -> dict:
+    r = {}
+    prompt = rand_ids(CTX, vocab, 1)
+    # single-session decode at 1,024 context
+    s = eng.new_session()
+    s.append(prompt)
+    list(s.generate(8))
+    sync()
+    n = 128
+    t0 = time.perf_counter()
+    list(s.generate(n))
+    sync()
+    r["decode_tok_s"] = n / (time.perf_counter() - t0)
+    r["decode_ctx"] = CTX + 8 + n // 2
+    s.free()
+    # cold: 1,024-token prompt into an empty session
+    ttft, f30 = [], []
+    for i in range(trials):
+        s = eng.new_session()
+        sync()
+        t0 = time.perf_counter()
+        s.append(rand_ids(CTX, vocab, 10 + i))
+        a, b = time_generate(s, N_FIRST)
+        pre = (time.perf_counter() - t0) * 1e3 - b
+        ttft.append(pre + a)
+        f30.append(pre + b)
+        s.free()
+    r["cold_ttft_ms"], r["cold_first30_ms"] = median(ttft), median(f30)
+    # warm: 1,024 tokens already in the session, 24 new ones appended (the pause-prefill case)
+    base = eng.new_session()
+    base.append(prompt)
+    ttft, f30 = [], []
+    for i in range(trials):
+        s = base.fork()
+        sync()
+        t0 = time.perf_counter()
+        s.append(rand_ids(WARM_NEW, vocab, 20 + i))
+        a, b = time_generate(s, N_FIRST)
+        pre = (time.perf_counter() - t0) * 1e3 - b
+        ttft.append(pre + a)
+        f30.append(pre + b)
+        s.free()
+    base.free()
+    r["warm_ttft_ms"], r["warm_first30_ms"] = median(ttft), median(f30)
+    # aggregate decode over concurrent sessions
+    agg = {}
+    for B in (1, 8, 32, 64):
+        ss = [eng.new_session() for _ in range(B)]
+        for j, s in enumerate(ss):
+            s.append(rand_ids(256, vocab, 100 + j))
+        gens = [s.generate(72) for s in ss]
+        for _ in range(8):  # warm-up steps (first token is from the prefill logits)
+            for g in gens:
+                next(g)
+        sync()
+        t0 = time.perf_counter()
+        steps = 0
+        for toks in zip(*gens):
+            steps += 1
+        sync()
+        agg[str(B)] = B * steps / (time.perf_counter() - t0)
+        for s in ss:
+            s.free()
+    r["aggregate_tok_s"] = agg
+    r["graph_steps"], r["eager_steps"] = eng.n_graph_steps, eng.n_eager_steps
+    return r
+
+
+# ---- transformers ----------------------------------------------------------------------------------------------
+
+
+def build_hf(model):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hcfg = LlamaConfig(**model.cfg.hf_dict())
+    hcfg._attn_implementation = "sdpa"
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # like from_pretrained(dtype=bf16): rotary inv_freq stays fp32
+    try:
+        with torch.device("cuda"):
+            hf = LlamaForCausalLM(hcfg)
+    finally:
+        torch.set_default_dtype(old)
+    missing = hf.load_state_dict(model.hf_state_dict(), strict=False)
+    assert not missing.missing_keys, missing.missing_keys
+    return hf.eval()
+
+
+@torch.inference_mode()
+def hf_greedy(hf, ids, n, past=None):
+    """Feed ids (to the cache `past`), then n-1 greedy steps; -> (ms to first token, ms to n-th, past)."""
+    from transformers import DynamicCache
+
+    past = past if past is not None else DynamicCache(config=hf.config)
+    t0 = time.perf_counter()
+    out = hf(input_ids=torch.tensor([ids], device="cuda"), past_key_values=past, use_cache=True, logits_to_keep=1)
+    tok = out.logits[:, -1].argmax(-1)
+    tok.item()
+    first = time.perf_counter()
+    for _ in range(n - 1):
+        out = hf(input_ids=tok[:, None], past_key_values=past, use_cache=True)
+        tok = out.logits[:, -1].argmax(-1)
+        tok.item()  # streaming reads every token back
+    sync()
+    return (first - t0) * 1e3, (time.perf_counter() - t0) * 1e3, past
+
+
+def bench_hf(hf, vocab: int, trials=3) -> dict:
+    r = {}
+    prompt = rand_ids(CTX, vocab, 1)
+    hf_greedy(hf, prompt[:64], 8)  # warm-up
+    _, _, past = hf_greedy(hf, prompt, 8)
+    n = 64
+    _, ms, _ = hf_greedy(hf, [0], n + 1, past)
+    r["hf_decode_tok_s"] = (n + 1) / (ms / 1e3)
+    del past
+    ttft, f30 = [], []
+    for i in range(trials):
+        a, b, _ = hf_greedy(hf, rand_ids(CTX, vocab, 10 + i), N_FIRST)
+        ttft.append(a)
+        f30.append(b)
+    r["hf_cold_ttft_ms"], r["hf_cold_first30_ms"] = median(ttft), median(f30)
+    ttft, f30 = [], []
+    for i in range(trials):
+        _, _, past = hf_greedy(hf, prompt, 1)  # 1,024 tokens in the cache (untimed)
+        a, b, _ = hf_greedy(hf, rand_ids(WARM_NEW, vocab, 20 + i), N_FIRST, past)
+        ttft.append(a)
+        f30.append(b)
+    r["hf_warm_ttft_ms"], r["hf_warm_first30_ms"] = median(ttft), median(f30)
+    return r
+
+
+# ---- correctness -----------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def check_vs_hf(eng: Engine, hf, vocab: int) -> dict:
+    """Prefill logits and 8 decode steps (CUDA graphs) against transformers on the same tokens."""
+    from transformers import DynamicCache
+
+    ids = rand_ids(200, vocab, 7)
+    s = eng.new_session()
+    ours = [s.append(ids, return_logits=True).clone()]
+    toks = []
+    for i, t in enumerate(s.generate(9)):  # decode steps run through the CUDA graphs
+        toks.append(t)
+        if i > 0:
+            ours.append(s.last_logits.float().clone())  # logits after feeding toks[:i]
+    past = DynamicCache(config=hf.config)
+    ref = [hf(input_ids=torch.tensor([ids], device="cuda"), past_key_values=past, use_cache=True).logits[0, -1]]
+    for t in toks[:8]:
+        ref.append(hf(input_ids=torch.tensor([[t]], device="cuda"), past_key_values=past, use_cache=True)
+                   .logits[0, -1])
+    rel = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(ours, ref)]
+    hf_tokens = [int(x.argmax()) for x in ref[1:]]
+    s.free()
+    return {"logits_rel_err_max": max(rel), "logits_rel_err": rel,
+            "greedy_tokens_match_hf": sum(a == b for a, b in zip(toks[1:9], hf_tokens)), "of": 8}
+
+
+# ---- main ------------------------------------------------------------------------------------------------------
+
+
+def weight_bytes(model) -> int:
+    cfg = model.cfg
+    n = sum(p.numel() for p in model.parameters())
+    if not cfg.tie_embeddings:
+        n -= cfg.vocab_size * cfg.hidden_size  # the embedding table is gathered, not read whole
+    return n * 2
+
+
+def run_model(name: str, copy_tbps: float, check: bool) -> dict:
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = load_model(f"synthetic:{name}", device="cuda", dtype=torch.bfloat16, max_seq_len=4096)
+    cfg = model.cfg
+    eng = Engine(model, num_pages=2048, page_size=16, max_batch=64, prefill_chunk=2048, max_seq_len=4096)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    eng.capture()
+    capture_s = time.perf_counter() - t0
+    out = {"weights": "synthetic (seed 0, N(0, 0.02))", "dtype": "bfloat16", "load_s": load_s,
+           "graph_capture_s": capture_s, "graph_buckets": eng.graphs.buckets, "backends": ops.BACKENDS}
+    hf = build_hf(model)
+    if check:
+        out["check_vs_hf"] = check_vs_hf(eng, hf, cfg.vocab_size)
+        print(name, out["check_vs_hf"], flush=True)
+    out.update(bench_ours(eng, cfg.vocab_size))
+    print(name, {k: v for k, v in out.items() if k != "backends"}, flush=True)
+    out.update(bench_hf(hf, cfg.vocab_size))
+    kv_per_tok = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2
+    step_bytes = weight_bytes(model) + kv_per_tok * out["decode_ctx"]
+    out["bytes_per_step"] = step_bytes
+    out["roofline_tok_s"] = copy_tbps * 1e12 / step_bytes
+    out["pct_roofline"] = 100 * out["decode_tok_s"] / out["roofline_tok_s"]
+    out["speedup_vs_hf_decode"] = out["decode_tok_s"] / out["hf_decode_tok_s"]
+    out["aggregate_64_over_single"] = out["aggregate_tok_s"]["64"] / out["aggregate_tok_s"]["1"]
+    print(name, json.dumps({k: v for k, v in out.items() if k != "backends"}, default=str), flush=True)
+    del hf, eng, model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="llama-3.2-1b,llama-3.1-8b")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    assert torch.cuda.is_available(), "bench/llm.py needs a GPU"
+    copy = copy_bandwidth_TBps()
+    result = result_header(copy_TBps=copy, torch=torch.__version__, synthetic_weights=True)
+    try:
+        import transformers
+
+        result["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    for name in args.models.split(","):
+        try:
+            result[name] = run_model(name, copy, check=name == "llama-3.2-1b")
+        except Exception as e:  # noqa: BLE001 - record and go on to the next model
+            import traceback
+
+            traceback.print_exc()
+            result[name] = {"error": repr(e)}
+        write_result(f"llm_{gpu_tag()}.json", result, Path(args.out) if args.out else None)
+    print(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
