@@ -106,6 +106,10 @@ def test_sdk_server_vad_pcm24k(rt, speech):
     assert types.index("input_audio_buffer.speech_stopped") < types.index("response.created")
     heard = next(e for e in events if e.type == "conversation.item.input_audio_transcription.completed")
     assert "joy" in heard.transcript.lower()
+    # transcription deltas (pause-time partials, then the rest) only ever append: they spell a prefix of the final
+    spelled = "".join(e.delta for e in events if e.type == "conversation.item.input_audio_transcription.delta"
+                      and e.item_id == heard.item_id)
+    assert spelled and heard.transcript.startswith(spelled)
     audio = np.concatenate([pcm16_to_float(base64.b64decode(e.delta)) for e in events
                             if e.type == "response.output_audio.delta"])
     assert len(audio) > 24_000 // 2 and np.abs(audio).max() > 0.05  # > 0.5 s of non-silent 24 kHz audio

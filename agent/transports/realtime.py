@@ -288,9 +288,14 @@ class RealtimeProtocol:
         out = [self.event("input_audio_buffer.committed", item_id=item_id, previous_item_id=self.last_item_id)]
         return out + self._add_item(self.user_item(item_id, None, True))
 
-    def transcribed(self, item_id: str, text: str, seconds: float) -> list[dict]:
-        return [self.event("conversation.item.input_audio_transcription.delta", item_id=item_id, content_index=0,
-                           delta=text),
+    def transcribed(self, item_id: str, text: str, seconds: float, already: str = "") -> list[dict]:
+        """The final transcript. `already`: what partial deltas have said; deltas only append, so a final text
+        that does not extend it gets no delta (completed has the truth)."""
+        out = []
+        if text.startswith(already) and len(text) > len(already):
+            out.append(self.event("conversation.item.input_audio_transcription.delta", item_id=item_id,
+                                  content_index=0, delta=text[len(already):]))
+        return out + [
                 self.event("conversation.item.input_audio_transcription.completed", item_id=item_id,
                            content_index=0, transcript=text,
                            usage={"type": "duration", "seconds": round(max(0.0, seconds), 3)}),
@@ -468,6 +473,7 @@ class _Conn:
         self.truncated: set[str] = set()
         self.speech_start = 0.0
         self.item_seconds: dict[str, float] = {}  # user item -> seconds of speech in it
+        self.partial_sent: dict[str, str] = {}  # user item -> transcript text sent as deltas so far
         self.lock = asyncio.Lock()
 
     async def send(self, obj: dict) -> None:
@@ -537,6 +543,9 @@ class _Conn:
             await self.send_all(p.text_item(c.item_id, c.text))
             await s.add_user_text(c.text, respond=False)
         elif isinstance(c, ResponseCreate):
+            if p.resp_state is not None:
+                raise RealtimeError("conversation_already_has_active_response",
+                                    "a response is in progress; cancel it first (response.cancel)")
             await s.respond()
         elif isinstance(c, ResponseCancel):
             await s.cancel_reply()
@@ -580,7 +589,15 @@ class _Conn:
                     await self.send_all(p.committed(item))
                 elif isinstance(e, ev.TranscriptEvent) and e.final:
                     item = self.pending_items.pop(0) if self.pending_items else new_id("item")
-                    await self.send_all(p.transcribed(item, e.text, self.item_seconds.pop(item, 0.0)))
+                    await self.send_all(p.transcribed(item, e.text, self.item_seconds.pop(item, 0.0),
+                                                      self.partial_sent.pop(item, "")))
+                elif isinstance(e, ev.TranscriptEvent):  # a partial (pause-time ASR): send what it adds
+                    item = p.speaking_item or (self.pending_items[-1] if self.pending_items else None)
+                    sent = self.partial_sent.get(item, "")
+                    if item is not None and e.text.startswith(sent) and len(e.text) > len(sent):
+                        self.partial_sent[item] = e.text
+                        await self.send(p.event("conversation.item.input_audio_transcription.delta", item_id=item,
+                                                content_index=0, delta=e.text[len(sent):]))
                 elif isinstance(e, ev.ReplyDelta):
                     await self._ensure_response(e.turn)
                     await self.send(p.transcript_delta(e.text))
