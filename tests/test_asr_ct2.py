@@ -7,7 +7,7 @@ import torch
 from agent.models import require
 from asr.ct2 import (CT2FormatError, load_whisper_dir, read_model_bin, save_whisper_dir, whisper_variables,
                      write_model_bin)
-from asr.whisper import SHAPES, Whisper, synthetic
+from asr.whisper import SHAPES, Whisper, WhisperDims, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,11 @@ def test_rejects_other_versions(tmp_path):
 def test_kv_cached_steps_equal_one_pass():
     """Decoding token by token through the static cache gives the logits of one full forward pass."""
     torch.manual_seed(0)
-    m = synthetic("tiny.en", seed=3)
+    small = WhisperDims(n_audio_state=64, n_audio_head=4, n_audio_layer=2, n_vocab=512, n_text_state=64,
+                        n_text_head=4, n_text_layer=3)
+    m = synthetic(small, seed=3)
     audio = m.encoder(torch.randn(2, 80, 400))
-    tokens = torch.randint(0, 50000, (2, 7))
+    tokens = torch.randint(0, 512, (2, 7))
     pos = torch.arange(7).expand(2, 7)
     full_cache, step_cache = m.new_cache(2), m.new_cache(2)
     valid = torch.ones(2, audio.shape[1], dtype=torch.bool)
