@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 
 from agent.audio import INTERNAL_RATE, load_audio, resample, write_wav
 from agent.server import start_server
+from asr.wer import word_match
 from transports_helpers import runtime_with
 
 pytest.importorskip("aiortc")
@@ -75,8 +76,9 @@ def _devtools_port(profile: Path, proc, timeout=30) -> int:
 
 def test_browser_page_talks_over_webrtc(rt, speech, chromium, tmp_path):
     clip = load_audio(speech / "speechbrain_harvard/spk2_snt2.wav")  # "What joy there is in living."
-    # Chromium's fake microphone: 48 kHz 16-bit WAV, 1 s of silence, the question, then silence (no loop)
-    mic = np.concatenate([np.zeros(INTERNAL_RATE, np.float32), clip, np.zeros(INTERNAL_RATE * 20, np.float32)])
+    # Chromium's fake microphone: 48 kHz 16-bit WAV, silence while the call connects (the file starts playing when
+    # the page opens the microphone, before WebRTC is up), the question, then silence (no loop)
+    mic = np.concatenate([np.zeros(INTERNAL_RATE * 3, np.float32), clip, np.zeros(INTERNAL_RATE * 20, np.float32)])
     wav = tmp_path / "question.wav"
     write_wav(wav, resample(mic, INTERNAL_RATE, 48_000), 48_000)
     profile = tmp_path / "profile"
@@ -129,7 +131,7 @@ def test_browser_page_talks_over_webrtc(rt, speech, chromium, tmp_path):
     st, text = asyncio.run(scenario())
     assert st is not None, "the page never ran"
     assert not st["errors"], st["errors"]
-    assert st["transcripts"] and "joy" in st["transcripts"][0].lower(), st
+    assert st["transcripts"] and word_match("What joy there is in living.", st["transcripts"][0]) >= 0.8, st
     assert st["replies"] and st["replies"][0].strip(), st
     assert "You:" in text and "joy" in text.lower() and "Agent:" in text  # what a person sees
     assert st["audioSeconds"] > 0.5  # the server streamed over half a second of reply audio ...
