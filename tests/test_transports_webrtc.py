@@ -131,7 +131,7 @@ def test_browser_page_talks_over_webrtc(rt, speech, chromium, tmp_path):
     st, text = asyncio.run(scenario())
     assert st is not None, "the page never ran"
     assert not st["errors"], st["errors"]
-    assert st["transcripts"] and word_match("What joy there is in living.", st["transcripts"][0]) >= 0.8, st
+    assert st["transcripts"] and word_match("What joy there is in living.", st["transcripts"][0]) > 0.9, st
     assert st["replies"] and st["replies"][0].strip(), st
     assert "You:" in text and "joy" in text.lower() and "Agent:" in text  # what a person sees
     assert st["audioSeconds"] > 0.5  # the server streamed over half a second of reply audio ...
