@@ -40,7 +40,8 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.audio import SUPPORTED_RATES, AudioError, decode_audio_bytes, pcm16_to_float, ulaw_decode, ulaw_encode  # noqa: E402
+from agent.audio import (SUPPORTED_RATES, AudioError, decode_audio_bytes, pcm16_to_float,  # noqa: E402
+                         ulaw_decode, ulaw_encode)
 from agent.protocol import Audio, Playback, ProtocolError, RateMonitor, ServerProtocol, Start, Stop  # noqa: E402
 
 # --------------------------------------------------------------------------------------------- generators
@@ -273,7 +274,8 @@ def wav_header(fields) -> bytes:
 
 audio_bytes = st.one_of(
     st.binary(max_size=1024),
-    st.tuples(st.sampled_from([16, 18, 40, 0, 2, 60]), st.sampled_from([1, 3, 6, 7, 0xFFFE, 0, 2]) | st.integers(0, 2**16 - 1),
+    st.tuples(st.sampled_from([16, 18, 40, 0, 2, 60]),
+              st.sampled_from([1, 3, 6, 7, 0xFFFE, 0, 2]) | st.integers(0, 2**16 - 1),
               st.sampled_from([1, 2, 0, 255]) | st.integers(0, 2**16 - 1),
               st.sampled_from([8000, 16000, 0, 1, 2**31]) | st.integers(0, 2**32 - 1),
               st.sampled_from([8, 16, 24, 32, 64, 0, 7]) | st.integers(0, 2**16 - 1),
@@ -330,7 +332,8 @@ rt_turn = st.none() | maybe({"type": st.sampled_from(["server_vad", "semantic_va
                              "silence_duration_ms": int_like, "create_response": json_value,
                              "interrupt_response": json_value, "prefix_padding_ms": int_like}) | json_value
 rt_session = maybe({
-    "type": st.sampled_from(["realtime", "transcription"]) | json_value, "instructions": st.text(max_size=40) | json_value,
+    "type": st.sampled_from(["realtime", "transcription"]) | json_value,
+    "instructions": st.text(max_size=40) | json_value,
     "output_modalities": st.sampled_from([["audio"], ["text"], None]) | json_value, "tools": json_value,
     "audio": maybe({"input": maybe({"format": rt_format, "turn_detection": rt_turn, "transcription": json_value})
                     | json_value,

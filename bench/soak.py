@@ -220,12 +220,14 @@ async def soak(args) -> dict:
     return {
         **result_header(),
         "config": {"sessions": args.sessions, "minutes": args.minutes, "interval_s": args.interval,
-                   "warmup_s": warm, "settle_s": args.settle, "drain_limit_s": args.drain, "llm_max_new_tokens": args.max_new_tokens,
+                   "warmup_s": warm, "settle_s": args.settle, "drain_limit_s": args.drain,
+                   "llm_max_new_tokens": args.max_new_tokens,
                    "config": cfg.source, "clips": len(audio), "startup_s": round(load_s, 1)},
         "method": ("growth = mean of the samples in the first 60 s after warm-up -> mean over the last 60 s; "
                    "leaked_* = after the callers stopped, every server session closed (at most drain_limit_s) and "
-                   "the server idled settle_s, compared with the idle baseline before the first call; watchdog: 10 ms sleeps on the server loop, wake-up later "
-                   "than 50 ms = one block"),
+                   "the server idled settle_s, compared with the idle baseline before the first call; "
+                   "watchdog: 10 ms sleeps on the server loop, wake-up later than 50 ms = one block (loop_cpu_ms: "
+                   "the loop thread's own CPU time meanwhile)"),
         "metrics": {
             "rss_growth_pct": None if growth_pct(t, rss, warm) is None else round(growth_pct(t, rss, warm), 3),
             "rss_slope_mb_per_min": None if slope_per_min(t, rss, warm) is None else
