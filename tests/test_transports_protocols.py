@@ -100,10 +100,22 @@ def test_realtime_session_update_and_audio_formats():
                        "unsupported_value"),
                       ({"type": "input_audio_buffer.append", "audio": "not base64!"}, "invalid_value"),
                       ({"type": "conversation.item.truncate", "item_id": "x", "audio_end_ms": 5}, "item_not_found"),
-                      ({"type": "what"}, "invalid_event")]:
+                      ({"type": "what"}, "invalid_event"),
+                      ({"type": "session.update", "session": {"audio": {"input": {"format": {"type": []}}}}},
+                       "unsupported_value")]:
         with pytest.raises(rtp.RealtimeError) as e:
             p.receive(json.dumps({**bad, "event_id": "ev1"}))
         assert e.value.code == code and p.error(e.value)["error"]["event_id"] == "ev1"
+
+
+def test_deep_nesting_is_bad_json_everywhere():
+    deep = "[" * 100_000
+    with pytest.raises(rtp.RealtimeError):
+        rtp.RealtimeProtocol(CFG).receive(deep)
+    with pytest.raises(ProtocolError):
+        tw.TwilioProtocol().receive(deep)
+    with pytest.raises(ProtocolError):
+        wr.SignalingProtocol().receive("[" * 1000)
 
 
 def test_twilio_start_media_and_marks():

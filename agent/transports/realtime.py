@@ -155,7 +155,7 @@ class RealtimeProtocol:
             raise RealtimeError("invalid_event", "binary messages are not part of the Realtime API; send JSON")
         try:
             obj = json.loads(message)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):  # RecursionError: absurdly deep nesting
             raise RealtimeError("invalid_json", "messages must be JSON objects") from None
         if not isinstance(obj, dict):
             raise RealtimeError("invalid_json", "messages must be JSON objects")
@@ -381,7 +381,7 @@ class RealtimeProtocol:
 
 
 def _format(f, param: str) -> dict:
-    if not isinstance(f, dict) or f.get("type") not in FORMATS:
+    if not isinstance(f, dict) or not isinstance(f.get("type"), str) or f["type"] not in FORMATS:
         t = f.get("type") if isinstance(f, dict) else f
         raise RealtimeError("unsupported_value", f"audio format {str(t)[:40]!r} is not supported "
                             f"(supported: {', '.join(FORMATS)})", param=param)

@@ -78,7 +78,7 @@ class TwilioProtocol:
             raise ProtocolError("bad_message", "Twilio sends text (JSON) messages only")
         try:
             obj = json.loads(message)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             raise ProtocolError("bad_json", "messages must be JSON objects") from None
         if not isinstance(obj, dict):
             raise ProtocolError("bad_json", "messages must be JSON objects")

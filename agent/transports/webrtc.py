@@ -51,7 +51,7 @@ class SignalingProtocol:
             raise ProtocolError("bad_message", f"signaling message over {MAX_SDP} bytes")
         try:
             obj = json.loads(message)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             raise ProtocolError("bad_json", "messages must be JSON objects") from None
         if not isinstance(obj, dict):
             raise ProtocolError("bad_json", "messages must be JSON objects")
