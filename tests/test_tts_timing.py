@@ -88,18 +88,22 @@ def test_timings_monotonic_and_cover_audio(tts, text):
     assert np.sum(audio[inside] ** 2) >= 0.9 * np.sum(audio ** 2)
 
 
-def test_words_land_where_whisper_hears_them(tts):
-    """Synthesize a list of words; Whisper tiny.en's word timestamps fall inside the predicted spans."""
+@pytest.fixture(scope="module")
+def whisper():
     from faster_whisper import WhisperModel
 
+    return WhisperModel(str(models.require("whisper-tiny.en")), device="cpu", compute_type="int8")
+
+
+def test_words_land_where_whisper_hears_them(tts, whisper):
+    """Synthesize a list of words; Whisper tiny.en's word timestamps fall inside the predicted spans."""
     from agent.audio import resample
     from asr.wer import normalize
 
     text = "Apple, window, seven, purple, mountain, coffee, tiger, pencil, river, orange."
     audio, words = tts.synthesize_full(text)
     audio16 = resample(audio, 22050, 16000)
-    model = WhisperModel(str(models.require("whisper-tiny.en")), device="cpu", compute_type="int8")
-    segments, _ = model.transcribe(audio16, language="en", beam_size=1, word_timestamps=True)
+    segments, _ = whisper.transcribe(audio16, language="en", beam_size=1, word_timestamps=True)
     heard = [(normalize(w.word), w.start, w.end) for s in segments for w in s.words]
     predicted = {normalize(w.word)[0]: (w.start / 22050, w.end / 22050) for w in words}
     hits = 0
@@ -128,3 +132,20 @@ def test_piper_onnx_word_timings_match_torch(tts, phonemizer):
     assert [w.word for w in onnx_words] == text.split()
     for a, b in zip(onnx_words, torch_words):
         assert abs(a.start - b.start) <= 256 and abs(a.end - b.end) <= 256, (a, b)
+
+
+def test_barge_in_keeps_the_words_played(tts, whisper):
+    """Playback stopped in the middle of a word: words_heard() is what a listener (Whisper) heard, ± one word."""
+    from agent.audio import resample
+    from asr.wer import normalize
+
+    text = "Please bring your passport and two photos to the office tomorrow."
+    audio, words = tts.synthesize_full(text)
+    for k in (3, 7):  # stop inside "passport", then inside "to"
+        played = (words[k].start + words[k].end) // 2
+        kept = [normalize(w.word)[0] for w in words_heard(words, played)]
+        segments, _ = whisper.transcribe(resample(audio[:played], 22050, 16000), language="en", beam_size=1)
+        heard = normalize(" ".join(s.text for s in segments))
+        assert abs(len(heard) - len(kept)) <= 1, (heard, kept)
+        n = min(len(heard), len(kept)) - 1  # the last, cut word may come out garbled
+        assert heard[:n] == kept[:n], (heard, kept)
