@@ -45,6 +45,12 @@ def test_word_timings_pure():
     got = word_timings(words, id_word, samples)
     assert got == [WordTiming("one", 256, 1024), WordTiming("two", 1024, 1792), WordTiming("three", 2304, 3072),
                    WordTiming("—", 3072, 3072)]
+    # sentence by sentence, as a backend that streams sentences would call it
+    from tts.timing import sentence_word_timings
+
+    part = sentence_word_timings(words, id_word, 0, samples[0], 0) + \
+        sentence_word_timings(words, id_word, 1, samples[1], sum(samples[0]))
+    assert part == got
     ph = phoneme_timings([["a", "b"], ["c"]], [[-1, -1, 0, 0, 1, 1, -1], [-1, -1, 0, 0, -1]], samples)
     assert [(p.phoneme, p.start, p.end) for p in ph] == [("a", 256, 1024), ("b", 1024, 1792), ("c", 2304, 3072)]
 
@@ -132,6 +138,14 @@ def test_piper_onnx_word_timings_match_torch(tts, phonemizer):
     assert [w.word for w in onnx_words] == text.split()
     for a, b in zip(onnx_words, torch_words):
         assert abs(a.start - b.start) <= 256 and abs(a.end - b.end) <= 256, (a, b)
+    # the streaming form, one piper sentence chunk at a time
+    from tts.timing import sentence_word_timings
+
+    ph, streamed, offset = phonemizer(text), [], 0
+    for i, chunk in enumerate(voice.synthesize(text, syn_config=syn, include_alignments=True)):
+        streamed += sentence_word_timings(ph.words, ph.id_word, i, chunk.phoneme_id_samples, offset)
+        offset += len(chunk.audio_float_array)
+    assert streamed == onnx_words
 
 
 def test_barge_in_keeps_the_words_played(tts, whisper):

@@ -81,6 +81,18 @@ def words_heard(words: Sequence[WordTiming], played_samples: int, min_fraction: 
     return out
 
 
+def sentence_word_timings(words: Sequence[str], id_word: Sequence[Sequence[int]], sentence: int,
+                          id_samples: Sequence[int], offset: int) -> list[WordTiming]:
+    """Streaming form for backends that synthesize sentence by sentence (piper-tts): the words voiced in
+    `sentence` (plus any sound-less tokens right after them), placed at `offset` samples into the phrase."""
+    first = next((w for labels in id_word[sentence:] for w in labels if w >= 0), len(words))
+    later = next((w for labels in id_word[sentence + 1:] for w in labels if w >= 0), len(words))
+    if first >= len(words) or first >= later:
+        return []
+    shifted = word_timings(words[:later], [[w if w >= first else -1 for w in id_word[sentence]]], [id_samples])
+    return [WordTiming(w.word, w.start + offset, w.end + offset) for w in shifted[first:later]]
+
+
 def piper_word_timings(text: str, chunks, phonemizer) -> list[WordTiming]:
     """Word timings for the onnxruntime backend: `chunks` from `PiperVoice.synthesize(text,
     include_alignments=True)` of a voice loaded with `PiperVoice.load(..., include_alignments=True)` (each chunk
