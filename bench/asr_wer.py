@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from agent.audio import load_audio  # noqa: E402
 from agent.models import require  # noqa: E402
 from asr.torch_backend import TorchWhisperASR  # noqa: E402
 from asr.wer import wer  # noqa: E402
-from bench.common import result_header, write_result  # noqa: E402
+from bench.common import RESULTS, result_header, write_result  # noqa: E402
 
 
 def dev_rows():
@@ -61,6 +62,9 @@ def main():
     ap.add_argument("--stream-windows", nargs="*", default=["pad30"],
                     help="encoder windows for the partials of the streaming WER (none: skip streaming)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", default=["fw_float32", "fw_int8", "torch_pad30", "torch_trunc"],
+                    help="fw_float32 and torch_pad30 are required")
+    ap.add_argument("--merge", action="store_true", help="keep entries of models not run from the existing file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from faster_whisper import WhisperModel
@@ -80,7 +84,7 @@ def main():
         entry: dict = {}
         hyps: dict[str, list[str]] = {}
         times: dict[str, float] = {}
-        for ct in ("float32", "int8"):
+        for ct in [v[3:] for v in args.variants if v.startswith("fw_")]:
             m = WhisperModel(str(mdir), device="cpu", compute_type=ct, cpu_threads=args.threads)
             lang = "en" if m.model.is_multilingual else None
             fw_transcribe(m, audios[0], lang)  # warm-up
@@ -88,7 +92,7 @@ def main():
             hyps[f"fw_{ct}"] = [fw_transcribe(m, a, lang) for a in audios]
             times[f"fw_{ct}"] = time.perf_counter() - t
             del m
-        for window in ("pad30", "trunc"):
+        for window in [v[6:] for v in args.variants if v.startswith("torch_")]:
             asr = TorchWhisperASR(mdir, device="cpu", window=window, energy_floor_dbfs=-200.0)  # no gate: model only
             asr.recognize([audios[0]])  # warm-up
             t = time.perf_counter()
@@ -104,16 +108,18 @@ def main():
             hyps[f"torch_stream_{window}"] = [r[0] for r in runs]
             streams[window] = [r[1] for r in runs]
         w = {k: wer(refs, v) for k, v in hyps.items()}
-        entry = {
-            "wer_torch": round(w["torch_pad30"], 4),
-            "wer_faster_whisper": round(w["fw_float32"], 4),
-            "faster_whisper_compute_type": "float32",
-            "wer_faster_whisper_int8": round(w["fw_int8"], 4),
-            "wer_torch_trunc": round(w["torch_trunc"], 4),
-            "diff_pp": round(100 * (w["torch_pad30"] - w["fw_float32"]), 2),
-            "clips_identical_to_faster_whisper": sum(a == b for a, b in zip(hyps["torch_pad30"], hyps["fw_float32"])),
-            "rtf": {k: round(v / seconds, 4) for k, v in times.items()},
-        }
+        entry = {"commit": result["commit"], "date": result["date"],
+                 "wer_torch": round(w["torch_pad30"], 4),
+                 "wer_faster_whisper": round(w["fw_float32"], 4),
+                 "faster_whisper_compute_type": "float32",
+                 "diff_pp": round(100 * (w["torch_pad30"] - w["fw_float32"]), 2),
+                 "clips_identical_to_faster_whisper": sum(a == b for a, b in zip(hyps["torch_pad30"],
+                                                                                   hyps["fw_float32"]))}
+        if "fw_int8" in w:
+            entry["wer_faster_whisper_int8"] = round(w["fw_int8"], 4)
+        if "torch_trunc" in w:
+            entry["wer_torch_trunc"] = round(w["torch_trunc"], 4)
+        entry["rtf"] = {k: round(v / seconds, 4) for k, v in times.items()}
         for window, incs in streams.items():
             entry[f"wer_torch_stream_{window}"] = round(w[f"torch_stream_{window}"], 4)
             entry[f"final_increment_tokens_{window}"] = {"mean": round(float(np.mean(incs)), 2),
@@ -126,6 +132,13 @@ def main():
         diffs = [(r["file"], a, b) for r, a, b in zip(rows, hyps["fw_float32"], hyps["torch_pad30"]) if a != b]
         for f, a, b in diffs[:10]:
             print(f"  differs {f}\n    fw:    {a}\n    torch: {b}")
+    if args.merge and (RESULTS / "asr_wer.json").exists():  # keep other models' entries (with their commits)
+        old = json.loads((RESULTS / "asr_wer.json").read_text())
+        for k, v in old.items():
+            if isinstance(v, dict) and k not in result and "wer_torch" in v:
+                v.setdefault("commit", old.get("commit"))
+                v.setdefault("date", old.get("date"))
+                result[k] = v
     path = write_result("asr_wer.json", result)
     print("wrote", path)
 
