@@ -266,6 +266,17 @@ def main():
             from tts.cuda_graphs import GraphedTTS
 
             g = GraphedTTS(tts, max_graphs=256)
+            # graphs replay the same computation: graphed (noise 0) vs eager fp32, same sentences
+            gq = TorchPiperTTS(model=model, voice_json=cfg, device=device, dtype=v["dtype"], noise_scale=0.0,
+                               noise_w=0.0)
+            GraphedTTS(gq)
+            snrs = []
+            for text in TTFA_SENTENCES[:3] + [PARAGRAPH]:
+                a, _ = exact.synthesize_full(text)
+                b, _ = gq.synthesize_full(text)
+                snrs.append(10 * np.log10(np.sum(a.astype(np.float64) ** 2) / max(np.sum((a - b) ** 2.0), 1e-30))
+                            if a.shape == b.shape else float("-inf"))
+            checks[f"{name}_graphed_snr_db_vs_eager_fp32"] = float(min(snrs))
             if v["dtype"] != torch.float32:  # quality of the low-precision decoder vs fp32, same latents
                 lo = TorchPiperTTS(model=model, voice_json=cfg, device=device, dtype=v["dtype"], noise_scale=0.0,
                                    noise_w=0.0)

@@ -16,6 +16,7 @@ import torch
 class _Graph:
     def __init__(self, fn, static_inputs, pool, stream):
         self.inputs = static_inputs
+        stream.wait_stream(torch.cuda.current_stream())  # inputs were made on the current stream
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm up on a side stream, as torch.cuda.graphs recommends
                 fn(*static_inputs)
