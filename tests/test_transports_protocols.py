@@ -150,3 +150,17 @@ def test_mark_playback_bounds_what_was_heard():
 def test_route_path():
     assert route_path("/v1/realtime?model=x") == "/v1/realtime"
     assert route_path("/") == "/" and route_path("/webrtc/") == "/webrtc"
+
+
+def test_api_key_check():
+    from websockets.datastructures import Headers
+
+    from agent.transports.router import authorized
+
+    h = lambda **kw: Headers(kw)  # noqa: E731
+    assert authorized("/v1/realtime?model=x", h(), None)  # no key configured: open
+    assert not authorized("/v1/realtime?model=x", h(), "s3cret")
+    assert authorized("/v1/realtime?model=x", h(Authorization="Bearer s3cret"), "s3cret")
+    assert not authorized("/v1/realtime", h(Authorization="Bearer wrong"), "s3cret")
+    assert authorized("/?api_key=s3cret", h(), "s3cret") and not authorized("/?api_key=s3cre", h(), "s3cret")
+    assert authorized("/twilio", h(), "s3cret")  # Twilio cannot send a key (see router.py)

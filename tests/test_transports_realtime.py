@@ -174,3 +174,23 @@ def test_sdk_manual_turns_ulaw_text_and_truncate(rt, speech):
     audio = ulaw_decode(b"".join(base64.b64decode(e.delta) for e in deltas))
     assert len(audio) > 8000 // 2 and np.abs(audio).max() > 0.05  # mu-law at 8 kHz, > 0.5 s
     assert err.error.code == "item_not_found"
+
+
+def test_sdk_api_key(rt, monkeypatch):
+    """With QUICKTURN_API_KEY set, the SDK's own Authorization header is checked."""
+    monkeypatch.setenv("QUICKTURN_API_KEY", "s3cret")
+
+    async def scenario(port):
+        got = {}
+        for key in ("wrong", "s3cret"):
+            c = AsyncOpenAI(api_key=key, websocket_base_url=f"ws://127.0.0.1:{port}/v1")
+            try:
+                async with c.realtime.connect(model="quickturn") as conn:
+                    got[key] = (await asyncio.wait_for(conn.recv(), 10)).type
+            except Exception as e:  # the handshake is refused
+                got[key] = f"refused: {e}"
+        return got
+
+    got = asyncio.run(with_server(rt, scenario))
+    assert got["s3cret"] == "session.created"
+    assert got["wrong"].startswith("refused") and "401" in got["wrong"], got

@@ -4,8 +4,11 @@ library's `process_request` hook; WebSocket upgrades are dispatched by path."""
 from __future__ import annotations
 
 import email.utils
+import hmac
 import json
 import logging
+import os
+import urllib.parse
 from http import HTTPStatus
 from pathlib import Path
 
@@ -22,6 +25,10 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 WS_PATHS = {"/": "quickturn", "/v1/realtime": "realtime", "/realtime": "realtime", "/twilio": "twilio",
             "/webrtc/ws": "webrtc"}
 STATIC_FILES = {"/webrtc": ("webrtc.html", "text/html; charset=utf-8")}
+# With $QUICKTURN_API_KEY set, these WebSocket endpoints want `Authorization: Bearer <key>` (what the OpenAI SDK
+# sends) or `?api_key=<key>`. Twilio cannot send either (validate its X-Twilio-Signature at the proxy); the browser
+# page cannot send headers (put it behind your own login).
+KEYED_PATHS = {"/", "/v1/realtime", "/realtime"}
 
 INDEX = """<!doctype html><meta charset="utf-8"><title>Quickturn</title>
 <h1>Quickturn</h1><ul>
@@ -49,6 +56,18 @@ def json_response(status: int, obj: dict) -> Response:
     return http_response(status, json.dumps(obj).encode(), "application/json")
 
 
+def authorized(path: str, headers, key: str | None) -> bool:
+    """Does this request carry the API key (when one is configured)?"""
+    if not key or route_path(path) not in KEYED_PATHS:
+        return True
+    auth = headers.get("Authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    if given is None:
+        query = urllib.parse.parse_qs(path.partition("?")[2])
+        given = (query.get("api_key") or [None])[0]
+    return given is not None and hmac.compare_digest(given.encode(), key.encode())
+
+
 def route_path(path: str) -> str:
     """Request target -> path without the query, without a trailing slash (but "/" stays)."""
     p = path.split("?", 1)[0]
@@ -60,6 +79,7 @@ class Router:
         self.hub = hub
         self.quickturn = quickturn_server  # agent.server.Server
         self._handlers: dict[str, object] = {}
+        self.api_key = os.environ.get("QUICKTURN_API_KEY") or None
 
     def handler(self, transport: str):
         """The transport's connection handler, created on first use (aiortc is imported only when needed)."""
@@ -84,6 +104,10 @@ class Router:
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if upgrade:
             if path in WS_PATHS:
+                if not authorized(request.path, request.headers, self.api_key):
+                    self.hub.error(WS_PATHS[path], "unauthorized")
+                    return json_response(401, {"error": {"type": "invalid_request_error", "code": "invalid_api_key",
+                                                         "message": "missing or wrong API key"}})
                 return None  # go on with the WebSocket handshake
             return connection.respond(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {path}\n")
         if path == "/metrics":
