@@ -28,6 +28,7 @@ demo: models
 
 test: install
 	$(BIN)/quickturn models fetch $(TEST_MODELS)
+	bash tests/setup_chromium.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench-cpu: models

@@ -41,7 +41,7 @@ async def with_server(rt, fn):
         await server.wait_closed()
 
 
-async def _errors_for(url, messages, wait=0.5):
+async def _errors_for(url, messages, wait=5.0):
     """Send messages, collect the error events, then prove the connection still works with a stop."""
     got = []
     async with connect(url) as ws:
