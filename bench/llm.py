@@ -120,6 +120,26 @@ def bench_ours(eng: Engine, vocab: int, trials=3) -> dict:
         s.free()
     base.free()
     r["warm_ttft_ms"], r["warm_first30_ms"] = median(ttft), median(f30)
+    r["prefill_attention_after_context"] = "causal_lower_right" if ops.PREFILL_LOWER_RIGHT else "dense mask"
+    # the other prefill-attention variant, and where the warm path spends its time
+    ops.PREFILL_LOWER_RIGHT = not ops.PREFILL_LOWER_RIGHT
+    try:
+        alt = []
+        for i in range(trials):
+            s = base2 = eng.new_session()
+            s.append(prompt)
+            sync()
+            t0 = time.perf_counter()
+            s.append(rand_ids(WARM_NEW, vocab, 20 + i), return_logits=True)
+            sync()
+            alt.append((time.perf_counter() - t0) * 1e3)
+            base2.free()
+        r["warm_append_ms_other_variant"] = median(alt)
+    except Exception as e:  # noqa: BLE001
+        r["warm_append_ms_other_variant"] = repr(e)
+    finally:
+        ops.PREFILL_LOWER_RIGHT = not ops.PREFILL_LOWER_RIGHT
+    r["profile"] = profile_warm(eng, prompt, vocab)
     # aggregate decode over concurrent sessions
     agg = {}
     for B in (1, 8, 32, 64):
@@ -144,16 +164,41 @@ def bench_ours(eng: Engine, vocab: int, trials=3) -> dict:
     return r
 
 
+def profile_warm(eng, prompt, vocab) -> str:
+    """Top CUDA-time ops of: a warm 24-token append, then 10 graph decode steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    s = eng.new_session()
+    s.append(prompt)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p1:
+        s.append(rand_ids(WARM_NEW, vocab, 99), return_logits=True)
+        sync()
+    g = s.generate(12)
+    next(g)
+    next(g)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p2:
+        for _ in range(10):
+            next(g)
+        sync()
+    g.close()
+    s.free()
+    kw = dict(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
+    return ("WARM APPEND (24 tokens after 1,024)\n" + p1.key_averages().table(**kw) +
+            "\n10 DECODE STEPS (graphs)\n" + p2.key_averages().table(**kw))
+
+
 # ---- transformers ----------------------------------------------------------------------------------------------
 
 
-def build_hf(model):
+def build_hf(model, dtype=torch.bfloat16):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hcfg = LlamaConfig(**model.cfg.hf_dict())
     hcfg._attn_implementation = "sdpa"
     old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # like from_pretrained(dtype=bf16): rotary inv_freq stays fp32
+    torch.set_default_dtype(dtype)  # like from_pretrained(dtype=bf16): rotary inv_freq stays fp32
     try:
         with torch.device("cuda"):
             hf = LlamaForCausalLM(hcfg)
@@ -212,10 +257,25 @@ def bench_hf(hf, vocab: int, trials=3) -> dict:
 
 
 @torch.inference_mode()
-def check_vs_hf(eng: Engine, hf, vocab: int) -> dict:
-    """Prefill logits and 8 decode steps (CUDA graphs) against transformers on the same tokens."""
+def hf_logits_along(hf, ids, toks):
+    """transformers' logits after ids, then after each of toks (KV cache), as fp32."""
     from transformers import DynamicCache
 
+    past = DynamicCache(config=hf.config)
+    ref = [hf(input_ids=torch.tensor([ids], device="cuda"), past_key_values=past, use_cache=True).logits[0, -1]]
+    for t in toks:
+        ref.append(hf(input_ids=torch.tensor([[t]], device="cuda"), past_key_values=past, use_cache=True)
+                   .logits[0, -1])
+    return [r.float() for r in ref]
+
+
+def rel_errs(a, b):
+    return [float((x.float() - y.float()).norm() / y.float().norm()) for x, y in zip(a, b)]
+
+
+@torch.inference_mode()
+def check_vs_hf(eng: Engine, hf, vocab: int, hf32=None) -> dict:
+    """Prefill logits and 8 decode steps (CUDA graphs) against transformers on the same tokens."""
     ids = rand_ids(200, vocab, 7)
     s = eng.new_session()
     ours = [s.append(ids, return_logits=True).clone()]
@@ -224,16 +284,17 @@ def check_vs_hf(eng: Engine, hf, vocab: int) -> dict:
         toks.append(t)
         if i > 0:
             ours.append(s.last_logits.float().clone())  # logits after feeding toks[:i]
-    past = DynamicCache(config=hf.config)
-    ref = [hf(input_ids=torch.tensor([ids], device="cuda"), past_key_values=past, use_cache=True).logits[0, -1]]
-    for t in toks[:8]:
-        ref.append(hf(input_ids=torch.tensor([[t]], device="cuda"), past_key_values=past, use_cache=True)
-                   .logits[0, -1])
-    rel = [float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(ours, ref)]
+    ref = hf_logits_along(hf, ids, toks[:8])
+    rel = rel_errs(ours, ref)
     hf_tokens = [int(x.argmax()) for x in ref[1:]]
+    extra = {}
+    if hf32 is not None:  # the bf16 noise floor: how far is transformers bf16 itself from fp32?
+        ref32 = hf_logits_along(hf32, ids, toks[:8])
+        extra = {"ours_bf16_vs_hf_fp32_max": max(rel_errs(ours, ref32)),
+                 "hf_bf16_vs_hf_fp32_max": max(rel_errs(ref, ref32))}
     s.free()
     return {"logits_rel_err_max": max(rel), "logits_rel_err": rel,
-            "greedy_tokens_match_hf": sum(a == b for a, b in zip(toks[1:9], hf_tokens)), "of": 8}
+            "greedy_tokens_match_hf": sum(a == b for a, b in zip(toks[1:9], hf_tokens)), "of": 8, **extra}
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
@@ -261,10 +322,13 @@ def run_model(name: str, copy_tbps: float, check: bool) -> dict:
            "graph_capture_s": capture_s, "graph_buckets": eng.graphs.buckets, "backends": ops.BACKENDS}
     hf = build_hf(model)
     if check:
-        out["check_vs_hf"] = check_vs_hf(eng, hf, cfg.vocab_size)
+        hf32 = build_hf(model, torch.float32)
+        out["check_vs_hf"] = check_vs_hf(eng, hf, cfg.vocab_size, hf32)
+        del hf32
+        torch.cuda.empty_cache()
         print(name, out["check_vs_hf"], flush=True)
     out.update(bench_ours(eng, cfg.vocab_size))
-    print(name, {k: v for k, v in out.items() if k != "backends"}, flush=True)
+    print(name, {k: v for k, v in out.items() if k not in ("backends", "profile")}, flush=True)
     out.update(bench_hf(hf, cfg.vocab_size))
     kv_per_tok = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2
     step_bytes = weight_bytes(model) + kv_per_tok * out["decode_ctx"]
@@ -273,7 +337,8 @@ def run_model(name: str, copy_tbps: float, check: bool) -> dict:
     out["pct_roofline"] = 100 * out["decode_tok_s"] / out["roofline_tok_s"]
     out["speedup_vs_hf_decode"] = out["decode_tok_s"] / out["hf_decode_tok_s"]
     out["aggregate_64_over_single"] = out["aggregate_tok_s"]["64"] / out["aggregate_tok_s"]["1"]
-    print(name, json.dumps({k: v for k, v in out.items() if k != "backends"}, default=str), flush=True)
+    print(name, json.dumps({k: v for k, v in out.items() if k not in ("backends", "profile")}, default=str),
+          flush=True)
     del hf, eng, model
     gc.collect()
     torch.cuda.empty_cache()
@@ -302,6 +367,9 @@ def main():
 
             traceback.print_exc()
             result[name] = {"error": repr(e)}
+        prof = result[name].pop("profile", None) if isinstance(result[name], dict) else None
+        if prof and args.out:
+            (Path(args.out) / f"profile_{name}.txt").write_text(prof)
         write_result(f"llm_{gpu_tag()}.json", result, Path(args.out) if args.out else None)
     print(json.dumps(result, indent=1, default=str))
 

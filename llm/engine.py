@@ -424,12 +424,11 @@ class DecodeGraphs:
         self.buckets = [b for b in self.BUCKETS if b < max_batch] + [max_batch]
         B, self.max_pages, self._page_size = max_batch, max_pages, engine.page_size
         # staging: rows 0..3 = tokens, positions, slots, seq_lens; then the block table [B, max_pages]
-        self.host = torch.zeros(4 * B + B * max_pages, dtype=torch.int64, pin_memory=dev.type == "cuda")
+        # (all int32: the kernels and the embedding take int32 indices, so no conversion runs in the graph)
+        self.host = torch.zeros(4 * B + B * max_pages, dtype=torch.int32, pin_memory=dev.type == "cuda")
         self.dev = torch.zeros_like(self.host, device=dev)
-        self.tokens, self.positions, self.slots, self.seq_lens64 = self.dev[: 4 * B].view(4, B)
-        self.table64 = self.dev[4 * B:].view(B, max_pages)
-        self.block_table = torch.zeros(B, max_pages, dtype=torch.int32, device=dev)
-        self.seq_lens = torch.zeros(B, dtype=torch.int32, device=dev)
+        self.tokens, self.positions, self.slots, self.seq_lens = self.dev[: 4 * B].view(4, B)
+        self.block_table = self.dev[4 * B:].view(B, max_pages)
         self._fill([], [], [])
         self.dev.copy_(self.host)
         self.graphs, self.logits, self.ids = {}, {}, {}
@@ -453,9 +452,6 @@ class DecodeGraphs:
 
     def _forward_fn(self, model, kv, b):
         def fwd():
-            # int64 staging -> the int32 views the kernels take, inside the graph
-            self.block_table[:b].copy_(self.table64[:b])
-            self.seq_lens[:b].copy_(self.seq_lens64[:b])
             meta = AttnMeta(slot_mapping=self.slots[:b], block_table=self.block_table[:b],
                             seq_lens=self.seq_lens[:b])
             logits = model(self.tokens[:b], self.positions[:b], meta, kv)  # [b, vocab]
@@ -475,7 +471,6 @@ class DecodeGraphs:
         rows[0:2, n:] = 0
         rows[2, n:] = -1
         rows[3, n:] = 0
-        table[:] = 0
         for i, pages in enumerate(pages_list):
             table[i, : len(pages)] = pages
 
@@ -488,7 +483,8 @@ class DecodeGraphs:
         width = max(len(p) for p in pages_list)
         # upload the 4 rows and only the used part of the block table
         self.dev[:rows].copy_(self.host[:rows], non_blocking=True)
-        self.table64[:n, :width].copy_(self.host[rows:].view(-1, self.max_pages)[:n, :width], non_blocking=True)
+        self.block_table[:n, :width].copy_(self.host[rows:].view(-1, self.max_pages)[:n, :width],
+                                           non_blocking=True)
         if self.eager:
             self.logits[b], self.ids[b] = self.eager[b]()
         else:

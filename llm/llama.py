@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llm import ops
@@ -96,7 +97,7 @@ class Llama(nn.Module):
         if meta.logits_idx is not None:
             x = x.index_select(0, meta.logits_idx)
         x = ops.rmsnorm(x, self.norm, cfg.rms_eps)
-        return x @ self.head_weight().t()
+        return F.linear(x, self.head_weight())
 
     def _attention(self, q, k_cache, v_cache, meta: AttnMeta) -> Tensor:
         if meta.prefill is None:

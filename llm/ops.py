@@ -19,9 +19,12 @@ def _rmsnorm(x, weight, eps, residual=None):
     """x [N, D] -> out [N, D]; with residual: (out, new_residual = x + residual). Stats in fp32 (HF rounding)."""
     if residual is not None:
         x = x + residual
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    out = weight * h.to(x.dtype)
+    if x.dtype == torch.float32:  # one fused op on CPU (same math as below)
+        out = F.rms_norm(x, x.shape[-1:], weight, eps)
+    else:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        out = weight * h.to(x.dtype)
     return out if residual is None else (out, x)
 
 
@@ -39,11 +42,19 @@ def _rope_write_kv(q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping)
     Rotates q and k at `positions`, writes k (rotated) and v at flat slots `slot_mapping` [T]."""
     c = cos.index_select(0, positions).to(q.dtype)
     s = sin.index_select(0, positions).to(q.dtype)
-    q = _rotate(q, c, s)
-    k = _rotate(k, c, s)
+    H = q.shape[1]
+    if q.data_ptr() + q.shape[-1] * H * q.element_size() == k.data_ptr() and q.stride(0) == k.stride(0):
+        # q and k are adjacent column blocks of one qkv row (our fused projection): rotate them in one go
+        qk = torch.as_strided(q, (q.shape[0], H + k.shape[1], q.shape[2]), (q.stride(0), q.stride(1), 1))
+        qk = _rotate(qk, c, s)
+        q, k = qk[:, :H], qk[:, H:]
+    else:
+        q = _rotate(q, c, s)
+        k = _rotate(k, c, s)
     if slot_mapping.numel() and int(slot_mapping.min()) < 0:  # padding rows: no write (host sync: CPU path)
         keep = slot_mapping >= 0
         slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]
+    slot_mapping = slot_mapping.long()
     k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
     return q
@@ -129,6 +140,9 @@ silu_and_mul = _pick("silu_and_mul", _silu_and_mul)
 sample = _pick("sample", _sample)
 
 
+PREFILL_LOWER_RIGHT = True  # GPU prefill after cached context: CausalBias instead of a dense mask
+
+
 def prefill_attention(q, k_cache, v_cache, pages, ctx_len, scale):
     """One sequence's chunk: q [T,H,D] (rotated; its K/V already written to the cache), context `ctx_len` tokens
     (including these T) in `pages` [n] -> [T,H,D]. Causal: new token i sits at position ctx_len - T + i."""
@@ -137,6 +151,16 @@ def prefill_attention(q, k_cache, v_cache, pages, ctx_len, scale):
     kk, vv = _gather(k_cache, pages, ctx_len), _gather(v_cache, pages, ctx_len)
     if ctx_len == T:  # nothing cached before this chunk: plain causal
         mask, causal = None, True
+    elif q.is_cuda and PREFILL_LOWER_RIGHT:
+        # causal aligned to the bottom-right corner, kept on the fused SDPA kernels (a dense bool mask may not be)
+        from torch.nn.attention.bias import causal_lower_right
+
+        G = q.shape[1] // kk.shape[1]
+        kk, vv = kk.repeat_interleave(G, dim=1), vv.repeat_interleave(G, dim=1)  # GQA -> [ctx, H, D]
+        o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], kk.transpose(0, 1)[None],
+                                           vv.transpose(0, 1)[None], attn_mask=causal_lower_right(T, ctx_len),
+                                           scale=scale)
+        return o[0].transpose(0, 1)
     else:
         qpos = torch.arange(ctx_len - T, ctx_len, device=q.device)
         mask = torch.arange(ctx_len, device=q.device)[None, :] <= qpos[:, None]  # [T, ctx]
