@@ -17,6 +17,8 @@ Targets
   pcm16              pcm16_to_float on any bytes
   ulaw               ulaw_decode on any bytes, and decode(encode(decode(x))) == decode(x)
   realtime           agent/transports/realtime.py RealtimeProtocol.receive: sequences of Realtime-shaped events
+  twilio             agent/transports/twilio.py TwilioProtocol.receive (+ parse_mark): calls' worth of events
+  webrtc_signaling   agent/transports/webrtc.py SignalingProtocol.receive
   (a transport parser added later under agent/transports/ gets a target by adding it to TARGETS)
 """
 
@@ -348,7 +350,21 @@ rt_event = st.fixed_dictionaries(
     {"type": st.sampled_from(RT_TYPES) | json_value},
     optional={"event_id": json_value, "audio": b64 | st.text(max_size=40) | json_value, "session": rt_session,
               "item": rt_item, "item_id": json_value, "audio_end_ms": int_like, "content_index": int_like})
-rt_message = st.one_of(rt_event.map(dumps), st.text(max_size=100), json_value.map(dumps), st.binary(max_size=64),
+rt_specific = st.one_of(  # well-formed events whose fields then go wrong
+    st.fixed_dictionaries({"type": st.just("input_audio_buffer.append"), "audio": b64}),
+    st.sampled_from([{"type": "input_audio_buffer.commit"}, {"type": "response.create"},
+                     {"type": "input_audio_buffer.clear"}, {"type": "response.cancel"}]),
+    st.fixed_dictionaries({"type": st.just("session.update"), "session": st.fixed_dictionaries({
+        "audio": st.fixed_dictionaries({
+            "input": st.fixed_dictionaries({}, optional={"format": rt_format, "turn_detection": rt_turn}),
+            "output": st.fixed_dictionaries({}, optional={"format": rt_format})})})}),
+    st.fixed_dictionaries({"type": st.just("conversation.item.create"), "item": st.fixed_dictionaries({
+        "type": st.just("message"), "role": st.just("user"),
+        "content": st.lists(st.fixed_dictionaries({"type": st.just("input_text"), "text": st.text(max_size=20)}),
+                            min_size=1, max_size=2)})}),
+)
+rt_message = st.one_of(rt_specific.map(dumps), rt_event.map(dumps), st.text(max_size=100), json_value.map(dumps),
+                       st.binary(max_size=64),
                        st.tuples(rt_event, seeds).map(lambda a: dumps(mutate_json(random.Random(a[1]), a[0]))),
                        st.tuples(rt_event, seeds).map(lambda a: mutate_text(random.Random(a[1]), dumps(a[0]))),
                        st.integers(1, 100_000).map(lambda n: "[" * n))
@@ -391,6 +407,106 @@ def _rt_config():
 _RT_CFG = None
 
 
+# --------------------------------------------------------------- Twilio Media Streams (agent/transports/twilio.py)
+try:
+    from agent.transports import twilio as _twilio
+except Exception:  # not there (yet): no target
+    _twilio = None
+
+TW_START = json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": "MZ123",
+                       "start": {"streamSid": "MZ123", "callSid": "CA123", "tracks": ["inbound"],
+                                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                                 "customParameters": {"lang": "en"}}})
+tw_event = st.fixed_dictionaries(
+    {"event": st.sampled_from(["connected", "start", "media", "dtmf", "mark", "stop", "clear"]) | json_value},
+    optional={"streamSid": st.text(max_size=12) | json_value, "protocol": json_value,
+              "start": maybe({"streamSid": st.text(max_size=12) | json_value, "callSid": json_value,
+                              "mediaFormat": maybe({"encoding": st.sampled_from(["audio/x-mulaw", "audio/l16"])
+                                                    | json_value, "sampleRate": int_like, "channels": int_like})
+                              | json_value, "customParameters": json_value}) | json_value,
+              "media": maybe({"payload": b64 | st.text(max_size=40) | json_value,
+                              "track": st.sampled_from(["inbound", "outbound", "inbound_track"]) | json_value,
+                              "timestamp": st.sampled_from(["5", "-1", "1e3", "x"]) | json_value,
+                              "chunk": json_value}) | json_value,
+              "dtmf": maybe({"digit": st.sampled_from(["1", "#", "E", "12", ""]) | st.text(max_size=2) | json_value})
+              | json_value,
+              "mark": maybe({"name": st.sampled_from(["qt:1:160", "qt:x:1", "qt:\u00b2:1"]) | st.text(max_size=20)
+                             | json_value}) | json_value})
+# well-formed shapes of each event, whose fields then go wrong (a union over everything rarely builds one)
+odd_number = st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e308, -0.0, 2**64, "5", "1e3", "x", None])
+tw_specific = st.one_of(
+    st.fixed_dictionaries({"event": st.just("media"), "streamSid": st.just("MZ123"),
+                           "media": st.fixed_dictionaries({"payload": b64}, optional={
+                               "track": st.sampled_from(["inbound", "outbound"]) | json_value,
+                               "timestamp": odd_number | json_value, "chunk": odd_number})}),
+    st.fixed_dictionaries({"event": st.just("mark"), "mark": st.fixed_dictionaries({"name": st.one_of(
+        st.sampled_from(["qt:1:160", "qt:x:1", "qt:\u00b2:1", "qt:1:\u0661", "qt::", "qt:99999999999999999999:1"]),
+        st.text(max_size=20), st.text(max_size=8).map(lambda t: f"qt:{t}:1"))})}),
+    st.fixed_dictionaries({"event": st.just("dtmf"), "dtmf": st.fixed_dictionaries(
+        {"digit": st.sampled_from(["1", "#", "E", "12", "", "\u0661"]) | st.text(max_size=2) | json_value})}),
+    st.fixed_dictionaries({"event": st.just("start"), "streamSid": st.text(max_size=8) | json_value,
+                           "start": st.fixed_dictionaries({"mediaFormat": st.fixed_dictionaries({}, optional={
+                               "encoding": st.sampled_from(["audio/x-mulaw", "audio/l16"])
+                               | st.text(min_size=300, max_size=600),
+                               "sampleRate": int_like, "channels": int_like})}, optional={
+                               "streamSid": st.text(max_size=8), "customParameters": json_value})}),
+)
+tw_message = st.one_of(tw_specific.map(dumps), tw_specific.map(dumps), tw_event.map(dumps), st.text(max_size=60),
+                       st.binary(max_size=32), json_value.map(dumps),
+                       st.tuples(tw_event, seeds).map(lambda a: dumps(mutate_json(random.Random(a[1]), a[0]))),
+                       st.integers(1, 100_000).map(lambda n: "[" * n))
+tw_session = st.tuples(st.booleans(), st.lists(tw_message, max_size=6)).map(
+    lambda a: ([TW_START] if a[0] else []) + a[1])
+
+
+def check_twilio(msgs: list) -> str:
+    """A call's worth of Twilio messages on one protocol state; mark names go through parse_mark too."""
+    p = _twilio.TwilioProtocol()
+    rejected = 0
+    for m in msgs:
+        try:
+            e = p.receive(m)
+        except ProtocolError as err:
+            _check_protocol_error(err)
+            rejected += 1
+            continue
+        assert isinstance(e, (_twilio.Connected, _twilio.Start, _twilio.Media, _twilio.Dtmf, _twilio.Mark,
+                              _twilio.Stop)), e
+        if isinstance(e, _twilio.Media):
+            assert e.samples.dtype == np.float32 and np.all(np.abs(e.samples) <= 1.0)
+            assert e.timestamp_ms is None or isinstance(e.timestamp_ms, int)
+        if isinstance(e, _twilio.Mark):
+            r = _twilio.parse_mark(e.name)
+            assert r is None or (isinstance(r[0], int) and isinstance(r[1], int))
+    return "rejected" if rejected else "ok"
+
+
+# -------------------------------------------------------------------------- WebRTC signaling (transports/webrtc.py)
+try:
+    from agent.transports.webrtc import SignalingProtocol
+except Exception:
+    SignalingProtocol = None
+
+sdp = st.tuples(st.sampled_from(["v=0\r\n", "", "v=1\r\n"]), st.text(max_size=80),
+                st.sampled_from(["m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "m=video 9\r\n", ""])).map("".join)
+rtc_event = st.fixed_dictionaries({"type": st.sampled_from(["offer", "hangup", "answer", "candidate"]) | json_value},
+                                  optional={"sdp": sdp | json_value})
+rtc_message = st.one_of(rtc_event.map(dumps), st.text(max_size=60), st.binary(max_size=16), json_value.map(dumps),
+                        st.integers(1, 100_000).map(lambda n: "{\"a\":" * n))
+
+
+def check_webrtc(msgs: list) -> str:
+    p = SignalingProtocol()
+    rejected = 0
+    for m in msgs:
+        try:
+            p.receive(m)
+        except ProtocolError as err:
+            _check_protocol_error(err)
+            rejected += 1
+    return "rejected" if rejected else "ok"
+
+
 # ------------------------------------------------------------------------------------------------- targets
 @dataclass
 class Target:
@@ -415,16 +531,58 @@ TARGETS: list[Target] = [
 ]
 if RealtimeProtocol is not None:
     TARGETS.append(Target("realtime", st.lists(rt_message, min_size=1, max_size=6), check_realtime, 3))
+if _twilio is not None:
+    TARGETS.append(Target("twilio", tw_session, check_twilio, 2))
+if SignalingProtocol is not None:
+    TARGETS.append(Target("webrtc_signaling", st.lists(rtc_message, min_size=1, max_size=4), check_webrtc, 0.5))
 
 
 # ---------------------------------------------------------------------------------------------- recorded run
-def run_target(t: Target, n: int) -> dict:
-    """n generated cases through t.check; unexpected exceptions are counted, not raised."""
-    counts = {"cases": 0, "ok": 0, "rejected": 0, "unhandled": 0}
+def mutate_case(rng: random.Random, case):
+    """A neighbour of a generated case: one of its strings, byte strings or list items edited (for the recorded
+    run, after hypothesis has generated the corpus: hypothesis costs milliseconds a case, this microseconds)."""
+    if isinstance(case, bytes):
+        return mutate_bytes(rng, case)
+    if isinstance(case, str):
+        if rng.random() < 0.5:
+            try:
+                return dumps(mutate_json(rng, json.loads(case)))
+            except (ValueError, RecursionError):
+                pass
+        return mutate_text(rng, case)
+    if isinstance(case, list):
+        case = list(case)
+        op = rng.randrange(4) if case else 3
+        if op == 0:
+            i = rng.randrange(len(case))
+            case[i] = mutate_case(rng, case[i])
+        elif op == 1:
+            del case[rng.randrange(len(case))]
+        elif op == 2:
+            case.insert(rng.randrange(len(case) + 1), case[rng.randrange(len(case))])
+        elif case and all(isinstance(m, (str, bytes)) for m in case):  # messages: add a well-formed one
+            case.append(rng.choice(['{"type": "stop"}', b"\x00\x01", '{"type": "start", "sample_rate": 8000}',
+                                    '{"type": "input_audio_buffer.commit"}', '{"type": "response.create"}']))
+        return case
+    if isinstance(case, tuple):
+        i = rng.randrange(len(case))
+        if isinstance(case[i], (str, bytes, list)):
+            return case[:i] + (mutate_case(rng, case[i]),) + case[i + 1:]
+        if isinstance(case[i], bool):
+            return case[:i] + (not case[i],) + case[i + 1:]
+        return case
+    return case
+
+
+def run_target(t: Target, n: int, generated_share: float, seed: int) -> dict:
+    """n cases through t.check: hypothesis generates the first share of them (the corpus), the rest are random
+    mutations of corpus cases. Unexpected exceptions are counted, not raised."""
+    counts = {"cases": 0, "generated": 0, "mutated": 0, "ok": 0, "rejected": 0, "unhandled": 0}
     examples: list[dict] = []
     kinds: dict[str, int] = {}
+    corpus: list = []
 
-    def body(case):
+    def one(case):
         counts["cases"] += 1
         try:
             counts[t.check(case)] += 1
@@ -436,14 +594,25 @@ def run_target(t: Target, n: int) -> dict:
                 examples.append({"error": key, "case": repr(case)[:300],
                                  "where": traceback.format_exc().strip().splitlines()[-3][:200]})
 
+    def body(case):
+        counts["generated"] += 1
+        if len(corpus) < 5000:
+            corpus.append(case)
+        one(case)
+
     t0 = time.perf_counter()
-    # hypothesis may end a run early when it finds nothing new to try; run again until n cases ran
-    while counts["cases"] < n:
-        before = counts["cases"]
-        settings(max_examples=n - before, database=None, deadline=None, phases=[Phase.generate],
+    n_gen = max(1, int(n * generated_share))
+    # hypothesis may end a run early when it finds nothing new to try; run again until n_gen cases ran
+    while counts["generated"] < n_gen:
+        before = counts["generated"]
+        settings(max_examples=n_gen - before, database=None, deadline=None, phases=[Phase.generate],
                  suppress_health_check=list(HealthCheck))(given(t.strategy)(body))()
-        if counts["cases"] == before:
+        if counts["generated"] == before:
             break
+    rng = random.Random(seed)
+    while counts["cases"] < n:
+        counts["mutated"] += 1
+        one(mutate_case(rng, rng.choice(corpus)))
     counts["seconds"] = round(time.perf_counter() - t0, 1)
     counts["unhandled_kinds"] = kinds
     counts["unhandled_examples"] = examples
@@ -456,6 +625,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="the recorded fuzz run")
     ap.add_argument("--cases", type=int, default=100_000, help="total cases over all targets (split by weight)")
     ap.add_argument("--only", default="", help="comma-separated target names")
+    ap.add_argument("--generated", type=float, default=0.1, help="share of cases hypothesis generates; the rest "
+                    "are mutations of them")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the mutation phase")
     ap.add_argument("--out", default="fuzz.json")
     args = ap.parse_args(argv)
     targets = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
@@ -464,13 +636,16 @@ def main(argv=None) -> int:
     res = {}
     t0 = time.perf_counter()
     for t in targets:
-        res[t.name] = run_target(t, per[t.name])
+        res[t.name] = run_target(t, per[t.name], args.generated, args.seed)
         r = res[t.name]
-        print(f"{t.name:18s} {r['cases']:7d} cases  ok {r['ok']:6d}  rejected {r['rejected']:6d}  "
+        print(f"{t.name:18s} {r['cases']:7d} cases ({r['generated']} generated)  ok {r['ok']:6d}  "
+              f"rejected {r['rejected']:6d}  "
               f"unhandled {r['unhandled']}  {r['seconds']} s", flush=True)
         for k, v in r["unhandled_kinds"].items():
             print(f"    {v} x {k}")
-    out = {**result_header(), "tool": "hypothesis (generate phase only, no shrinking) + seeded mutators",
+    out = {**result_header(),
+           "tool": f"hypothesis (generate phase only, no shrinking) for {args.generated:.0%} of each target's cases, "
+                   f"random mutations of those for the rest (seed {args.seed})",
            "metrics": {"cases": sum(r["cases"] for r in res.values()),
                        "unhandled": sum(r["unhandled"] for r in res.values()),
                        "seconds": round(time.perf_counter() - t0, 1)},
