@@ -9,6 +9,7 @@ from typing import Iterator
 import numpy as np
 
 from .base import TTSChunk, WordTiming
+from .timing import sentence_word_timings
 
 
 def voice_files(voice: str | Path) -> tuple[Path, Path]:
@@ -50,6 +51,11 @@ class PiperOnnxTTS:
         self.voice.session = onnxruntime.InferenceSession(graph.SerializeToString(), sess_options=opts,
                                                           providers=["CPUExecutionProvider"])
         self.sample_rate = self.voice.config.sample_rate
+        import json
+
+        from .phonemize import Phonemizer
+
+        self.phonemizer = Phonemizer.from_json(json.loads(Path(cfg).read_text()))
         self.syn = SynthesisConfig(noise_scale=noise_scale, length_scale=length_scale, noise_w_scale=noise_w,
                                    normalize_audio=False)
 
@@ -60,9 +66,18 @@ class PiperOnnxTTS:
         offset = 0
         text_words = text.split()
         w_index = 0
-        for ch in self.voice.synthesize(text, self.syn, include_alignments=True):
+        try:  # exact word labels per phoneme id (tts.phonemize); piper's alignments give samples per id
+            ph = self.phonemizer(text)
+        except Exception:
+            ph = None
+        for i, ch in enumerate(self.voice.synthesize(text, self.syn, include_alignments=True)):
             audio = np.clip(ch.audio_float_array, -1.0, 1.0).astype(np.float32)
-            words, w_index = _word_timings(ch, text_words, w_index, offset)
+            exact = (ph is not None and i < len(ph.ids) and list(ch.phoneme_ids) == list(ph.ids[i])
+                     and ch.phoneme_id_samples is not None)
+            if exact:
+                words = sentence_word_timings(ph.words, ph.id_word, i, ch.phoneme_id_samples, offset)
+            else:
+                words, w_index = _word_timings(ch, text_words, w_index, offset)
             yield TTSChunk(audio=audio, offset=offset, last=False, words=words)
             offset += len(audio)
         # piper works sentence by sentence, so the end is known only after the loop: an empty closing chunk
