@@ -161,6 +161,7 @@ def bench_ours(eng: Engine, vocab: int, trials=3) -> dict:
             s.free()
     r["aggregate_tok_s"] = agg
     r["graph_steps"], r["eager_steps"] = eng.n_graph_steps, eng.n_eager_steps
+    r["launched_ahead_used"], r["launched_ahead_dropped"] = eng.n_ahead_hits, eng.n_ahead_misses
     return r
 
 

@@ -279,7 +279,9 @@ class Engine:
         self.graphs: DecodeGraphs | None = None
         self._want_graphs = cuda_graphs and self.device.type == "cuda"
         self.max_batch = max_batch
-        self.n_graph_steps = self.n_eager_steps = 0
+        self.n_graph_steps = self.n_eager_steps = self.n_ahead_hits = self.n_ahead_misses = 0
+        self.lookahead = True  # greedy graph decode runs one step ahead (see _launch_ahead)
+        self._spec = None
 
     def capture(self) -> "DecodeGraphs | None":
         """Capture the decode CUDA graphs now (otherwise done on the first decode step)."""
@@ -345,10 +347,23 @@ class Engine:
     def _decode(self, reqs: list[_Request]) -> None:
         ps, dev = self.page_size, self.device
         ss = [r.session for r in reqs]
+        graphs = self.capture()
+        spec, self._spec = self._spec, None
+        if spec is not None:
+            # the step launched ahead (see _launch_ahead) is valid if the same requests are stepping and each fed
+            # token is the one its consumer took
+            if spec[0] == reqs and all(len(s.tokens) == s.n_cached + 1 and s.tokens[-1] == t
+                                       for s, t in zip(ss, spec[2])):
+                logits, ids = graphs.harvest(spec[1], len(reqs))
+                self.n_graph_steps += 1
+                self.n_ahead_hits += 1
+                self._finish_decode(reqs, ss, logits, ids)
+                self._launch_ahead(reqs, ids)
+                return
+            self.n_ahead_misses += 1  # its KV writes sit past each session's n_cached: harmless
         for s in ss:
             s._reserve(s.n_cached + 1)
         pos = [s.n_cached for s in ss]
-        graphs = self.capture()
         if graphs is not None and len(ss) <= graphs.buckets[-1] and max(pos) < self.max_seq_len:
             greedy = all(r.sampling.temperature == 0 for r in reqs)
             logits, ids = graphs.run([s.tokens[s.n_cached] for s in ss], pos, [s.pages for s in ss], greedy)
@@ -356,6 +371,8 @@ class Engine:
                 ids = self._sample(logits, reqs)
             self.n_graph_steps += 1
             self._finish_decode(reqs, ss, logits, ids)
+            if ids is not None and greedy:
+                self._launch_ahead(reqs, ids)
             return
         self.n_eager_steps += 1
         slots = [s.pages[p // ps] * ps + p % ps for s, p in zip(ss, pos)]
@@ -368,6 +385,23 @@ class Engine:
         logits = self.model(toks, torch.tensor(pos, device=dev), meta, self.kv)  # [B, vocab]
         ids = self._sample(logits, reqs)
         self._finish_decode(reqs, ss, logits, ids)
+
+    def _launch_ahead(self, reqs: list[_Request], ids: list[int]) -> None:
+        """Greedy CUDA-graph decode: launch the next step now, fed by the ids the graph left on the GPU, so the
+        GPU computes it while the host hands this step's tokens to their consumers. The next step() uses it if
+        nothing changed (same requests, each consumer took its token); otherwise it is ignored."""
+        if not self.lookahead or any(r.done for r in reqs):
+            return
+        ss = [r.session for r in reqs]
+        if max(s.n_cached for s in ss) + 1 >= self.max_seq_len:
+            return
+        try:
+            for s in ss:
+                s._reserve(s.n_cached + 1)
+        except OutOfPages:
+            return
+        b = self.graphs.launch_ahead([s.n_cached for s in ss], [s.pages for s in ss])
+        self._spec = (list(reqs), b, list(ids))
 
     def _finish_decode(self, reqs, ss, logits, ids) -> None:
         for i, (r, s, tok) in enumerate(zip(reqs, ss, ids)):
@@ -455,7 +489,9 @@ class DecodeGraphs:
             meta = AttnMeta(slot_mapping=self.slots[:b], block_table=self.block_table[:b],
                             seq_lens=self.seq_lens[:b])
             logits = model(self.tokens[:b], self.positions[:b], meta, kv)  # [b, vocab]
-            return logits, logits.argmax(-1)
+            ids = logits.argmax(-1)
+            self.tokens[:b].copy_(ids)  # the greedy tokens feed the next step without a host round trip
+            return logits, ids
 
         return fwd
 
@@ -485,10 +521,36 @@ class DecodeGraphs:
         self.dev[:rows].copy_(self.host[:rows], non_blocking=True)
         self.block_table[:n, :width].copy_(self.host[rows:].view(-1, self.max_pages)[:n, :width],
                                            non_blocking=True)
+        self._replay(b)
+        logits = self.logits[b][:n].clone()
+        ids = self.ids[b][:n].tolist() if greedy else None
+        return logits, ids
+
+    def _replay(self, b):
         if self.eager:
             self.logits[b], self.ids[b] = self.eager[b]()
         else:
             self.graphs[b].replay()
-        logits = self.logits[b][:n].clone()
-        ids = self.ids[b][:n].tolist() if greedy else None
-        return logits, ids
+
+    def launch_ahead(self, positions, pages_list) -> int:
+        """Replay with the tokens already on the GPU (the last step's argmax); upload the rest. -> bucket."""
+        n, B = len(positions), self.buckets[-1]
+        b = next(x for x in self.buckets if x >= n)
+        h = self.host.numpy()
+        rows, table = h[: 4 * B].reshape(4, B), h[4 * B:].reshape(B, self.max_pages)
+        ps = self._page_size
+        rows[1, :n] = positions
+        rows[2, :n] = [pages[p // ps] * ps + p % ps for pages, p in zip(pages_list, positions)]
+        rows[3, :n] = [p + 1 for p in positions]
+        for i, pages in enumerate(pages_list):
+            table[i, : len(pages)] = pages
+        width = max(len(p) for p in pages_list)
+        self.dev[B: 4 * B].copy_(self.host[B: 4 * B], non_blocking=True)  # positions, slots, seq_lens
+        self.block_table[:n, :width].copy_(self.host[4 * B:].view(-1, self.max_pages)[:n, :width],
+                                           non_blocking=True)
+        self._replay(b)
+        return b
+
+    def harvest(self, b, n):
+        """Results of the step launched ahead: (logits [n, vocab] copy, ids list)."""
+        return self.logits[b][:n].clone(), self.ids[b][:n].tolist()

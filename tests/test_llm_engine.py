@@ -313,7 +313,23 @@ def test_static_batch_step_matches_eager():
     eager, e1 = run_zip(False)
     static, e2 = run_zip(True)
     assert static == eager
+    # a consumer that walks away mid-reply, then the session continues: the step launched ahead is dropped
+    eng = _tiny_engine(num_pages=64, page_size=4)
+    eng.graphs = DecodeGraphs(eng, max_batch=8, max_pages=16, capture=False)
+    s = eng.new_session()
+    s.append(list(range(7)))
+    first = []
+    for t in s.generate(10):
+        first.append(t)
+        if len(first) == 4:
+            break
+    s.append([11, 12])
+    rest = list(s.generate(5))
+    ref = eng.new_session()
+    ref.append(list(range(7)) + first + [11, 12])
+    assert rest == list(ref.generate(5)) and eng.n_ahead_misses >= 1
     assert e2.n_graph_steps > 0 and e2.n_eager_steps == 0 and e1.n_graph_steps == 0
+    assert e2.n_ahead_hits > 0  # greedy steps were launched one ahead and used
 
 
 @pytest.mark.parametrize("variant", ["llama3-rope", "qwen2-bias"])
