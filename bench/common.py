@@ -51,8 +51,14 @@ def gpu_tag() -> str:
 
 
 def result_header(**extra) -> dict:
+    load = None
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
     return {"device": device_name(), "commit": git_commit(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra}
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "load_average": load,
+            **extra}
 
 
 def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
