@@ -5,7 +5,8 @@ tests/test_fuzz.py (a short run in `make test`) and the recorded run here:
 
 A check feeds one generated case to a parser and returns "ok" (parsed: the result is checked too) or "rejected"
 (the parser's own error type, with a usable code and message). Anything else it raises is a bug: the test fails
-on it (hypothesis shrinks it), the recorded run counts it as `unhandled` and keeps the first examples.
+on it (hypothesis shrinks it), the recorded run counts it as `unhandled` and keeps the first examples. A case that
+is a sequence of messages (one connection) is "ok" when at least one of them was accepted.
 
 Targets
   protocol_text      ServerProtocol.receive(str): arbitrary text, JSON of any shape, protocol-shaped objects,
@@ -214,7 +215,7 @@ def check_protocol_session(msgs: list) -> str:
             _check_protocol_error(e)
             rejected += 1
     assert isinstance(p.receive('{"type": "stop"}'), Stop)  # still usable
-    return "rejected" if rejected else "ok"
+    return "ok" if rejected < len(msgs) else "rejected"  # "ok": at least one message was accepted
 
 
 def _check_protocol_error(e: ProtocolError) -> str:
@@ -392,7 +393,7 @@ def check_realtime(msgs: list) -> str:
             json.dumps(p.session_event("session.updated"))
         elif name == "Append":
             assert cmd.audio.dtype == np.float32 and np.all(np.abs(cmd.audio) <= 1.0)
-    return "rejected" if rejected else "ok"
+    return "ok" if rejected < len(msgs) else "rejected"  # "ok": at least one message was accepted
 
 
 def _rt_config():
@@ -478,7 +479,7 @@ def check_twilio(msgs: list) -> str:
         if isinstance(e, _twilio.Mark):
             r = _twilio.parse_mark(e.name)
             assert r is None or (isinstance(r[0], int) and isinstance(r[1], int))
-    return "rejected" if rejected else "ok"
+    return "ok" if rejected < len(msgs) else "rejected"  # "ok": at least one message was accepted
 
 
 # -------------------------------------------------------------------------- WebRTC signaling (transports/webrtc.py)
@@ -504,7 +505,7 @@ def check_webrtc(msgs: list) -> str:
         except ProtocolError as err:
             _check_protocol_error(err)
             rejected += 1
-    return "rejected" if rejected else "ok"
+    return "ok" if rejected < len(msgs) else "rejected"  # "ok": at least one message was accepted
 
 
 # ------------------------------------------------------------------------------------------------- targets
