@@ -63,7 +63,7 @@ def main():
                     help="encoder windows for the partials of the streaming WER (none: skip streaming)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=["fw_float32", "fw_int8", "torch_pad30", "torch_trunc"],
-                    help="fw_float32 and torch_pad30 are required")
+                    help="a model's WER entry needs fw_float32 and torch_pad30; without them only streaming runs")
     ap.add_argument("--merge", action="store_true", help="keep entries of models not run from the existing file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,6 +108,20 @@ def main():
             hyps[f"torch_stream_{window}"] = [r[0] for r in runs]
             streams[window] = [r[1] for r in runs]
         w = {k: wer(refs, v) for k, v in hyps.items()}
+        sentry = {}
+        for window, incs in streams.items():
+            sentry[f"wer_torch_stream_{window}"] = round(w[f"torch_stream_{window}"], 4)
+            sentry[f"final_increment_tokens_{window}"] = {"mean": round(float(np.mean(incs)), 2),
+                                                          "p50": float(np.median(incs)), "max": int(max(incs))}
+        if streams:
+            sentry.update(commit=result["commit"], date=result["date"], interval_s=args.interval,
+                          how=("partials every interval_s of audio with the encoder window named in the key; "
+                               "final with the 30 s window: forced committed prefix + last increment"),
+                          rtf={k: round(v / seconds, 4) for k, v in times.items() if "stream" in k})
+            result.setdefault("streaming", {})[name] = sentry
+            print(name, "streaming", sentry, flush=True)
+        if "fw_float32" not in w or "torch_pad30" not in w:
+            continue
         entry = {"commit": result["commit"], "date": result["date"],
                  "wer_torch": round(w["torch_pad30"], 4),
                  "wer_faster_whisper": round(w["fw_float32"], 4),
@@ -119,14 +133,7 @@ def main():
             entry["wer_faster_whisper_int8"] = round(w["fw_int8"], 4)
         if "torch_trunc" in w:
             entry["wer_torch_trunc"] = round(w["torch_trunc"], 4)
-        entry["rtf"] = {k: round(v / seconds, 4) for k, v in times.items()}
-        for window, incs in streams.items():
-            entry[f"wer_torch_stream_{window}"] = round(w[f"torch_stream_{window}"], 4)
-            entry[f"final_increment_tokens_{window}"] = {"mean": round(float(np.mean(incs)), 2),
-                                                         "p50": float(np.median(incs)), "max": int(max(incs))}
-        if streams:
-            entry["stream"] = (f"partials every {args.interval} s of audio with the encoder window named in the key, "
-                               "final with the 30 s window, forced committed prefix + last increment")
+        entry["rtf"] = {k: round(v / seconds, 4) for k, v in times.items() if "stream" not in k}
         result[name] = entry
         print(name, entry, flush=True)
         diffs = [(r["file"], a, b) for r, a, b in zip(rows, hyps["fw_float32"], hyps["torch_pad30"]) if a != b]
@@ -139,6 +146,8 @@ def main():
                 v.setdefault("commit", old.get("commit"))
                 v.setdefault("date", old.get("date"))
                 result[k] = v
+        for k, v in old.get("streaming", {}).items():
+            result.setdefault("streaming", {}).setdefault(k, v)
     path = write_result("asr_wer.json", result)
     print("wrote", path)
 
