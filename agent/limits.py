@@ -1,14 +1,14 @@
 """Who may connect, and for how long: pure decisions (no sockets, no clocks), wired into the server by the caller.
 
-    check_bind(host, token)                      at startup: a token is required unless the host is loopback
-    authorize(token, path, headers)              per connection: None, or the Refusal to answer with
+    check_bind(host, key)                        at startup: an API key is required unless the host is loopback
+    authorize(key, path, headers)                per connection: None, or the Refusal to answer with
     origin_allowed(origin, allowed, host)        browser connections: the Origin allow-list
     AddressCounter(max_per_address)              sessions per client address (IPv6 counted per /64)
     SessionTimers(start, idle_s, max_s)          idle timeout and maximum session length, from timestamps
-    redact_path(path)                            a request path fit for logs (no token)
+    redact_path(path)                            a request path fit for logs (no key)
 
 Every refusal carries an HTTP status (before the WebSocket upgrade) or a close code (after it), a stable error
-code and a message that says what to do; none of them echo the token.
+code and a message that says what to do; none of them echo the key. (The key is called a token in the code.)
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import parse_qsl, urlsplit
 
-TOKEN_ENV = "QUICKTURN_TOKEN"  # overrides [server] auth_token, so the token need not sit in a config file
+# The same names as agent/transports/router.py's API key: one secret for every endpoint.
+TOKEN_ENV = "QUICKTURN_API_KEY"  # overrides [server] api_key, so the secret need not sit in a config file
 MIN_TOKEN_CHARS = 16
-TOKEN_PARAM = "token"  # ?token=... (browsers and Twilio cannot set headers on a WebSocket)
-TOKEN_HEADERS = ("authorization", "x-quickturn-token")  # "Bearer <token>" / the bare token
+TOKEN_PARAM = "api_key"  # ?api_key=... (a browser cannot set headers on a WebSocket)
+TOKEN_HEADERS = ("authorization",)  # "Bearer <key>", what the OpenAI SDK sends
 
 
 class LimitsError(ValueError):
@@ -39,8 +40,8 @@ class Refusal:
     message: str
 
 
-UNAUTHORIZED = Refusal(401, 1008, "unauthorized", "a valid token is required: pass ?token=... or an "
-                       "'Authorization: Bearer ...' header")
+UNAUTHORIZED = Refusal(401, 1008, "invalid_api_key", "a valid API key is required: send an "
+                       "'Authorization: Bearer <key>' header or ?api_key=<key>")
 BAD_ORIGIN = Refusal(403, 1008, "origin_not_allowed", "this page's origin may not connect to the server "
                      "(see [server] allowed_origins)")
 TOO_MANY = Refusal(429, 1013, "too_many_sessions", "too many sessions from your address; close one and retry")
@@ -62,7 +63,7 @@ def is_loopback(host: str) -> bool:
 
 
 def effective_token(configured: str | None, env: Mapping[str, str] | None = None) -> str:
-    """The token in force: $QUICKTURN_TOKEN if set, else [server] auth_token ('' = none)."""
+    """The key in force: $QUICKTURN_API_KEY if set, else [server] api_key ('' = none)."""
     env = os.environ if env is None else env
     return (env.get(TOKEN_ENV) or configured or "").strip()
 
@@ -74,29 +75,26 @@ def check_bind(host: str, token: str | None) -> None:
     where = host or "every interface"
     if not token:
         raise LimitsError(
-            f"refusing to listen on {where} without an auth token: anyone who can reach this port could use the "
-            f"models. Set {TOKEN_ENV} (or [server] auth_token) to a random secret of at least {MIN_TOKEN_CHARS} "
+            f"refusing to listen on {where} without an API key: anyone who can reach this port could use the "
+            f"models. Set {TOKEN_ENV} (or [server] api_key) to a random secret of at least {MIN_TOKEN_CHARS} "
             f"characters, e.g. `export {TOKEN_ENV}=$(python -c 'import secrets; print(secrets.token_urlsafe(24))')`,"
             f" or listen on 127.0.0.1 behind a reverse proxy that authenticates")
     if len(token) < MIN_TOKEN_CHARS:
-        raise LimitsError(f"the auth token is too short ({len(token)} characters) to protect a server listening "
+        raise LimitsError(f"the API key is too short ({len(token)} characters) to protect a server listening "
                           f"on {where}: use at least {MIN_TOKEN_CHARS} random characters")
 
 
 # ---------------------------------------------------------------------------------------------- the token
 def presented_token(path: str, headers: Mapping[str, str]) -> str | None:
-    """The token a client presented: the `token` query parameter, an `Authorization: Bearer` header, or an
-    `X-Quickturn-Token` header. `headers` may be any case-insensitive or lower-cased mapping."""
+    """The key a client presented: an `Authorization: Bearer` header, else the `api_key` query parameter.
+    `headers` may be websockets' Headers, or any dict."""
     for name in TOKEN_HEADERS:
         value = _header(headers, name)
         if value:
-            value = value.strip()
-            if name == "authorization":
-                scheme, _, rest = value.partition(" ")
-                if scheme.lower() != "bearer" or not rest.strip():
-                    continue
-                value = rest.strip()
-            return value
+            scheme, _, rest = value.strip().partition(" ")
+            if scheme.lower() != "bearer" or not rest.strip():
+                continue
+            return rest.strip()
     try:
         query = urlsplit(path).query
     except ValueError:
@@ -121,8 +119,8 @@ def authorize(expected: str, path: str, headers: Mapping[str, str]) -> Refusal |
 
 
 def redact_path(path: str) -> str:
-    """The request path with the token's value hidden, for logs."""
-    return re.sub(r"([?&]token=)[^&#]*", r"\1***", path)
+    """The request path with the key's value hidden, for logs."""
+    return re.sub(r"([?&]api_key=)[^&#]*", r"\1***", path)
 
 
 # --------------------------------------------------------------------------------------------- the origin
