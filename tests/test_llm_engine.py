@@ -112,7 +112,7 @@ def test_multi_turn_prefills_only_new_tokens(smol):
     turn1 = chat.user_turn_ids("Name a colour.")
     s.append(turn1)
     assert s.stats.last_append_tokens == len(turn1)  # the system prompt was not prefilled again
-    reply = list(s.generate(24, stop_ids=chat.stop_ids))
+    reply = list(s.generate(12, stop_ids=chat.stop_ids))
     stopped = reply[-1] in chat.stop_ids
     n_before = s.n_tokens
     turn2 = chat.end_of_reply_ids() + chat.user_turn_ids("And another one?")
@@ -138,18 +138,18 @@ def test_concurrent_sessions_match_single(smol):
     for ids in (a_ids, b_ids):
         s = eng.new_session()
         s.append(ids)
-        alone.append(list(s.generate(16)))
+        alone.append(list(s.generate(8)))
         s.free()
     a, b = eng.new_session(), eng.new_session()
     a.append(a_ids)
     b.append(b_ids)
-    ga, gb = a.generate(16), b.generate(16)
+    ga, gb = a.generate(8), b.generate(8)
     out_a, out_b = [], []
     for ta, tb in zip(ga, gb):
         out_a.append(ta)
         out_b.append(tb)
     assert [out_a, out_b] == alone
-    assert a.stats.decode_tokens == 15 and b.stats.decode_tokens == 15
+    assert a.stats.decode_tokens == 7 and b.stats.decode_tokens == 7
 
 
 # ---- engine mechanics on a tiny synthetic model ----------------------------------------------------------------
