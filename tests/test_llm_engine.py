@@ -356,3 +356,22 @@ def test_synthetic_variants_match_transformers(variant):
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0, -1]
     assert (ours - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_safetensors_dir_roundtrip(tmp_path):
+    """A Hugging Face directory (config.json + safetensors) loads into the same model."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from llm.weights import load_model
+
+    cfg = tiny(vocab_size=120, qkv_bias=True, tie_embeddings=False)
+    src = init_synthetic(Llama(cfg), seed=5).eval()
+    save_file({k: v.contiguous() for k, v in src.hf_state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(cfg.hf_dict()))
+    loaded = load_model(tmp_path)
+    assert loaded.cfg.qkv_bias and loaded.cfg.n_kv_heads == cfg.n_kv_heads
+    a = Engine(src, num_pages=8).new_session().append([1, 2, 3, 4, 5], return_logits=True)
+    b = Engine(loaded, num_pages=8).new_session().append([1, 2, 3, 4, 5], return_logits=True)
+    assert torch.equal(a, b)
