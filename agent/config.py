@@ -58,10 +58,10 @@ class LLMConfig:
     model: str = "smollm2-135m-instruct"  # registry name, a GGUF file, or a Hugging Face model directory
     device: str = "cpu"
     dtype: str = "float32"
-    system_prompt: str = (
-        "You are Quickturn, a friendly voice assistant. Reply in one or two short spoken sentences, "
-        "with no lists, emojis or markdown."
-    )
+    # SmolLM2 was tuned with "You are a helpful AI assistant named SmolLM..."; close to it, it answers instead
+    # of echoing the user (measured on 5 dev transcripts, see docs/perf-notes.md)
+    system_prompt: str = ("You are a helpful AI assistant named Quickturn. You talk with the user by voice, so keep "
+                          "your answers short.")
     max_new_tokens: int = 80
     temperature: float = 0.0
     top_p: float = 1.0
