@@ -60,6 +60,8 @@ class Runtime:
         import numpy as np
 
         t0 = time.perf_counter()
+        if hasattr(self.asr, "warmup"):  # the torch Whisper captures its CUDA graphs per batch size here
+            self.asr.warmup()
         self.asr.transcribe(np.zeros(16_000, np.float32))
         for _ in self.tts.synthesize("Hello."):
             pass
