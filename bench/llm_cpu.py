@@ -4,7 +4,8 @@
 
 Measures: first start (GGUF -> converted weights + tokenizer, into an empty cache dir) and second start (from
 that cache); prefill time and decode tok/s for a chat prompt, ours and transformers (eager, DynamicCache,
-greedy, exactly --tokens new tokens), alternating rounds so both see the same machine load; the load average is
+greedy, exactly --tokens new tokens; at torch's thread count and at 1 thread; speedup is against the faster
+of the two), alternating rounds so both see the same machine load; the load average is
 recorded because this machine is shared.
 """
 
@@ -30,6 +31,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--name", default="llm_cpu.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,6 +78,7 @@ def main():
         return t1 - t0, (n - 1) / (t2 - t1), out  # first token comes from the prefill logits
 
     def theirs():
+        torch.set_num_threads(hf_threads)
         x = torch.tensor([ids])
         with torch.inference_mode():
             t0 = time.perf_counter()
@@ -84,14 +87,20 @@ def main():
             g = hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False)
             t2 = time.perf_counter()
         gen_time = (t2 - t1) - (t1 - t0)  # generate() includes its own prefill
+        torch.set_num_threads(threads)
         return t1 - t0, (n - 1) / gen_time, g[0, len(ids):].tolist()
 
+    threads = torch.get_num_threads()
+    hf_threads = threads
     ours()
     theirs()  # warm-up
-    runs = {"ours": [], "hf": []}
+    runs = {"ours": [], "hf": [], "hf_1thread": []}
     for _ in range(args.rounds):
         runs["ours"].append(ours())
+        hf_threads = threads
         runs["hf"].append(theirs())
+        hf_threads = 1
+        runs["hf_1thread"].append(theirs())
     same = runs["ours"][0][2][: 32] == runs["hf"][0][2][: 32]
     med = lambda rs, i: statistics.median(r[i] for r in rs)  # noqa: E731
     result = result_header(
@@ -107,10 +116,14 @@ def main():
                      "decode_tok_s_runs": [round(r[1], 2) for r in runs["hf"]],
                      "how": "transformers LlamaForCausalLM eager, same fp32 weights, generate(do_sample=False); "
                             "decode time = generate time - one prefill forward"},
-        speedup=round(med(runs["ours"], 1) / med(runs["hf"], 1), 2),
+        hf_generate_1thread={"decode_tok_s": round(med(runs["hf_1thread"], 1), 2),
+                             "decode_tok_s_runs": [round(r[1], 2) for r in runs["hf_1thread"]]},
+        ours_engine_settings=f"prefill with {threads} threads, decode steps with Engine.cpu_decode_threads="
+                             f"{eng.cpu_decode_threads}",
+        speedup=round(med(runs["ours"], 1) / max(med(runs["hf"], 1), med(runs["hf_1thread"], 1)), 2),
         first_32_tokens_identical=same,
     )
-    path = write_result("llm_cpu.json", result)
+    path = write_result(args.name, result)
     print(path.read_text())
 
 

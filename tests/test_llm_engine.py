@@ -61,12 +61,17 @@ def test_greedy_matches_transformers(smol, hf_smol):
     forward over prompt + our tokens checks all 64 steps: HF's argmax at each position must be our next token."""
     model, tok, chat, _ = smol
     eng = Engine(model, tok, num_pages=128)
+    sessions, prompts = [], []
     for text in PROMPTS:
-        ids = _prompt_ids(chat, text)
-        s = eng.new_session()
-        s.append(ids)
-        ours = list(s.generate(64))  # no stop ids: always 64 tokens
+        prompts.append(_prompt_ids(chat, text))
+        sessions.append(eng.new_session())
+        sessions[-1].append(prompts[-1])
+    # the 5 sessions decode together (one batched step per token); no stop ids: always 64 tokens each
+    outs = [list(x) for x in zip(*zip(*[s.generate(64) for s in sessions]))]
+    for s in sessions:
         s.free()
+    for text, ids, ours in zip(PROMPTS, prompts, outs):
+        assert len(ours) == 64
         with torch.no_grad():
             logits = hf_smol(torch.tensor([ids + ours])).logits[0]
         hf_next = logits[len(ids) - 1: len(ids) + 63].argmax(-1).tolist()
