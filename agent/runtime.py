@@ -44,7 +44,15 @@ class Runtime:
 
         def timed(name, fn):
             t0 = time.perf_counter()
-            out = fn()
+            role, ref = {"vad": ("VAD", config.vad.model), "asr": ("ASR", config.asr.model),
+                         "llm": ("LLM", config.llm.model), "tts": ("TTS", config.tts.voice)}[name]
+            try:
+                out = fn()
+            except models.ModelError:
+                raise
+            except Exception as e:  # a corrupt or incompatible file: say which one, and why
+                raise models.ModelError(f"{role} model {resolve_model(ref, role)} could not be loaded: "
+                                        f"{type(e).__name__}: {e}") from e
             times[name] = time.perf_counter() - t0
             say(f"loaded {name} in {times[name]:.2f} s")
             return out

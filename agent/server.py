@@ -67,8 +67,12 @@ class Server:
                     elif isinstance(msg, Playback):
                         pass  # the playback model in Session is used; reported positions are accepted
                     elif isinstance(msg, Stop):
-                        if session and session.reply and session.reply.task:
-                            await asyncio.shield(session.reply.task)
+                        # finish the reply for a client that is still there; one that hangs up meanwhile
+                        # does not keep its session (and the models' time) until the reply is done
+                        if session and session.reply and session.reply.task and not session.reply.task.done():
+                            gone = asyncio.ensure_future(ws.wait_closed())
+                            await asyncio.wait({session.reply.task, gone}, return_when=asyncio.FIRST_COMPLETED)
+                            gone.cancel()
                         break
                 except ProtocolError as e:
                     await _send_error(ws, e)
@@ -76,6 +80,10 @@ class Server:
                         break
         except ConnectionClosed:
             pass
+        except Exception as e:  # a bug in this session: tell the client, end only this connection
+            log.exception("session %s failed", sid)
+            await _send_error(ws, ProtocolError("internal_error", f"the session failed ({type(e).__name__}); "
+                                                "please reconnect", fatal=True))
         finally:
             if session is not None:
                 await session.close()

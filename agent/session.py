@@ -102,6 +102,8 @@ class Draft:
     ended: bool = False  # the whole reply fitted in the draft
     cancelled: bool = False
     task: asyncio.Task | None = None
+    tts: asyncio.Future | None = None  # the phrase's synthesis while it runs
+    release: asyncio.Task | None = None  # frees the fork once a discarded draft's task has ended
 
 
 @dataclass
@@ -187,13 +189,24 @@ class Session:
         self.playback.push(n_samples)
 
     async def close(self) -> None:
+        """End the session: stop the reply and the pause-time work, give back every KV page (the conversation's
+        and a draft fork's). Waits at most for the model calls already running."""
         self.closed = True
+        pause, self.pause = self.pause, None
+        if pause is not None:
+            self._drop(pause)  # cancels the pause task and discards its draft
+            if pause.asr is not None:
+                pause.asr.cancel()  # nobody needs the transcript (an ASR call already running finishes unseen)
         if self.reply and self.reply.task and not self.reply.task.done():
             self.reply.cancelled = True
             try:
                 await self.reply.task
             except BaseException:
                 pass
+        if pause is not None:  # nothing of the pause outlives the session
+            d = pause.draft
+            await asyncio.gather(*[t for t in (pause.task, pause.asr, d and d.task, d and d.release) if t],
+                                 return_exceptions=True)
         if self.llm is not None:
             await self.rt.run(self.rt.llm_pool, self.llm.free)
             self.llm = None
@@ -347,7 +360,11 @@ class Session:
         gen = None
         try:
             d.llm = await pool.run(d.priority, self.llm.fork)
+            if d.cancelled:
+                return
             await pool.run(d.priority, d.llm.sync_user, d.transcript, True)
+            if d.cancelled:
+                return
             d.text = TokenText(rt.llm)
             ph = self.cfg.phrases
             d.chunker = PhraseChunker(ph.first_min_words, ph.first_max_words, ph.min_words, ph.max_words)
@@ -363,11 +380,12 @@ class Session:
             await pool.run(d.priority, gen.close)
             gen = None
             if d.phrase is not None and not d.cancelled:
-                chunks = await rt.run(rt.tts_pool, lambda text: list(rt.tts.synthesize(text)), d.phrase.text)
-                d.chunks = chunks
+                d.tts = asyncio.ensure_future(rt.run(rt.tts_pool, lambda text: list(rt.tts.synthesize(text)),
+                                                     d.phrase.text))
+                d.chunks = await d.tts  # _discard cancels it: a discarded draft does not wait for its audio
         finally:
             if gen is not None:  # cancelled mid-way: close the generation on the worker, in order
-                pool.submit_with(Priority.BACKGROUND, gen.close)
+                pool.submit_with(Priority.URGENT, gen.close)
 
     def _drop_pause(self) -> None:
         if self.pause is not None:
@@ -385,15 +403,20 @@ class Session:
             pw.task.cancel()
 
     def _discard(self, d: Draft) -> None:
+        if d.release is not None:
+            return
         d.cancelled = True
+        d.priority = Priority.URGENT  # what is left (closing its generation, freeing its pages) is cheap: no wait
+        if d.tts is not None:
+            d.tts.cancel()
 
         async def free_after():
             if d.task is not None:
                 await asyncio.gather(d.task, return_exceptions=True)
             if d.llm is not None:
-                self.rt.llm_pool.submit_with(Priority.BACKGROUND, d.llm.free)
+                await self.rt.llm_pool.run(Priority.URGENT, d.llm.free)
 
-        asyncio.ensure_future(free_after())
+        d.release = asyncio.ensure_future(free_after())
 
     async def _take_draft(self, pw: PauseWork | None, text: str) -> Draft | None:
         """At the endpoint: the draft, finished, when it answers exactly what was said; else nothing."""
@@ -503,7 +526,15 @@ class Session:
                 await tts_task
             except asyncio.CancelledError:
                 pass
-            await self._commit(r)
+            except Exception as e:  # synthesis failed: this turn ends here, the session goes on
+                log.exception("turn %d: speech synthesis failed", r.turn)
+                self._emit(ev.ErrorEvent("turn_failed", f"turn {r.turn} failed: {type(e).__name__}: {e}"))
+                r.cancelled = True
+            try:
+                await self._commit(r)
+            except Exception as e:  # e.g. the KV pool is out of pages: report it, keep the session
+                log.exception("turn %d: closing the reply failed", r.turn)
+                self._emit(ev.ErrorEvent("turn_failed", f"turn {r.turn} failed: {type(e).__name__}: {e}"))
 
     def _phrase_ready(self, r: Reply, phrase: Phrase, tts_q: asyncio.Queue, chunks: list | None = None) -> None:
         r.trace.mark("first_phrase")

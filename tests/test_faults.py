@@ -336,19 +336,6 @@ def run_fault(rt, clips, monkeypatch, fault, check_a=None, a_silence_s: float = 
     return asyncio.run(serve(rt, scenario))
 
 
-# Known bugs, found by these tests (issue 9 report has the fixes; remove a marker when its fix lands):
-LEAK_DRAFT = pytest.mark.xfail(strict=True, reason="Session.close() leaves the pause-time work running and never "
-                               "frees a draft's KV fork (fix: Session.close drops the pause; _discard keeps and "
-                               "awaits the release)")
-TTS_ERROR = pytest.mark.xfail(strict=True, reason="an exception from Session._speak escapes _respond's finally: "
-                              "no error event, the reply never committed (fix: catch it around `await tts_task`)")
-INPUT_ERROR = pytest.mark.xfail(strict=True, reason="Server.handle sends no error event when the session raises "
-                                "(fix: except Exception -> internal_error, fatal)")
-LOAD_ERROR = pytest.mark.xfail(strict=True, reason="Runtime.load lets a loader's own exception through, naming "
-                               "neither the role nor the file (fix: wrap each load in ModelError)")
-
-
-@LEAK_DRAFT
 def test_hangup_mid_utterance_with_a_draft_in_flight(rt, clips, monkeypatch):
     """The caller pauses (pause-time ASR, KV prefill and a drafted first phrase on a fork start) and is gone.
     A sends its clip and only 0.4 s of silence, so the pause begins and the endpoint never comes."""
@@ -361,8 +348,6 @@ def test_hangup_mid_utterance_with_a_draft_in_flight(rt, clips, monkeypatch):
     print(f"released {took * 1000:.0f} ms after the hang-up")
 
 
-@pytest.mark.xfail(strict=False, reason="may meet the same bug as the draft test: the hang-up lands in pause-time "
-                   "work, which Session.close() leaves running (fix in the issue 9 report; then drop this marker)")
 def test_hangup_mid_prefill(rt, clips, monkeypatch):
     """The caller hangs up while the LLM is prefilling their turn (a prefill chunk of their family runs)."""
     engine = rt.llm.engine
@@ -459,7 +444,6 @@ def test_out_of_memory_on_one_request(rt, clips, monkeypatch):
     assert watch["n"] == 1
 
 
-@TTS_ERROR
 def test_exception_inside_one_session(rt, clips, monkeypatch):
     """A bug in one session's speech synthesis: A is told its turn failed; B is served; A is released."""
     from agent.session import Session
@@ -494,7 +478,6 @@ def test_exception_inside_one_session(rt, clips, monkeypatch):
     run_fault(rt, clips, monkeypatch, fault, check_a, arm=arm, garbage=False)
 
 
-@INPUT_ERROR
 def test_exception_in_the_input_path_ends_only_that_session(rt, clips, monkeypatch):
     """A bug while feeding A's audio (the VAD raises): A's connection ends with an error event; B is served."""
     async def fault(a, srv, s, lineage):
@@ -513,7 +496,6 @@ def test_exception_in_the_input_path_ends_only_that_session(rt, clips, monkeypat
 
 
 # ------------------------------------------------------------------------------------------- model loading
-@LOAD_ERROR
 def test_a_model_that_fails_to_load(tmp_path):
     """A corrupt model file: a clear error naming the role and the file; no worker thread left running."""
     from agent.models import ModelError

@@ -94,8 +94,8 @@ class TwilioProtocol:
             fmt = start.get("mediaFormat") or {}
             if not isinstance(fmt, dict) or fmt.get("encoding", "audio/x-mulaw") != "audio/x-mulaw" or \
                     fmt.get("sampleRate", RATE) != RATE or fmt.get("channels", 1) != 1:
-                raise ProtocolError("unsupported_format", f"only audio/x-mulaw 8000 Hz mono is supported, got {fmt}",
-                                    fatal=True)
+                raise ProtocolError("unsupported_format", "only audio/x-mulaw 8000 Hz mono is supported, got "
+                                    f"{str(fmt)[:80]}", fatal=True)
             sid = obj.get("streamSid") or start.get("streamSid")
             if not isinstance(sid, str) or not sid:
                 raise ProtocolError("bad_message", "start needs a streamSid", fatal=True)
@@ -119,7 +119,7 @@ class TwilioProtocol:
             ts = media.get("timestamp")
             try:
                 ts = int(ts) if ts is not None else None
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: "timestamp": Infinity
                 ts = None
             return Media(ulaw_decode(blob), ts)
         if kind == "dtmf":
@@ -157,7 +157,7 @@ def mark_name(turn: int, samples: int) -> str:
 
 def parse_mark(name: str) -> tuple[int, int] | None:
     parts = name.split(":")
-    if len(parts) == 3 and parts[0] == "qt" and parts[1].isdigit() and parts[2].isdigit():
+    if len(parts) == 3 and parts[0] == "qt" and all(p.isascii() and p.isdigit() for p in parts[1:]):
         return int(parts[1]), int(parts[2])
     return None
 
