@@ -135,6 +135,9 @@ def cmd_serve(args) -> int:
         from .transports.hub import use_json_logs
 
         use_json_logs()
+    from .limits import check_bind, effective_token
+
+    check_bind(cfg.server.host, effective_token(cfg.server.api_key))  # refuse before the models load
     rt = _load_runtime(cfg)
     return asyncio.run(serve(rt))
 
@@ -195,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .audio import AudioError
     from .config import ConfigError
+    from .limits import LimitsError
     from .mic import AudioDeviceError
     from .models import ModelError
 
     try:
         return args.fn(args) or 0
-    except (ModelError, ConfigError, AudioError, AudioDeviceError, FileNotFoundError) as e:
+    except (ModelError, ConfigError, AudioError, AudioDeviceError, LimitsError, FileNotFoundError) as e:
         print(f"quickturn: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

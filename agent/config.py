@@ -97,6 +97,7 @@ class ServerConfig:
     max_sessions: int = 8
     realtime_slack_s: float = 3.0  # audio may run ahead of real time by this much before it is refused
     output_sample_rate: int = 0  # 0: the TTS voice's own rate
+    api_key: str = ""  # required whenever host is not loopback; $QUICKTURN_API_KEY overrides (keeps it out of files)
 
 
 @dataclass

@@ -150,9 +150,12 @@ async def start_server(rt: Runtime, host: str | None = None, port: int | None = 
     `/metrics`, `/healthz`, `/readyz`."""
     from .transports.router import Router
 
+    from .limits import check_bind, effective_token
+
+    cfg = rt.config.server
+    check_bind(host or cfg.host, effective_token(cfg.api_key))  # no open port to the models without a key
     srv = Server(rt, hub)
     router = Router(srv.hub, srv)
-    cfg = rt.config.server
     server = await ws_serve(router.handle, host or cfg.host, cfg.port if port is None else port,
                             process_request=router.process_request,
                             max_size=cfg.max_message_bytes, ping_interval=20, ping_timeout=20)

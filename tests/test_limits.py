@@ -193,3 +193,17 @@ def test_session_timers_properties(idle, longest, touches, now):
     assert t.expired(now) is want
     if want is None:  # sleeping next_check() lands on the next expiry (to float rounding)
         assert t.expired(now + t.next_check(now) + 1e-9) is not None
+
+
+def test_serve_refuses_a_public_address_without_a_key(tmp_path):
+    """The real command: no models are loaded before the refusal, and the message says what to do."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "QUICKTURN_API_KEY"}
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+                       capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert r.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without an API key" in r.stderr and "loaded" not in r.stdout

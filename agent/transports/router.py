@@ -79,7 +79,9 @@ class Router:
         self.hub = hub
         self.quickturn = quickturn_server  # agent.server.Server
         self._handlers: dict[str, object] = {}
-        self.api_key = os.environ.get("QUICKTURN_API_KEY") or None
+        from ..limits import effective_token
+
+        self.api_key = effective_token(quickturn_server.rt.config.server.api_key) or None
 
     def handler(self, transport: str):
         """The transport's connection handler, created on first use (aiortc is imported only when needed)."""
