@@ -114,7 +114,11 @@ def test_twilio_call_with_barge_in(rt, speech):
                 end = time.monotonic() + 40
                 while time.monotonic() < end and sum(isinstance(e, ev.ReplyDone) for e in seen) < 2:
                     await tw.stream(b"\xff" * 800, sid)
-                await tw.stream(silence, sid)  # let the second reply "play" so its marks come back
+                # let the second reply "play" to its end so its marks come back (bounded)
+                await tw.stream(silence, sid)
+                end = time.monotonic() + 30
+                while time.monotonic() < min(end, tw.play_end + 0.3):
+                    await tw.stream(b"\xff" * 800, sid)
                 await tw.send({"event": "stop", "sequenceNumber": "999", "streamSid": sid,
                                "stop": {"accountSid": "AC0", "callSid": "CA0"}})
                 await asyncio.sleep(0.2)
