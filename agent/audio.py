@@ -96,7 +96,3 @@ def ulaw_encode(audio: np.ndarray) -> bytes:
     exponent = np.clip(exponent, 0, 7)
     mantissa = (x >> (exponent + 3)) & 0x0F
     return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
-
-
-def rms_dbfs(audio: np.ndarray) -> float:
-    return float(20 * np.log10(np.sqrt(np.mean(np.square(audio))) + 1e-9))

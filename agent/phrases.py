@@ -4,7 +4,7 @@ sentence-sized ones (natural prosody). Works on whole tokens so every phrase is 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _SENTENCE_END = re.compile(r"[.!?…]['\")\]]*\s*$")
 _CLAUSE_END = re.compile(r"[,;:—–]\s*$")
@@ -28,7 +28,6 @@ class PhraseChunker:
     _tok_start: int = 0
     _n_tok: int = 0
     _count: int = 0
-    done: list[Phrase] = field(default_factory=list)
 
     def push(self, piece: str) -> Phrase | None:
         """Add one token's text; returns a phrase when this token completes one."""
@@ -60,5 +59,4 @@ class PhraseChunker:
         self._count += 1
         self._tok_start = end
         self._text = piece if keep_last else ""
-        self.done.append(phrase)
         return phrase if phrase.text else None

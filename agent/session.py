@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -671,7 +670,3 @@ def word_boundary(decode, tokens: list[int], n_words: int) -> int:
         if at_word_end:
             best = k
     return best
-
-
-def trace_summary(traces: list[TurnTrace]) -> str:
-    return json.dumps([t.to_json() for t in traces], indent=1)
