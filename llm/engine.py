@@ -52,6 +52,9 @@ class Sampling:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    # benchmarks on synthetic weights: emit these token ids instead of the sampled ones (every decode step still
+    # runs the full model); the reply ends after the last one
+    script: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -405,8 +408,8 @@ class Engine:
         """Greedy CUDA-graph decode: launch the next step now, fed by the ids the graph left on the GPU, so the
         GPU computes it while the host hands this step's tokens to their consumers. The next step() uses it if
         nothing changed (same requests, each consumer took its token); otherwise it is ignored."""
-        if not self.lookahead or any(r.done for r in reqs):
-            return
+        if not self.lookahead or any(r.done or r.sampling.script for r in reqs):
+            return  # a scripted token would not match the greedy id the graph feeds itself
         ss = [r.session for r in reqs]
         if max(s.n_cached for s in ss) + 1 >= self.max_seq_len:
             return
@@ -440,6 +443,11 @@ class Engine:
         return ops.sample(logits.float(), temp, top_p, gen).tolist()
 
     def _emit(self, r: _Request, tok: int) -> None:
+        script = r.sampling.script
+        if script:
+            tok = script[min(r.n_generated, len(script) - 1)]
+            if r.n_generated + 1 >= len(script):
+                r.done = True
         r.n_generated += 1
         r.out.append(tok)
         if tok in r.stop_ids:

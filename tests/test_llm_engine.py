@@ -233,6 +233,21 @@ def test_sampling_seeded_and_top_p():
     assert tiny_p == _greedy(eng, [5, 6, 7], 8)  # top_p -> 0 keeps only the top token
 
 
+def test_scripted_tokens_are_emitted_and_fed():
+    """Synthetic-weight benchmarks script the reply: the scripted ids come out, join the history and are what the
+    next step is fed (the cache then equals a prefill of prompt + script)."""
+    eng = _tiny_engine()
+    s = eng.new_session()
+    s.append([5, 6, 7])
+    script = (11, 12, 13, 14, 15)
+    assert _greedy(eng, [5, 6, 7], 5) != list(script)  # the script is not what the weights would say
+    out = list(s.generate(20, Sampling(script=script)))
+    assert out == list(script) and s.tokens == [5, 6, 7, *script]
+    ref = eng.new_session()
+    assert torch.allclose(s.append([], return_logits=True), ref.append([5, 6, 7, *script], return_logits=True),
+                          atol=1e-5)
+
+
 def test_random_ops_never_leak_pages():
     """10,000 random append/generate/truncate/fork/free ops; every page returns to the pool; refcounts always
     equal the number of sessions holding each page; sampled KV contents are checked against a fresh prefill."""
