@@ -105,6 +105,23 @@ class PipelineConfig:
     reuse_kv: bool = True  # False (baseline): re-prefill the whole history every turn
     stream_tts: bool = True  # False (baseline): synthesize only after the LLM finished
     trace_log: str = ""  # path of a JSON-lines latency log ("" = off)
+    scheduler: str = "edf"  # LLM worker order: "edf" (deadlines, agent/worker.py) or "fifo" (arrival order, baseline)
+
+
+@dataclass
+class MemoryConfig:
+    """One memory plan for the device the LLM runs on (agent/memory.py). Sizes are bytes (>= 1) or fractions of
+    the device (< 1); the plan is printed at start-up and start-up fails when the models do not fit."""
+    total: float = 0  # 0: the device's total memory (CUDA: the GPU's; CPU: the machine's RAM)
+    reserve: float = 0.05  # kept free for fragmentation, cuBLAS/cuDNN workspaces, other processes
+    kv: float = 0  # 0: everything left after the models, workspaces and the reserve
+    session_tokens: int = 0  # per-session KV quota; 0: [llm] max_context_tokens. Past it, the oldest turns go
+    graph_pool: float = 0  # expected LLM decode-graph memory; 0: estimated from the model's shape
+    min_sessions: int = 1  # refuse to start unless this many full quotas fit
+    evict_idle: bool = True  # under KV pressure, evict idle sessions' KV (LRU) and re-prefill it at their next pause
+    # admission: refuse a new session when the LLM worker's recent p95 queue wait of urgent items exceeds this ...
+    admit_wait_p95_ms: float = 150.0
+    admit_busy: float = 0.9  # ... or when it was busy more than this fraction of the last window
 
 
 @dataclass
@@ -117,6 +134,7 @@ class Config:
     phrases: PhraseConfig = field(default_factory=PhraseConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     source: str = "<defaults>"
 
     @classmethod
