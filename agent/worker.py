@@ -1,22 +1,37 @@
-"""One worker thread that owns a device (the LLM engine on CPU; on GPU, everything), running work items by
-priority. The policy is a tiny explicit rule, kept pure so it is tested without threads:
+"""One worker thread that owns a device (the LLM engine on CPU; on GPU, everything), running work items in the
+order a policy gives. The policy is a tiny explicit rule, kept pure so it is tested without threads
+(`order_key`, `pick`):
 
-    urgent (ASR finals, first phrase, first audio) before paced (the rest of a reply) before background
-    (pause-time prefill and drafts); earliest deadline first within a class; FIFO on ties.
+    edf (default): an item whose result is already computed (a decode token that a batched step produced for
+    its session: handing it over costs nothing) first; then every item with a deadline, earliest deadline
+    first — urgent work (ASR finals, first phrase, first audio: now + a small budget) and paced work (the rest of
+    a reply: when the audio already sent runs out, minus a margin) compete by deadline; background work (pause-time
+    prefill and drafts, no deadline) only when nothing else waits; FIFO on ties.
+    fifo (baseline): arrival order.
 
 Work is never interrupted mid-item, so background work comes in small items (prefill chunks, single decode
-steps): an urgent item waits at most for the one item already running."""
+steps): an urgent item waits at most for the one item already running. Decode stays batched: the engine's step
+advances every generating session at once (llm/engine.py), and the `ready` items it leaves behind run first.
+
+The worker also measures itself (`load()`): the recent p95 queue wait of urgent items and the busy fraction,
+which admission control reads (agent/memory.py `admission`)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures as cf
-import heapq
 import itertools
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from enum import IntEnum
+
+POLICIES = ("edf", "fifo")
+URGENT_BUDGET_S = 0.1  # an urgent item submitted without a deadline is due this long after it arrives
+PACED_MARGIN_S = 1.0  # paced decode is due this long before the audio already produced runs out
+SPEECH_TOKENS_PER_S = 4.0  # speech is ~2.5 words/s ~ 3-4 tokens/s; the higher figure gives earlier deadlines
 
 
 class Priority(IntEnum):
@@ -33,66 +48,148 @@ class Item:
     fn: object = field(compare=False)
     args: tuple = field(compare=False, default=())
     future: cf.Future = field(compare=False, default=None)
+    enqueued: float = field(compare=False, default=0.0)
+    ready: object = field(compare=False, default=None)  # () -> bool: the result is already computed (cheap)
 
 
-def order_key(item: Item) -> tuple:
-    """The policy: lower runs first."""
-    return (item.priority, item.deadline, item.seq)
+def order_key(item: Item, policy: str = "edf", ready: bool = False) -> tuple:
+    """The policy: lower runs first. `ready`: the item's result is already computed (see module doc)."""
+    if policy == "fifo":
+        return (item.seq,)
+    return (not ready, item.priority == Priority.BACKGROUND, item.deadline, item.priority, item.seq)
+
+
+def pick(items: list[Item], policy: str = "edf", ready=lambda item: False) -> int:
+    """Index of the item to run next (pure given `ready`)."""
+    return min(range(len(items)), key=lambda i: order_key(items[i], policy, policy == "edf" and ready(items[i])))
+
+
+def urgent_deadline(now: float, budget_s: float = URGENT_BUDGET_S) -> float:
+    return now + budget_s
+
+
+def paced_deadline(now: float, playback_end: float, unsent_tokens: int, margin_s: float = PACED_MARGIN_S,
+                   tokens_per_s: float = SPEECH_TOKENS_PER_S) -> float:
+    """When the next token of a reply is due: the listener has audio until `playback_end` (what was sent), plus
+    the speech of the `unsent_tokens` generated but not yet sent as audio; be `margin_s` ahead of that."""
+    return max(now, playback_end) + unsent_tokens / tokens_per_s - margin_s
 
 
 class PriorityWorker(cf.Executor):
-    """A single-thread executor whose queue is ordered by `order_key`. `submit` (used by run_in_executor) is
-    urgent; `submit_with` takes a priority and a deadline."""
+    """A single-thread executor whose queue is ordered by the policy. `submit` (used by run_in_executor) is
+    urgent; `submit_with` takes a priority, a deadline and a `ready` probe. `policy` may be changed at any time
+    (the benchmark compares both in one process)."""
 
-    def __init__(self, name: str = "qt-worker"):
-        self._heap: list[Item] = []
+    def __init__(self, name: str = "qt-worker", policy: str = "edf", window_s: float = 10.0):
+        self.policy = policy
+        self._items: list[Item] = []
         self._cv = threading.Condition()
         self._seq = itertools.count()
         self._stop = False
         self.ran: list[tuple[int, str]] = []  # (priority, label) of recent items, for tests and tracing
+        self.window_s = window_s
+        self._waits: collections.deque = collections.deque()  # (start time, wait s) of urgent items
+        self._busy: collections.deque = collections.deque()  # (start, end) of items that ran
+        self.missed = [0, 0]  # items that started after their deadline, of those with a finite deadline
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def policy(self) -> str:
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        if value not in POLICIES:
+            raise ValueError(f"unknown scheduler {value!r} (one of: {', '.join(POLICIES)})")
+        self._policy = value
 
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
         return self.submit_with(Priority.URGENT, fn, *args)
 
-    def submit_with(self, priority: Priority, fn, *args, deadline: float = math.inf) -> cf.Future:
+    def submit_with(self, priority: Priority, fn, *args, deadline: float = math.inf, ready=None) -> cf.Future:
         fut: cf.Future = cf.Future()
+        now = time.monotonic()
+        if priority == Priority.URGENT and deadline == math.inf:
+            deadline = urgent_deadline(now)
         with self._cv:
             if self._stop:
                 raise RuntimeError("worker is shut down")
-            heapq.heappush(self._heap, Item(int(priority), deadline, next(self._seq), fn, args, fut))
+            self._items.append(Item(int(priority), deadline, next(self._seq), fn, args, fut, now, ready))
             self._cv.notify()
         return fut
 
-    async def run(self, priority: Priority, fn, *args, deadline: float = math.inf):
-        return await asyncio.wrap_future(self.submit_with(priority, fn, *args, deadline=deadline))
+    async def run(self, priority: Priority, fn, *args, deadline: float = math.inf, ready=None):
+        return await asyncio.wrap_future(self.submit_with(priority, fn, *args, deadline=deadline, ready=ready))
+
+    @staticmethod
+    def _is_ready(item: Item) -> bool:
+        try:
+            return bool(item.ready is not None and item.ready())
+        except Exception:
+            return False
 
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._heap and not self._stop:
+                while not self._items and not self._stop:
                     self._cv.wait()
-                if self._stop and not self._heap:
+                if self._stop and not self._items:
                     return
-                item = heapq.heappop(self._heap)
+                item = self._items.pop(pick(self._items, self._policy, self._is_ready))
             if not item.future.set_running_or_notify_cancel():
                 continue
             self.ran.append((item.priority, getattr(item.fn, "__name__", "?")))
             if len(self.ran) > 1000:
                 del self.ran[:500]
+            t0 = time.monotonic()
+            if item.deadline != math.inf and item.priority != Priority.BACKGROUND:
+                self.missed[1] += 1
+                self.missed[0] += t0 > item.deadline
             try:
                 item.future.set_result(item.fn(*item.args))
             except BaseException as e:  # delivered to the awaiting coroutine
                 item.future.set_exception(e)
+            t1 = time.monotonic()
+            with self._cv:
+                if item.priority == Priority.URGENT:
+                    self._waits.append((t0, t0 - item.enqueued))
+                self._busy.append((t0, t1))
+                self._trim(t1)
+
+    def _trim(self, now: float) -> None:
+        edge = now - self.window_s
+        while self._waits and self._waits[0][0] < edge:
+            self._waits.popleft()
+        while self._busy and self._busy[0][1] < edge:
+            self._busy.popleft()
+
+    def load(self, now: float | None = None) -> dict:
+        """The last window: p95 queue wait of urgent items (ms; None without any), busy fraction, queue length."""
+        now = time.monotonic() if now is None else now
+        with self._cv:
+            self._trim(now)
+            waits = sorted(w for _, w in self._waits)
+            busy = sum(min(b, now) - max(a, now - self.window_s) for a, b in self._busy)
+            queued = len(self._items)
+        p95 = waits[min(len(waits) - 1, math.ceil(0.95 * len(waits)) - 1)] * 1000 if waits else None
+        return {"urgent_wait_p95_ms": p95, "busy": max(0.0, busy) / self.window_s, "queued": queued,
+                "urgent_items": len(waits)}
+
+    def reset_stats(self) -> None:
+        with self._cv:
+            self._waits.clear()
+            self._busy.clear()
+            self.missed = [0, 0]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._cv:
             self._stop = True
             if cancel_futures:
-                for item in self._heap:
+                for item in self._items:
                     item.future.cancel()
-                self._heap.clear()
+                self._items.clear()
             self._cv.notify_all()
         if wait:
             self._thread.join()
+
