@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .models import ModelError
+
 GiB = 1 << 30
 MiB = 1 << 20
 
 
-class MemoryPlanError(RuntimeError):
-    pass
+class MemoryPlanError(ModelError):
+    """The models (and one session's KV cache) do not fit the device; the message says what to change."""
 
 
 def _amount(value: float | int, total: int) -> int:
@@ -148,3 +150,28 @@ class KVLedger:
                 return out
         raise MemoryPlanError(f"KV pool exhausted: {need_tokens} tokens needed, {free} free after evicting "
                               f"every idle session")
+
+
+def admission(live: int, max_sessions: int, *, free_kv_tokens: int, evictable_kv_tokens: int, session_tokens: int,
+              urgent_wait_p95_ms: float | None = None, urgent_items: int = 0, busy: float | None = None,
+              wait_target_ms: float = 150.0, busy_limit: float = 0.9, min_items: int = 20) -> tuple[bool, str, str]:
+    """May one more session start? Pure: fed the KV pool's state and the LLM worker's measured load.
+    Returns (admit, code, reason); code is "" when admitted, "server_full" at the hard cap, "server_busy" when the
+    KV plan cannot hold one more session's quota even after evicting every idle session, or when the worker's
+    recent load says the live sessions' deadlines would start to slip (p95 queue wait of urgent items over the
+    target, measured on at least `min_items` items; or busy more than `busy_limit` of the time)."""
+    if live >= max_sessions:
+        return False, "server_full", f"the server is at its limit of {max_sessions} sessions; try again later"
+    if free_kv_tokens + evictable_kv_tokens < session_tokens:
+        return False, "server_busy", (
+            f"not enough KV cache for another session: {free_kv_tokens} tokens free and {evictable_kv_tokens} held by "
+            f"idle sessions, a session may need {session_tokens}; try again later")
+    if urgent_wait_p95_ms is not None and urgent_items >= min_items and urgent_wait_p95_ms > wait_target_ms:
+        return False, "server_busy", (
+            f"the server is too busy to keep its latency target: urgent work waits {urgent_wait_p95_ms:.0f} ms at p95 "
+            f"(target {wait_target_ms:.0f} ms); try again later")
+    if busy is not None and busy > busy_limit:
+        return False, "server_busy", (f"the server is too busy to keep its latency target: the model worker was busy "
+                                      f"{100 * busy:.0f} % of the last seconds (limit {100 * busy_limit:.0f} %); "
+                                      f"try again later")
+    return True, "", ""

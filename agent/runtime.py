@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from . import models
 from .config import Config, resolve_model
+from .memory import MemoryPlanError, MiB, Plan, admission, kv_bytes_per_token, make_plan
 from .worker import PriorityWorker
 
 log = logging.getLogger("quickturn")
@@ -32,6 +33,12 @@ class Runtime:
     # the LLM engine's one thread, ordered by priority (pause-time work yields to urgent work between chunks)
     llm_pool: PriorityWorker = field(default_factory=lambda: PriorityWorker("qt-llm"))
     tts_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-tts"))
+    plan: Plan | None = None  # the device memory plan (agent/memory.py), made at load
+    meter: "MemoryMeter | None" = None  # what was measured for it
+    refusals: dict = field(default_factory=dict)  # admission refusals by reason kind
+
+    def __post_init__(self):
+        self.llm_pool.policy = self.config.pipeline.scheduler
 
     @classmethod
     def load(cls, config: Config, log_fn=None) -> "Runtime":
@@ -57,22 +64,29 @@ class Runtime:
             say(f"loaded {name} in {times[name]:.2f} s")
             return out
 
-        vad = timed("vad", lambda: load_vad(config))
-        asr = timed("asr", lambda: load_asr(config))
-        llm = timed("llm", lambda: load_llm(config))
-        tts = timed("tts", lambda: load_tts(config))
-        return cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, startup_s=times)
+        meter = MemoryMeter(config)
+        vad = timed("vad", lambda: meter.load("VAD", "cpu", lambda: load_vad(config), config.vad.model))
+        asr = timed("asr", lambda: meter.load("ASR", _asr_device(config), lambda: load_asr(config), config.asr.model))
+        tts = timed("tts", lambda: meter.load("TTS", _tts_device(config), lambda: load_tts(config), config.tts.voice))
+        if meter.cuda:  # workspaces and CUDA graphs of ASR/TTS exist after their warm-up: measure them
+            meter.workspace("ASR", _asr_device(config), lambda: _warm_asr(asr))
+            meter.workspace("TTS", _tts_device(config), lambda: _warm_tts(tts))
+        llm = timed("llm", lambda: load_llm(config, plan_pages=meter.plan_pages))
+        meter.after_llm(llm)
+        say(meter.plan.table())
+        if log_fn is not None:  # the server log has it too
+            log.info("memory plan:\n%s", meter.plan.table())
+        rt = cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, startup_s=times, plan=meter.plan, meter=meter)
+        rt._warm = meter.cuda
+        return rt
 
     def warmup(self) -> None:
         """One tiny pass through each model so the first caller does not pay for lazy initialisation."""
-        import numpy as np
-
         t0 = time.perf_counter()
-        if hasattr(self.asr, "warmup"):  # the torch Whisper captures its CUDA graphs per batch size here
-            self.asr.warmup()
-        self.asr.transcribe(np.zeros(16_000, np.float32))
-        for _ in self.tts.synthesize("Hello."):
-            pass
+        if not getattr(self, "_warm", False):  # (on CUDA, Runtime.load warmed ASR/TTS to measure their memory)
+            _warm_asr(self.asr)
+            _warm_tts(self.tts)
+        self._warm = True
         s = self.llm.new_session()
         s.add_user("Hi")
         g = s.generate_reply()
@@ -80,6 +94,30 @@ class Runtime:
         g.close()
         s.free()
         self.startup_s["warmup"] = time.perf_counter() - t0
+
+    def memory_report(self) -> dict:
+        """The start-up plan next to what is measured now: planned vs measured bytes, per item and in total
+        (CUDA: torch.cuda.memory_allocated since before the first model loaded; CPU: tensor and file sizes)."""
+        return self.meter.report(self.llm) if self.meter is not None else {}
+
+    def admit(self, live: int) -> tuple[bool, str, str]:
+        """Admission control for a new session (agent/memory.py `admission`): (admit, code, reason). Counted."""
+        m, eng = self.config.memory, self.llm.engine
+        free = eng.free_pages * eng.page_size
+        evictable = sum(c.own_pages() for c in list(self.llm.conversations) if c.idle) * eng.page_size
+        if not self.llm.evict_idle:
+            evictable = 0
+        load = self.llm_pool.load()
+        ok, code, why = admission(live, self.config.server.max_sessions, free_kv_tokens=free,
+                                  evictable_kv_tokens=evictable, session_tokens=self.llm.quota_tokens or
+                                  self.config.llm.max_context_tokens,
+                                  urgent_wait_p95_ms=load["urgent_wait_p95_ms"], urgent_items=load["urgent_items"],
+                                  busy=load["busy"], wait_target_ms=m.admit_wait_p95_ms, busy_limit=m.admit_busy)
+        if not ok:
+            kind = "kv" if "KV" in why else "load" if code == "server_busy" else "cap"
+            self.refusals[kind] = self.refusals.get(kind, 0) + 1
+            log.warning("session refused (%s): %s", code, why)
+        return ok, code, why
 
     async def run(self, pool: cf.Executor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -125,7 +163,202 @@ def load_tts(config: Config):
     raise models.ModelError(f"unknown TTS backend {c.backend!r} (piper, torch)")
 
 
-def load_llm(config: Config):
+def load_llm(config: Config, plan_pages=None):
     from .llm_adapter import ChatLLM
 
-    return ChatLLM.load(config.llm, resolve_model(config.llm.model, "LLM"), config.server.max_sessions)
+    llm = ChatLLM.load(config.llm, resolve_model(config.llm.model, "LLM"), config.server.max_sessions,
+                       plan_pages=plan_pages)
+    llm.quota_tokens = config.memory.session_tokens or config.llm.max_context_tokens
+    llm.evict_idle = config.memory.evict_idle
+    return llm
+
+
+def _asr_device(config: Config) -> str:
+    return config.asr.device if config.asr.backend == "torch" else "cpu"
+
+
+def _tts_device(config: Config) -> str:
+    return config.tts.device if config.tts.backend == "torch" else "cpu"
+
+
+def _warm_asr(asr) -> None:
+    import numpy as np
+
+    if hasattr(asr, "warmup"):  # the torch Whisper captures its CUDA graphs per batch size here
+        asr.warmup()
+    asr.transcribe(np.zeros(16_000, np.float32))
+
+
+def _warm_tts(tts) -> None:
+    for _ in tts.synthesize("Hello."):
+        pass
+
+
+def _module_bytes(obj, depth: int = 2) -> int:
+    """Bytes of the distinct tensors (parameters and buffers) of the torch modules `obj` holds (or is)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return 0
+    seen: set = set()
+    total = 0
+
+    def visit(o, d):
+        nonlocal total
+        if isinstance(o, torch.nn.Module):
+            for t in list(o.parameters()) + list(o.buffers()):
+                key = (t.untyped_storage().data_ptr(), t.device)
+                if key not in seen:
+                    seen.add(key)
+                    total += t.untyped_storage().nbytes()
+        elif d > 0 and hasattr(o, "__dict__"):
+            for v in vars(o).values():
+                visit(v, d - 1)
+
+    visit(obj, depth)
+    return total
+
+
+def _file_bytes(ref: str, role: str) -> int:
+    """Model file sizes (onnxruntime / CTranslate2 models keep roughly their file's size in memory)."""
+    try:
+        p = resolve_model(ref, role)
+    except models.ModelError:
+        return 0
+    if p.is_file():
+        return p.stat().st_size
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix in
+                   (".onnx", ".bin", ".gguf", ".safetensors", ".pt"))
+    return 0
+
+
+class MemoryMeter:
+    """Measures each model's memory on the plan device (the LLM's) as it loads, and makes the plan.
+    CUDA: torch.cuda.memory_allocated before/after each load and warm-up. CPU: parameter+buffer bytes of torch
+    models, file size of onnxruntime/CTranslate2 ones. Components on another device are named in the notes."""
+
+    def __init__(self, config: Config):
+        import torch
+
+        self.config = config
+        self.device = torch.device(config.llm.device)
+        self.cuda = self.device.type == "cuda"
+        m = config.memory
+        if self.cuda:
+            torch.cuda.init()
+            self.base = torch.cuda.memory_allocated(self.device)
+            dev_total = torch.cuda.get_device_properties(self.device).total_memory
+        else:
+            import psutil
+
+            self.base = 0
+            dev_total = psutil.virtual_memory().total
+        self.total = int(m.total * dev_total) if 0 < m.total < 1 else int(m.total or dev_total)
+        self.fixed: dict[str, int] = {}  # planned sizes (measured, or the graph estimate)
+        self.measured: dict[str, int] = {}  # measured sizes
+        self.notes: list[str] = []
+        self.plan: Plan | None = None
+        self.kv_measured = 0
+
+    def _alloc(self) -> int:
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.memory_allocated(self.device)
+
+    def _on_plan_device(self, device: str) -> bool:
+        import torch
+
+        return torch.device(device).type == self.device.type
+
+    def load(self, role: str, device: str, fn, ref: str):
+        before = self._alloc() if self.cuda else 0
+        obj = fn()
+        if not self._on_plan_device(device):
+            self.notes.append(f"{role} runs on {device}: not in this plan")
+            return obj
+        size = (self._alloc() - before) if self.cuda else (_module_bytes(obj) or _file_bytes(ref, role))
+        self.fixed[f"{role} weights"] = self.measured[f"{role} weights"] = size
+        return obj
+
+    def workspace(self, role: str, device: str, fn) -> None:
+        if not self._on_plan_device(device):
+            return
+        before = self._alloc()
+        fn()
+        self.fixed[f"{role} workspaces + graphs"] = self.measured[f"{role} workspaces + graphs"] = \
+            max(0, self._alloc() - before)
+
+    def graph_estimate(self, model, max_batch: int = 64) -> int:
+        """LLM decode graphs (agent/memory.py plan item): static inputs, and per batch bucket its logits [b, vocab]
+        and ids, which stay allocated in the graphs' pool; plus cuBLAS workspaces (~2 x 8 MiB)."""
+        m = self.config.memory.graph_pool
+        if m:
+            return int(m * self.total) if m < 1 else int(m)
+        if not self.cuda:
+            return 0
+        from llm.engine import DecodeGraphs
+
+        cfg = model.cfg
+        buckets = [b for b in DecodeGraphs.BUCKETS if b < max_batch] + [max_batch]
+        rows = sum(buckets)
+        max_pages = -(-model.max_seq_len // 16)
+        elem = model.embed.weight.element_size()
+        return rows * cfg.vocab_size * elem + rows * 8 + 4 * (4 * max_batch + max_batch * max_pages) + 16 * MiB
+
+    def plan_pages(self, model, page_size: int) -> int:
+        """Called by ChatLLM.load once the weights are in memory: measure them, make the plan, give the KV pages."""
+        cfg, m = self.config, self.config.memory
+        w = (self._alloc() - self.base - sum(self.measured.values())) if self.cuda else _module_bytes(model)
+        self.fixed["LLM weights"] = self.measured["LLM weights"] = w
+        if self.cuda:
+            self.fixed["LLM decode graphs (estimate)"] = self.graph_estimate(model)
+        mc = model.cfg
+        per_tok = kv_bytes_per_token(mc.n_layers, mc.n_kv_heads, mc.head_dim, model.embed.weight.element_size())
+        quota = m.session_tokens or cfg.llm.max_context_tokens
+        kv_limit = m.kv or None
+        if not self.cuda and not m.kv:  # CPU: RAM is shared with everything else; a full quota per allowed session
+            kv_limit = max(64 * page_size, quota * cfg.server.max_sessions) * per_tok
+        self.plan = make_plan(self.total, self.fixed, m.reserve, per_tok, page_tokens=page_size,
+                              session_tokens=quota, kv_limit=kv_limit, min_sessions=m.min_sessions)
+        self.plan.notes.extend(self.notes)
+        self._before_kv = self._alloc() if self.cuda else 0
+        return self.plan.kv_pages
+
+    def after_llm(self, llm) -> None:
+        """The KV pool is allocated: measure it; on CUDA capture the decode graphs now and measure them."""
+        eng = self.plan and llm.engine
+        if self.plan is None:
+            raise MemoryPlanError("the LLM was loaded without asking the memory plan")
+        if self.cuda:
+            self.kv_measured = self._alloc() - self._before_kv
+            before = self._alloc()
+            eng.capture()
+            self.measured["LLM decode graphs (estimate)"] = self._alloc() - before
+            self.plan.notes.append(f"LLM decode graphs measured after capture: "
+                                   f"{self.measured['LLM decode graphs (estimate)'] / MiB:.1f} MiB")
+        else:
+            self.kv_measured = eng.kv_pool.numel() * eng.kv_pool.element_size()
+
+    def report(self, llm) -> dict:
+        p = self.plan
+        planned = p.planned
+        if self.cuda:
+            import torch
+
+            now = self._alloc()
+            measured = now - self.base
+            extra = {"memory_allocated": now, "memory_reserved": torch.cuda.memory_reserved(self.device)}
+        else:
+            measured = sum(self.measured.values()) + self.kv_measured
+            extra = {}
+        items = {k: {"planned": v, "measured": self.measured.get(k)} for k, v in p.fixed.items()}
+        items["LLM KV pool"] = {"planned": p.kv_bytes, "measured": self.kv_measured}
+        eng = llm.engine
+        return {"device": str(self.device), "total": p.total, "reserve": p.reserve, "planned_bytes": planned,
+                "measured_bytes": measured, "error_pct": round(100 * (measured - planned) / max(planned, 1), 3),
+                "items": items, "kv_pages": p.kv_pages, "page_tokens": p.page_tokens, "page_bytes": p.page_bytes,
+                "kv_pages_free": eng.free_pages, "session_tokens": p.session_tokens,
+                "max_sessions_full_quota": p.max_sessions, "table": p.table(), **extra}
