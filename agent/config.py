@@ -51,6 +51,10 @@ class ASRConfig:
     threads: int = 0  # 0: the backend's default
     partial_interval_ms: int = 0  # 0: no partial transcripts while the user speaks
     device: str = "cpu"
+    # benchmarks only, with model = "synthetic:<shape>" (random weights of a real Whisper shape): the full encoder
+    # and a decoder pass of ~1.3 tokens per word still run, but the text is the first N words of this passage, N
+    # from the speech duration (2.5 words/s) — stable across a pause, as a real transcript is
+    script: str = ""
 
 
 @dataclass
@@ -67,6 +71,10 @@ class LLMConfig:
     top_p: float = 1.0
     max_context_tokens: int = 2048  # KV pool size per session budget
     threads: int = 0
+    tokenizer: str = ""  # registry name / path of the tokenizer (needed when model = "synthetic:<shape>")
+    # benchmarks only, with synthetic weights: every reply is this text (each token still takes a full decode
+    # step), so reply length and phrase boundaries are fixed
+    script_reply: str = ""
 
 
 @dataclass
@@ -172,6 +180,8 @@ def resolve_model(ref: str, role: str) -> Path:
     """A registry name -> its fetched directory; anything else must be an existing local path."""
     if ref in models.REGISTRY:
         return models.require(ref)
+    if ref.startswith("synthetic:"):  # random weights of a named shape: nothing to fetch
+        return Path(ref)
     p = Path(ref).expanduser()
     if not p.exists():
         raise models.ModelError(f"{role} model not found: {ref} (neither a known model name nor an existing path)")

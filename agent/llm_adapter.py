@@ -18,6 +18,9 @@ class ChatLLM:
         self.cfg = cfg
         self.system_ids = list(chat.system_ids(cfg.system_prompt)) if cfg.system_prompt else []
         self.prefix = None  # the system prompt's pages, prefilled once and shared by every session
+        # synthetic-weight benchmarks: the scripted reply's ids, ending with the end-of-reply token
+        self.script = (tuple(tokenizer.encode(cfg.script_reply, add_special_tokens=False)) +
+                       (chat.end_of_reply_ids()[0],)) if cfg.script_reply else None
 
     @classmethod
     def load(cls, cfg: LLMConfig, path: Path, max_sessions: int = 8, plan_pages=None) -> "ChatLLM":
@@ -34,7 +37,9 @@ class ChatLLM:
             torch.set_num_threads(cfg.threads)
         dtype = getattr(torch, cfg.dtype)
         model = load_model(path, device=cfg.device, dtype=dtype)
-        tokenizer = load_tokenizer(path)
+        from .config import resolve_model
+
+        tokenizer = load_tokenizer(resolve_model(cfg.tokenizer, "LLM tokenizer") if cfg.tokenizer else path)
         page_size = 16
         num_pages = (plan_pages(model, page_size) if plan_pages else
                      max(64, cfg.max_context_tokens * max_sessions // page_size))
@@ -266,7 +271,7 @@ class ChatSession:
         from llm.engine import Sampling
 
         c = self.llm.cfg
-        sampling = Sampling(temperature=c.temperature, top_p=c.top_p)
+        sampling = Sampling(temperature=c.temperature, top_p=c.top_p, script=self.llm.script)
         budget = c.max_new_tokens if max_new_tokens is None else max_new_tokens
         if budget <= 0:
             return

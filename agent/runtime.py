@@ -32,27 +32,40 @@ class Runtime:
     asr_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-asr"))
     # the LLM engine's one thread, ordered by priority (pause-time work yields to urgent work between chunks)
     llm_pool: PriorityWorker = field(default_factory=lambda: PriorityWorker("qt-llm"))
-    tts_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-tts"))
+    # the TTS thread, ordered the same way (first phrase urgent, later phrases paced by playback)
+    tts_pool: PriorityWorker = field(default_factory=lambda: PriorityWorker("qt-tts"))
+    judge: object = None  # agent.turn_judge.SmartTurn, the audio end-of-turn judge; None when [turn] judge = ""
+    # its own thread: a pause's verdict never queues behind the ASR (or the LLM)
+    judge_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-judge"))
     plan: Plan | None = None  # the device memory plan (agent/memory.py), made at load
     meter: "MemoryMeter | None" = None  # what was measured for it
     refusals: dict = field(default_factory=dict)  # admission refusals by reason kind
 
     def __post_init__(self):
-        self.llm_pool.policy = self.config.pipeline.scheduler
+        self.set_scheduler(self.config.pipeline.scheduler)
+
+    def set_scheduler(self, policy: str) -> None:
+        """"edf" or "fifo" ([pipeline] scheduler) for the LLM and TTS workers; may change while serving."""
+        for pool in (self.llm_pool, self.tts_pool):
+            if isinstance(pool, PriorityWorker):
+                pool.policy = policy
+        self.config.pipeline.scheduler = policy
 
     @classmethod
     def load(cls, config: Config, log_fn=None) -> "Runtime":
         """Load every model the config names. Raises ModelError (naming the file) when one is missing."""
         say = log_fn or (lambda m: log.info(m))
         for ref, role in ((config.vad.model, "VAD"), (config.asr.model, "ASR"), (config.llm.model, "LLM"),
-                          (config.tts.voice, "TTS")):
+                          (config.tts.voice, "TTS")) + (((config.turn.judge, "turn judge"),) if config.turn.judge
+                                                        else ()):
             resolve_model(ref, role)  # every file is there before anything slow starts
         times: dict[str, float] = {}
 
         def timed(name, fn):
             t0 = time.perf_counter()
             role, ref = {"vad": ("VAD", config.vad.model), "asr": ("ASR", config.asr.model),
-                         "llm": ("LLM", config.llm.model), "tts": ("TTS", config.tts.voice)}[name]
+                         "llm": ("LLM", config.llm.model), "tts": ("TTS", config.tts.voice),
+                         "judge": ("turn judge", config.turn.judge)}[name]
             try:
                 out = fn()
             except models.ModelError:
@@ -76,7 +89,9 @@ class Runtime:
         say(meter.plan.table())
         if log_fn is not None:  # the server log has it too
             log.info("memory plan:\n%s", meter.plan.table())
-        rt = cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, startup_s=times, plan=meter.plan, meter=meter)
+        judge = timed("judge", lambda: load_judge(config)) if config.turn.judge else None
+        rt = cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, judge=judge, startup_s=times, plan=meter.plan,
+                 meter=meter)
         rt._warm = meter.cuda
         return rt
 
@@ -93,6 +108,10 @@ class Runtime:
         next(g, None)
         g.close()
         s.free()
+        if self.judge is not None:
+            import numpy as np
+
+            self.judge.p_end(np.zeros(16_000, np.float32))
         self.startup_s["warmup"] = time.perf_counter() - t0
 
     def memory_report(self) -> dict:
@@ -123,7 +142,7 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def close(self) -> None:
-        for pool in (self.asr_pool, self.llm_pool, self.tts_pool):
+        for pool in (self.asr_pool, self.llm_pool, self.tts_pool, self.judge_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -144,8 +163,17 @@ def load_asr(config: Config):
     if c.backend == "torch":
         from asr.torch_backend import TorchWhisperASR
 
+        if c.model.startswith("synthetic:"):  # benchmarks: random weights of a real shape, scripted text
+            return TorchWhisperASR(shape=c.model.removeprefix("synthetic:"), device=c.device, script=c.script,
+                                   partial_interval_s=(c.partial_interval_ms or 200) / 1000)
         return TorchWhisperASR(path, device=c.device, partial_interval_s=(c.partial_interval_ms or 200) / 1000)
     raise models.ModelError(f"unknown ASR backend {c.backend!r} (faster-whisper, torch)")
+
+
+def load_judge(config: Config):
+    from .turn_judge import SmartTurn
+
+    return SmartTurn(resolve_model(config.turn.judge, "turn judge"), threads=config.turn.judge_threads)
 
 
 def load_tts(config: Config):
