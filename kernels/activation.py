@@ -1,7 +1,8 @@
 """SiLU-and-multiply for the gated MLP: out = silu(gate) * up, with gate = x[:, :I] and up = x[:, I:].
 
 The gate/up projections are one fused matmul producing x [N, 2I]; this kernel reads x once and writes
-out [N, I] once, computing in fp32 and rounding once (the unfused model rounds silu(gate) first).
+out [N, I] once. It rounds where Hugging Face's `act_fn(gate) * up` does: silu(gate) (computed in fp32) is rounded
+to x.dtype, then the product is rounded again (no-ops in fp32).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from kernels._triton import tl, triton, use_triton
 
 
 def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
-    """x [N, 2I] -> [N, I]"""
-    gate, up = x.float().chunk(2, dim=-1)
-    return (F.silu(gate) * up).to(x.dtype)
+    """x [N, 2I] -> [N, I], in x.dtype arithmetic like HF (silu rounded, then the product)"""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 @triton.jit
@@ -26,8 +27,10 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, I, stride_x, stride_o, BLOCK: tl.conste
     mask = cols < I
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + I + cols, mask=mask, other=0.0).to(tl.float32)
-    out = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(out_ptr + row * stride_o + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
+    XT = x_ptr.dtype.element_ty
+    act = (gate / (1.0 + tl.exp(-gate))).to(XT).to(tl.float32)  # silu rounded to x.dtype, as HF's act_fn
+    out = act * up
+    tl.store(out_ptr + row * stride_o + cols, out.to(XT).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def silu_and_mul_triton(x: torch.Tensor, out: torch.Tensor | None = None, block: int = 1024) -> torch.Tensor:

@@ -2,7 +2,10 @@
 
 Convention: Llama "rotate_half" (Hugging Face apply_rotary_pos_emb): with x = [x1 | x2] split in halves,
     rot(x) = [x1*cos - x2*sin | x2*cos + x1*sin],    cos/sin = table[position]  ([max_pos, D/2] tables,
-i.e. HF's cos = cat(freqs, freqs) stored once). Computed in fp32, rounded once.
+i.e. HF's cos = cat(freqs, freqs) stored once). Rounded where Hugging Face rounds (so that a bf16 model agrees with
+transformers' bf16 to well under the bf16 noise): cos/sin are cast to the tensor's dtype, each product
+x1*cos, x2*sin is rounded to it, then their sum/difference is rounded again (`q * cos + rotate_half(q) * sin` in
+q.dtype). For fp32 these roundings are no-ops.
 
 Paged cache per layer: k_cache, v_cache [num_pages, page_size, n_kv_heads, head_dim], contiguous; token t goes to
 flat slot slot_mapping[t] = page * page_size + offset_in_page. A negative slot means "don't write" (padding
@@ -17,10 +20,11 @@ from kernels._triton import next_pow2, tl, triton, use_triton
 
 
 def rotate_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D], cos/sin [T, D/2] -> rotated x [T, H, D] (fp32 math, x.dtype out)"""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    c, s = cos.float()[:, None, :], sin.float()[:, None, :]
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1).to(x.dtype)
+    """x [T, H, D], cos/sin [T, D/2] -> rotated x [T, H, D], in x.dtype arithmetic like HF's apply_rotary_pos_emb
+    (cos/sin cast to x.dtype; every product and sum rounded to x.dtype)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = cos.to(x.dtype)[:, None, :], sin.to(x.dtype)[:, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
 
 
 def rope_write_kv_ref(q, k, v, positions, cos, sin, k_cache, v_cache, slot_mapping) -> torch.Tensor:
@@ -47,8 +51,13 @@ def _rope_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_p
     pos = tl.load(pos_ptr + t).to(tl.int64)
     d = tl.arange(0, BLOCK_HALF)
     dmask = d < HALF
-    c = tl.load(cos_ptr + pos * stride_cos + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
-    s = tl.load(sin_ptr + pos * stride_cos + d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    c = tl.load(cos_ptr + pos * stride_cos + d, mask=dmask, other=0.0)[None, :]
+    s = tl.load(sin_ptr + pos * stride_cos + d, mask=dmask, other=0.0)[None, :]
+    # HF rounding: the tables in the tensors' dtype, each product and the sum rounded to it (see the docstring)
+    QT = q_ptr.dtype.element_ty
+    KT = k_ptr.dtype.element_ty
+    cq, sq = c.to(QT).to(tl.float32), s.to(QT).to(tl.float32)
+    ck, sk = c.to(KT).to(tl.float32), s.to(KT).to(tl.float32)
 
     # q: [BLOCK_H, BLOCK_HALF] tiles of the two halves
     h = tl.arange(0, BLOCK_H)
@@ -57,8 +66,10 @@ def _rope_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_p
     q1 = tl.load(qp, mask=m, other=0.0).to(tl.float32)
     q2 = tl.load(qp + HALF, mask=m, other=0.0).to(tl.float32)
     op = qo_ptr + t * stride_qot + h[:, None] * stride_qoh + d[None, :]
-    tl.store(op, (q1 * c - q2 * s).to(qo_ptr.dtype.element_ty), mask=m)
-    tl.store(op + HALF, (q2 * c + q1 * s).to(qo_ptr.dtype.element_ty), mask=m)
+    o1 = (q1 * cq).to(QT).to(tl.float32) - (q2 * sq).to(QT).to(tl.float32)
+    o2 = (q2 * cq).to(QT).to(tl.float32) + (q1 * sq).to(QT).to(tl.float32)
+    tl.store(op, o1.to(QT).to(qo_ptr.dtype.element_ty), mask=m)
+    tl.store(op + HALF, o2.to(QT).to(qo_ptr.dtype.element_ty), mask=m)
 
     # k, v -> cache row `slot` ([HKV, 2*HALF] contiguous inside it)
     slot = tl.load(slot_ptr + t).to(tl.int64)
@@ -69,8 +80,10 @@ def _rope_kv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, cos_ptr, sin_ptr, kc_ptr, vc_p
     k1 = tl.load(kp, mask=mk, other=0.0).to(tl.float32)
     k2 = tl.load(kp + HALF, mask=mk, other=0.0).to(tl.float32)
     cp = slot * stride_slot + hk[:, None] * (2 * HALF) + d[None, :]
-    tl.store(kc_ptr + cp, (k1 * c - k2 * s).to(kc_ptr.dtype.element_ty), mask=mk)
-    tl.store(kc_ptr + cp + HALF, (k2 * c + k1 * s).to(kc_ptr.dtype.element_ty), mask=mk)
+    r1 = (k1 * ck).to(KT).to(tl.float32) - (k2 * sk).to(KT).to(tl.float32)
+    r2 = (k2 * ck).to(KT).to(tl.float32) + (k1 * sk).to(KT).to(tl.float32)
+    tl.store(kc_ptr + cp, r1.to(KT).to(kc_ptr.dtype.element_ty), mask=mk)
+    tl.store(kc_ptr + cp + HALF, r2.to(KT).to(kc_ptr.dtype.element_ty), mask=mk)
     vp = v_ptr + t * stride_vt + hk[:, None] * stride_vh + d[None, :]
     tl.store(vc_ptr + cp, tl.load(vp, mask=mk, other=0.0).to(vc_ptr.dtype.element_ty), mask=mk)
     tl.store(vc_ptr + cp + HALF, tl.load(vp + HALF, mask=mk, other=0.0).to(vc_ptr.dtype.element_ty), mask=mk)

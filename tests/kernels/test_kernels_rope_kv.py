@@ -63,3 +63,25 @@ def test_triton_matches_reference(dtype, h, hkv, d):
     assert torch.equal(vc.view(-1, hkv, d)[written], vc_ref.view(-1, hkv, d)[written])
     # every other slot keeps its poison: no stray writes (the padding row included)
     assert torch.equal(kc.isnan(), kc_ref.isnan()) and torch.equal(vc.isnan(), vc_ref.isnan())
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_interpreter)])
+def test_rounds_like_transformers_in_half_precision(impl):
+    """fp16 (the interpreter's bf16 casts are not round-to-nearest-even; the GPU's are): bit-identical to HF's
+    `q * cos + rotate_half(q) * sin` with cos/sin cast to the tensor dtype, so a bf16 model agrees with
+    transformers' bf16 (a single fp32 rounding instead differs in ~1/3 of the elements by one ulp)."""
+    dtype = torch.float16
+    q, k, v, pos, cos, sin, slots, _, _ = make(7, 8, 2, 64, 4, 4, dtype, 11)
+    slots = torch.randperm(16, generator=torch.Generator().manual_seed(2))[:7]  # every row written, distinct
+    kc, vc = poison(torch.empty(4, 4, 2, 64, dtype=dtype)), poison(torch.empty(4, 4, 2, 64, dtype=dtype))
+    fn = rope_write_kv_triton if impl == "triton" else rope_write_kv_ref
+    got = fn(q, k, v, pos.int(), cos, sin, kc, vc, slots.int())
+
+    def hf(x):  # transformers' apply_rotary_pos_emb, in x.dtype
+        c = torch.cat([cos, cos], -1)[pos.long()].to(dtype)[:, None, :]
+        s = torch.cat([sin, sin], -1)[pos.long()].to(dtype)[:, None, :]
+        x1, x2 = x.chunk(2, -1)
+        return (x * c) + (torch.cat((-x2, x1), -1) * s)
+
+    assert torch.equal(got, hf(q))
+    assert torch.equal(kc.view(-1, 2, 64)[slots.long()], hf(k))
