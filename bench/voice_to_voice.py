@@ -262,6 +262,9 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--spliced", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--ablation-sessions", type=int, default=None,
+                    help="sessions for each ablation (default: --sessions); the first ones of the full set")
+    ap.add_argument("--ablation-spliced", type=int, default=None, help="spliced clips for each ablation")
     args = ap.parse_args()
     cfg = Config.load(args.config)
     cfg.llm.max_new_tokens = args.max_new_tokens
@@ -280,7 +283,12 @@ def main() -> None:
     for name, over in variants.items():
         for k, v in {**base, **over}.items():
             setattr(cfg.turn, k, v)
-        turns = asyncio.run(run_all(rt, sessions, spliced))
+        if name == "full":
+            turns = asyncio.run(run_all(rt, sessions, spliced))
+        else:  # a time-limited run (GPU machine): the ablations may use a prefix of the scenario set
+            turns = asyncio.run(run_all(rt, sessions[:args.ablation_sessions or len(sessions)],
+                                        spliced[:len(spliced) if args.ablation_spliced is None
+                                                else args.ablation_spliced]))
         results[name] = {**summarize(turns), "per_turn": [t.__dict__ for t in turns]}
         s = results[name]
         print(f"  {name:<22} p50 {s['v2v_p50_ms']:.0f} ms  p95 {s['v2v_p95_ms']:.0f}  max {s['max_wait_ms']:.0f}  "
@@ -293,6 +301,11 @@ def main() -> None:
                                     "llm": f"quickturn engine on {cfg.llm.device} ({cfg.llm.dtype})",
                                     "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
                         splice_s=SPLICE_S, max_new_tokens=args.max_new_tokens,
+                        scenario={"sessions": args.sessions, "turns": args.turns, "spliced": len(spliced),
+                                  "ablation_sessions": args.ablation_sessions or args.sessions,
+                                  "ablation_spliced": len(spliced) if args.ablation_spliced is None
+                                  else args.ablation_spliced,
+                                  "asr_script": cfg.asr.script or None, "llm_script_reply": cfg.llm.script_reply or None},
                         measured_at="client, loopback WebSocket, real-time streaming")
     out["metrics"] = {k: v for k, v in results["full"].items() if k != "per_turn"}
     out["ablations"] = {k: {kk: vv for kk, vv in v.items() if kk != "per_turn"} for k, v in results.items()
