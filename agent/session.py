@@ -18,7 +18,7 @@ from .phrases import Phrase, PhraseChunker
 from .runtime import Runtime
 from .trace import TurnTrace
 from .turn import Decision, Kind, TurnParams, TurnTaker
-from .worker import Priority
+from .worker import Priority, paced_deadline, urgent_deadline
 
 log = logging.getLogger("quickturn.session")
 
@@ -69,6 +69,7 @@ class Reply:
     generating: bool = True
     silent: bool = False  # no reply was asked for (or nothing was said)
     task: asyncio.Task | None = None
+    t_start: float = field(default_factory=time.monotonic)  # the endpoint: urgent work is due soon after it
 
 
 class TokenText:
@@ -490,7 +491,8 @@ class Session:
             while gen is not None and not r.cancelled:
                 # the first phrase is urgent; after it, generation only has to stay ahead of playback
                 prio = Priority.URGENT if not r.phrases else Priority.PACED
-                tok = await pool.run(prio, next, gen, None)
+                tok = await pool.run(prio, next, gen, None, deadline=self._deadline(r, prio),
+                                     ready=getattr(self.llm, "token_ready", None))
                 if tok is None:
                     break
                 r.trace.mark("llm_first_token")
@@ -535,6 +537,23 @@ class Session:
                 log.exception("turn %d: closing the reply failed", r.turn)
                 self._emit(ev.ErrorEvent("turn_failed", f"turn {r.turn} failed: {type(e).__name__}: {e}"))
 
+    def _deadline(self, r: Reply, prio: Priority, llm: bool = True) -> float:
+        """When this reply's next item is due (agent/worker.py): urgent work (first phrase, first audio) soon after
+        the endpoint; paced work when the audio already sent runs out (for the LLM: plus the speech of the tokens
+        generated but not sent as audio yet), minus a margin."""
+        if prio == Priority.URGENT:
+            return urgent_deadline(r.t_start)
+        sent = r.phrases[len(r.spans) - 1].token_end if r.spans else 0
+        return paced_deadline(time.monotonic(), self.playback.end_time, max(0, len(r.tokens) - sent) if llm else 0)
+
+    async def _tts(self, r: Reply, p: Phrase, fn, *args):
+        """A TTS call for phrase p: the first phrase is urgent, later ones paced by playback."""
+        pool = self.rt.tts_pool
+        if not hasattr(pool, "submit_with"):
+            return await self.rt.run(pool, fn, *args)
+        prio = Priority.URGENT if r.phrases and p is r.phrases[0] else Priority.PACED
+        return await pool.run(prio, fn, *args, deadline=self._deadline(r, prio, llm=False))
+
     def _phrase_ready(self, r: Reply, phrase: Phrase, tts_q: asyncio.Queue, chunks: list | None = None) -> None:
         r.trace.mark("first_phrase")
         r.phrases.append(phrase)
@@ -552,9 +571,9 @@ class Session:
                     continue
             for p, ready in pending:
                 start, seen = r.samples, set()
-                it = iter(ready) if ready is not None else await rt.run(rt.tts_pool, rt.tts.synthesize, p.text)
+                it = iter(ready) if ready is not None else await self._tts(r, p, rt.tts.synthesize, p.text)
                 while not r.cancelled:
-                    chunk = next(it, None) if ready is not None else await rt.run(rt.tts_pool, next, it, None)
+                    chunk = next(it, None) if ready is not None else await self._tts(r, p, next, it, None)
                     if chunk is None:
                         break
                     for w in chunk.words:  # backends may repeat the phrase's timings with every chunk
