@@ -225,14 +225,15 @@ class Session:
     def _reserve(self, n_total: int) -> None:
         """Make pages writable for positions n_cached .. n_total-1 (allocate; copy shared pages on write)."""
         eng, ps = self.engine, self.engine.page_size
-        first = self.n_cached // ps
-        if first < len(self.pages) and eng.pool.refs[self.pages[first]] > 1:
-            old = self.pages[first]
-            new = eng.pool.alloc()
-            eng._copy_page(old, new)
-            eng.pool.decref(old)
-            self.pages[first] = new
         need = -(-n_total // ps)
+        # (a decode step launched ahead writes at n_cached + 1, possibly into a page past the one at n_cached)
+        for i in range(self.n_cached // ps, min(need, len(self.pages))):
+            if eng.pool.refs[self.pages[i]] > 1:
+                old = self.pages[i]
+                new = eng.pool.alloc()
+                eng._copy_page(old, new)
+                eng.pool.decref(old)
+                self.pages[i] = new
         try:
             while len(self.pages) < need:
                 self.pages.append(eng.pool.alloc())
@@ -242,6 +243,14 @@ class Session:
                 eng.pool.decref(p)
             del self.pages[keep:]
             raise
+
+
+@dataclass(eq=False)
+class _Ahead:
+    """A decode step launched ahead: for these requests, fed the ids `fed` (known once the step before is read)."""
+    reqs: list
+    handle: tuple
+    fed: list | None = None
 
 
 @dataclass(eq=False)
@@ -352,20 +361,23 @@ class Engine:
         return len(reqs)
 
     def _decode(self, reqs: list[_Request]) -> None:
-        ps, dev = self.page_size, self.device
+        dev = self.device
         ss = [r.session for r in reqs]
         graphs = self.capture()
         spec, self._spec = self._spec, None
         if spec is not None:
             # the step launched ahead (see _launch_ahead) is valid if the same requests are stepping and each fed
             # token is the one its consumer took
-            if spec[0] == reqs and all(len(s.tokens) == s.n_cached + 1 and s.tokens[-1] == t
-                                       for s, t in zip(ss, spec[2])):
-                logits, ids = graphs.harvest(spec[1], len(reqs))
+            if spec.reqs == reqs and all(len(s.tokens) == s.n_cached + 1 and s.tokens[-1] == t
+                                         for s, t in zip(ss, spec.fed)):
                 self.n_graph_steps += 1
                 self.n_ahead_hits += 1
+                # queue the step after it before reading it back: the GPU never waits for the host
+                nxt = self._launch_ahead(reqs, offset=1)
+                logits, ids = graphs.harvest(spec.handle)
+                if nxt is not None:
+                    nxt.fed = ids
                 self._finish_decode(reqs, ss, logits, ids)
-                self._launch_ahead(reqs, ids)
                 return
             self.n_ahead_misses += 1  # its KV writes sit past each session's n_cached: harmless
         for s in ss:
@@ -373,13 +385,16 @@ class Engine:
         pos = [s.n_cached for s in ss]
         if graphs is not None and len(ss) <= graphs.buckets[-1] and max(pos) < self.max_seq_len:
             greedy = all(r.sampling.temperature == 0 for r in reqs)
-            logits, ids = graphs.run([s.tokens[s.n_cached] for s in ss], pos, [s.pages for s in ss], greedy)
-            if ids is None:
+            logits, ids = graphs.harvest(graphs.launch([s.pages for s in ss], pos,
+                                                       [s.tokens[s.n_cached] for s in ss]))
+            if not greedy:
                 ids = self._sample(logits, reqs)
             self.n_graph_steps += 1
             self._finish_decode(reqs, ss, logits, ids)
-            if ids is not None and greedy:
-                self._launch_ahead(reqs, ids)
+            if greedy:
+                nxt = self._launch_ahead(reqs, offset=0)
+                if nxt is not None:
+                    nxt.fed = ids
             return
         self.n_eager_steps += 1
         threads = torch.get_num_threads()
@@ -404,22 +419,28 @@ class Engine:
         ids = self._sample(logits, reqs)
         self._finish_decode(reqs, ss, logits, ids)
 
-    def _launch_ahead(self, reqs: list[_Request], ids: list[int]) -> None:
-        """Greedy CUDA-graph decode: launch the next step now, fed by the ids the graph left on the GPU, so the
-        GPU computes it while the host hands this step's tokens to their consumers. The next step() uses it if
-        nothing changed (same requests, each consumer took its token); otherwise it is ignored."""
-        if not self.lookahead or any(r.done or r.sampling.script for r in reqs):
-            return  # a scripted token would not match the greedy id the graph feeds itself
+    def _launch_ahead(self, reqs: list[_Request], offset: int) -> "_Ahead | None":
+        """Greedy CUDA-graph decode: launch a step fed by the argmax ids the previous graph step left on the GPU,
+        so that the GPU computes it while the host hands tokens to their consumers. offset=1: the previous step
+        is still in flight (not yet harvested: each session's n_cached is one short), so two steps are queued and
+        the GPU does not wait for the host between steps; offset=0: the previous step was harvested. The next
+        step() uses the result if nothing changed (same requests, each consumer took its token); otherwise it is
+        dropped (its KV writes sit past n_cached and are overwritten). Not launched when a request is (or, after
+        the step in flight, will be) done, or is scripted (its fed token would not be the greedy id)."""
+        if not self.lookahead or any(r.done or r.sampling.script or r.n_generated + offset >= r.max_new
+                                     for r in reqs):
+            return None
         ss = [r.session for r in reqs]
-        if max(s.n_cached for s in ss) + 1 >= self.max_seq_len:
-            return
+        if max(s.n_cached for s in ss) + offset + 1 >= self.max_seq_len:
+            return None
         try:
             for s in ss:
-                s._reserve(s.n_cached + 1)
+                s._reserve(s.n_cached + offset + 1)
         except OutOfPages:
-            return
-        b = self.graphs.launch_ahead([s.n_cached for s in ss], [s.pages for s in ss])
-        self._spec = (list(reqs), b, list(ids))
+            return None
+        handle = self.graphs.launch([s.pages for s in ss], [s.n_cached + offset for s in ss], None)
+        self._spec = _Ahead(list(reqs), handle)
+        return self._spec
 
     def _finish_decode(self, reqs, ss, logits, ids) -> None:
         for i, (r, s, tok) in enumerate(zip(reqs, ss, ids)):
@@ -469,8 +490,11 @@ class Engine:
 class DecodeGraphs:
     """CUDA graphs of one decode step (forward + greedy argmax), one per batch-size bucket, sharing one memory
     pool and one set of static input buffers. Rows past the live batch are padding: slot -1 (no KV write) and
-    seq_len 0 (attention output 0). Per step the host fills one pinned staging buffer, uploads it with one
-    non-blocking copy, replays, and reads back the token ids (the only sync)."""
+    seq_len 0 (attention output 0). Per step the host fills a pinned staging buffer, uploads it with one
+    non-blocking copy and replays; right after the replay the logits are copied out and the token ids copied to
+    pinned host memory behind an event, so a second step can be queued before the first is read back (`launch`,
+    then `harvest`). Two staging / read-back buffers alternate: a buffer is refilled only after a later launch
+    was harvested, which orders its earlier upload and read-back before the refill."""
 
     BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -482,12 +506,16 @@ class DecodeGraphs:
         B, self.max_pages, self._page_size = max_batch, max_pages, engine.page_size
         # staging: rows 0..3 = tokens, positions, slots, seq_lens; then the block table [B, max_pages]
         # (all int32: the kernels and the embedding take int32 indices, so no conversion runs in the graph)
-        self.host = torch.zeros(4 * B + B * max_pages, dtype=torch.int32, pin_memory=dev.type == "cuda")
-        self.dev = torch.zeros_like(self.host, device=dev)
+        pin = dev.type == "cuda"
+        self.hosts = [torch.zeros(4 * B + B * max_pages, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        self.ids_host = [torch.zeros(B, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        self.events = [torch.cuda.Event() for _ in range(2)] if pin else [None, None]
+        self._slot = 0
+        self.dev = torch.zeros_like(self.hosts[0], device=dev)
         self.tokens, self.positions, self.slots, self.seq_lens = self.dev[: 4 * B].view(4, B)
         self.block_table = self.dev[4 * B:].view(B, max_pages)
-        self._fill([], [], [])
-        self.dev.copy_(self.host)
+        self._fill(self.hosts[0], [], [], [])
+        self.dev.copy_(self.hosts[0])
         self.graphs, self.logits, self.ids = {}, {}, {}
         pool = None
         self.eager = {} if capture else {b: self._forward_fn(model, engine.kv, b) for b in self.buckets}
@@ -518,62 +546,51 @@ class DecodeGraphs:
 
         return fwd
 
-    def _fill(self, tokens, positions, pages_list, ps: int = 0):
-        B, n = self.buckets[-1], len(tokens)
-        h = self.host.numpy()
+    def _fill(self, host, pages_list, positions, tokens, ps: int = 0):
+        """Write one step's inputs into a staging buffer; rows past the batch become padding (tokens=None leaves
+        the token row alone: the step is fed by the ids already on the GPU)."""
+        B, n = self.buckets[-1], len(positions)
+        h = host.numpy()
         rows = h[: 4 * B].reshape(4, B)
         table = h[4 * B:].reshape(B, self.max_pages)
-        rows[0, :n] = tokens
+        if tokens is not None:
+            rows[0, :n] = tokens
+            rows[0, n:] = 0
         rows[1, :n] = positions
         rows[2, :n] = [pages[p // ps] * ps + p % ps for pages, p in zip(pages_list, positions)] if n else []
         rows[3, :n] = [p + 1 for p in positions]
-        rows[0:2, n:] = 0
+        rows[1, n:] = 0
         rows[2, n:] = -1
         rows[3, n:] = 0
         for i, pages in enumerate(pages_list):
             table[i, : len(pages)] = pages
 
-    def run(self, tokens, positions, pages_list, greedy: bool):
-        """-> (logits [n, vocab] (a copy), ids list or None when not greedy)."""
-        n = len(tokens)
+    def launch(self, pages_list, positions, tokens=None) -> tuple:
+        """Queue one step (tokens None: fed by the last step's argmax, still on the GPU). -> handle for harvest."""
+        n, B = len(positions), self.buckets[-1]
         b = next(x for x in self.buckets if x >= n)
-        self._fill(tokens, positions, pages_list, self._page_size)
-        rows = 4 * self.buckets[-1]
+        slot = self._slot
+        self._slot ^= 1
+        host = self.hosts[slot]
+        self._fill(host, pages_list, positions, tokens, self._page_size)
+        first = 0 if tokens is not None else B
         width = max(len(p) for p in pages_list)
-        # upload the 4 rows and only the used part of the block table
-        self.dev[:rows].copy_(self.host[:rows], non_blocking=True)
-        self.block_table[:n, :width].copy_(self.host[rows:].view(-1, self.max_pages)[:n, :width],
-                                           non_blocking=True)
-        self._replay(b)
-        logits = self.logits[b][:n].clone()
-        ids = self.ids[b][:n].tolist() if greedy else None
-        return logits, ids
-
-    def _replay(self, b):
+        # upload the 4 rows (3 when the tokens stay) and only the used part of the block table
+        self.dev[first: 4 * B].copy_(host[first: 4 * B], non_blocking=True)
+        self.block_table[:n, :width].copy_(host[4 * B:].view(-1, self.max_pages)[:n, :width], non_blocking=True)
         if self.eager:
             self.logits[b], self.ids[b] = self.eager[b]()
         else:
             self.graphs[b].replay()
+        logits = self.logits[b][:n].clone()  # the next replay overwrites the static outputs
+        self.ids_host[slot][:n].copy_(self.ids[b][:n], non_blocking=True)
+        if self.events[slot] is not None:
+            self.events[slot].record()
+        return slot, n, logits
 
-    def launch_ahead(self, positions, pages_list) -> int:
-        """Replay with the tokens already on the GPU (the last step's argmax); upload the rest. -> bucket."""
-        n, B = len(positions), self.buckets[-1]
-        b = next(x for x in self.buckets if x >= n)
-        h = self.host.numpy()
-        rows, table = h[: 4 * B].reshape(4, B), h[4 * B:].reshape(B, self.max_pages)
-        ps = self._page_size
-        rows[1, :n] = positions
-        rows[2, :n] = [pages[p // ps] * ps + p % ps for pages, p in zip(pages_list, positions)]
-        rows[3, :n] = [p + 1 for p in positions]
-        for i, pages in enumerate(pages_list):
-            table[i, : len(pages)] = pages
-        width = max(len(p) for p in pages_list)
-        self.dev[B: 4 * B].copy_(self.host[B: 4 * B], non_blocking=True)  # positions, slots, seq_lens
-        self.block_table[:n, :width].copy_(self.host[4 * B:].view(-1, self.max_pages)[:n, :width],
-                                           non_blocking=True)
-        self._replay(b)
-        return b
-
-    def harvest(self, b, n):
-        """Results of the step launched ahead: (logits [n, vocab] copy, ids list)."""
-        return self.logits[b][:n].clone(), self.ids[b][:n].tolist()
+    def harvest(self, handle):
+        """Wait for a launched step: -> (logits [n, vocab], greedy ids list)."""
+        slot, n, logits = handle
+        if self.events[slot] is not None:
+            self.events[slot].synchronize()
+        return logits, self.ids_host[slot][:n].tolist()
