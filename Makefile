@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # e.g. PIP_EXTRA="--index-url https://download.pytorch.org/whl/cpu" for a small CPU-only download.
 TORCH_SPEC ?= torch==2.13.0
 PIP_EXTRA ?=
-TEST_MODELS := whisper-tiny.en whisper-base smollm2-135m-instruct piper-joe-medium silero-vad
+TEST_MODELS := whisper-tiny.en whisper-base smollm2-135m-instruct piper-joe-medium silero-vad smart-turn-v3.2
 
 .PHONY: install models demo test bench-cpu clean
 

@@ -148,7 +148,7 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 # What the embedded CPU default needs; `quickturn models fetch` with no names fetches these.
-DEFAULT_MODELS = ("whisper-tiny.en", "smollm2-135m-instruct", "piper-joe-medium", "silero-vad")
+DEFAULT_MODELS = ("whisper-tiny.en", "smollm2-135m-instruct", "piper-joe-medium", "silero-vad", "smart-turn-v3.2")
 
 
 def home() -> Path:

@@ -108,10 +108,6 @@ class Runtime:
         next(g, None)
         g.close()
         s.free()
-        if self.judge is not None:
-            import numpy as np
-
-            self.judge.p_end(np.zeros(16_000, np.float32))
         self.startup_s["warmup"] = time.perf_counter() - t0
 
     def memory_report(self) -> dict:

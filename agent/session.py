@@ -136,7 +136,8 @@ class Session:
             barge_in=t.barge_in if barge_in is None else barge_in, pause_s=t.pause_ms / 1000, adaptive=t.adaptive,
             endpoint_silence_s=t.endpoint_silence_ms / 1000, unknown_delay_s=t.unknown_delay_ms / 1000,
             min_delay_s=t.min_delay_ms / 1000,
-            max_delay_s=t.max_delay_ms / 1000, p_low=t.p_low, p_high=t.p_high))
+            max_delay_s=t.max_delay_ms / 1000, p_low=t.p_low, p_high=t.p_high,
+            judge_p_low=t.judge_p_low, judge_p_high=t.judge_p_high))
         self.out_rate = rt.tts.sample_rate
         self.playback = Playback(self.out_rate)
         # audio since the last endpoint (16 kHz), and where it starts in the stream
@@ -153,6 +154,8 @@ class Session:
         self.auto_respond = auto_respond  # answer at each endpoint (False: only when respond() is called)
         self.pending_user: list[str] = []  # user messages not answered yet
         self.pause: PauseWork | None = None  # the current pause's work, if any
+        self.judge_task: asyncio.Task | None = None  # the audio end-of-turn judge on the current pause
+        self.p_audio: tuple[float, float] | None = None  # its last verdict: (P(complete), speech end it saw)
         self.closed = False
 
     # ----------------------------------------------------------------------------------------------- input
@@ -193,6 +196,8 @@ class Session:
         and a draft fork's). Waits at most for the model calls already running."""
         self.closed = True
         pause, self.pause = self.pause, None
+        if self.judge_task is not None:
+            self.judge_task.cancel()
         if pause is not None:
             self._drop(pause)  # cancels the pause task and discards its draft
             if pause.asr is not None:
@@ -245,6 +250,8 @@ class Session:
         trace.info["endpoint_delay_ms"] = round(d.delay * 1000)
         if pause is not None and pause.p_end is not None:
             trace.info["p_end"] = round(pause.p_end, 4)
+        if self.p_audio is not None and self.p_audio[1] >= d.speech_end - 1e-6:
+            trace.info["p_audio"] = round(self.p_audio[0], 4)
         if pause is not None and pause.upto < d.speech_end - 1e-6:  # the user spoke again after that pause
             self._drop(pause)
             pause = None
@@ -319,14 +326,32 @@ class Session:
     # and synthesized before the endpoint. All of it is background work on the LLM worker.
     def _start_pause(self, d: Decision) -> None:
         self._drop_pause()
+        a = int(max(0.0, d.speech_start - PRE_ROLL_S) * INTERNAL_RATE)
+        if self.rt.judge is not None:  # the audio judge: the turn's audio up to now, on its own thread
+            if self.judge_task is not None:
+                self.judge_task.cancel()  # a verdict on older audio nobody waits for
+            self.judge_task = asyncio.create_task(self._judge(self._slice(a, self._n_in), d.speech_end))
         if self.llm is None or not self.auto_respond:
             return
-        a = int(max(0.0, d.speech_start - PRE_ROLL_S) * INTERNAL_RATE)
         b = int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
         pw = PauseWork(upto=d.speech_end)
         pw.asr = asyncio.create_task(self._transcribe(self._slice(a, b)))
         pw.task = asyncio.create_task(self._pause_work(pw))
         self.pause = pw
+
+    async def _judge(self, audio: np.ndarray, upto: float) -> float | None:
+        """P(complete) from the audio judge for the turn's audio up to a pause; fed to the turn taker, which
+        ignores it once the user has spoken again."""
+        try:
+            p = await self.rt.run(self.rt.judge_pool, self.rt.judge.p_end, audio)
+        except asyncio.CancelledError:
+            return None
+        except Exception:
+            log.exception("audio end-of-turn judge failed")  # the endpoint falls back to the LLM / silence
+            return None
+        self.p_audio = (p, upto)
+        self.turns.on_audio_end_probability(p, upto)
+        return p
 
     async def _transcribe(self, audio: np.ndarray) -> str:
         return (await self.rt.run(self.rt.asr_pool, self.rt.asr.transcribe, audio)).strip()
@@ -341,12 +366,22 @@ class Session:
             if t.pause_prefill:
                 pw.prefilled, pw.p_end = await rt.llm_pool.run(Priority.BACKGROUND, self.llm.sync_user, text,
                                                                False, True)
-            else:  # ablation: judge the end of turn on a throw-away fork, keep nothing in the cache
+            elif t.llm_p_end:  # ablation: judge the end of turn on a throw-away fork, keep nothing in the cache
                 pw.p_end = await rt.llm_pool.run(Priority.BACKGROUND, self.llm.end_probability, text)
             if pw.stale:
                 return
-            self.turns.on_end_probability(pw.p_end, pw.upto)
-            if t.draft and pw.p_end >= t.draft_min_p:
+            if t.llm_p_end and pw.p_end is not None:
+                self.turns.on_end_probability(pw.p_end, pw.upto)
+            p_audio = None
+            if self.judge_task is not None:  # done long before the transcript, normally
+                p_audio = await asyncio.shield(self.judge_task)
+                if self.p_audio is None or self.p_audio[1] < pw.upto - 1e-6:
+                    p_audio = None  # a verdict on an earlier pause
+            if pw.stale:
+                return
+            llm_says = t.llm_p_end and pw.p_end is not None and pw.p_end >= t.draft_min_p
+            judge_says = p_audio is not None and p_audio >= t.judge_draft_min_p
+            if t.draft and (llm_says or judge_says):
                 pw.draft = Draft(text)
                 pw.draft.task = asyncio.create_task(self._make_draft(pw.draft))
                 await asyncio.shield(pw.draft.task)

@@ -5,7 +5,10 @@ No I/O and no clock of its own: times are audio-stream seconds given by the call
 
 The endpoint is adaptive. Silence alone is a poor judge: people pause mid-sentence for as long as they pause at
 the end. So the silence needed depends on P(end of turn) for what was said so far — short when the words are
-clearly finished, long mid-sentence, never longer than `max_delay_s`."""
+clearly finished, long mid-sentence, never longer than `max_delay_s`. Two judges may say how finished the turn is:
+the LLM's P(end-of-turn token) for the transcript so far (on_end_probability; needs the pause's ASR first, so on a
+slow CPU it comes late) and an audio model's P(complete) for the turn's audio (on_audio_end_probability; smart-turn,
+~50-100 ms into a pause). Each maps to a confidence in [0, 1]; with both fresh, their mean decides."""
 
 from __future__ import annotations
 
@@ -48,19 +51,44 @@ class TurnParams:
     # the delay is interpolated on log10(P) between these two
     p_low: float = 0.001
     p_high: float = 0.05
+    # the audio judge's P(complete) is a calibrated-looking probability: the delay is interpolated linearly in P
+    # between these two (at or below judge_p_low: max_delay_s; at or above judge_p_high: min_delay_s)
+    judge_p_low: float = 0.5
+    judge_p_high: float = 0.95
 
 
-def endpoint_delay(p: TurnParams, p_end: float | None) -> float:
-    """Silence (s) that ends the turn, given P(end of turn) for everything said so far (None: unknown yet)."""
+def llm_confidence(p: TurnParams, p_end: float) -> float:
+    """The LLM's P(end-of-turn token) -> how finished the turn is, in [0, 1] (log-interpolated)."""
+    if p_end >= p.p_high:
+        return 1.0
+    if p_end <= p.p_low:
+        return 0.0
+    return (math.log10(p_end) - math.log10(p.p_low)) / (math.log10(p.p_high) - math.log10(p.p_low))
+
+
+def audio_confidence(p: TurnParams, p_audio: float) -> float:
+    """The audio judge's P(complete) -> how finished the turn is, in [0, 1] (linear)."""
+    if p_audio >= p.judge_p_high:
+        return 1.0
+    if p_audio <= p.judge_p_low:
+        return 0.0
+    return (p_audio - p.judge_p_low) / (p.judge_p_high - p.judge_p_low)
+
+
+def endpoint_delay(p: TurnParams, p_end: float | None, p_audio: float | None = None) -> float:
+    """Silence (s) that ends the turn, given the LLM's P(end of turn) for everything said so far and the audio
+    judge's P(complete) for the audio so far (None: not known yet)."""
     if not p.adaptive:
         return p.endpoint_silence_s
-    if p_end is None:
+    xs = ([llm_confidence(p, p_end)] if p_end is not None else []) + \
+         ([audio_confidence(p, p_audio)] if p_audio is not None else [])
+    if not xs:
         return p.unknown_delay_s
-    if p_end >= p.p_high:
+    x = sum(xs) / len(xs)
+    if x >= 1.0:
         return p.min_delay_s
-    if p_end <= p.p_low:
+    if x <= 0.0:
         return p.max_delay_s
-    x = (math.log10(p_end) - math.log10(p.p_low)) / (math.log10(p.p_high) - math.log10(p.p_low))
     return p.max_delay_s - x * (p.max_delay_s - p.min_delay_s)
 
 
@@ -76,6 +104,8 @@ class TurnTaker:
         self.paused = False  # a PAUSE was emitted and no speech since
         self.p_end: float | None = None  # P(end of turn) for speech up to p_end_upto
         self.p_end_upto = -1.0
+        self.p_audio: float | None = None  # the audio judge's P(complete) for speech up to p_audio_upto
+        self.p_audio_upto = -1.0
         self._run_start: float | None = None  # start of the current run of speech frames
         self._last_speech: float = 0.0  # end time of the last speech frame
         self._turn_start = 0.0
@@ -90,9 +120,15 @@ class TurnTaker:
         """P(end of turn) computed on the transcript of speech up to stream time `upto`."""
         self.p_end, self.p_end_upto = p_end, upto
 
+    def on_audio_end_probability(self, p_complete: float, upto: float) -> None:
+        """The audio judge's P(complete) for the turn's audio up to stream time `upto` (the speech end it saw)."""
+        self.p_audio, self.p_audio_upto = p_complete, upto
+
     def current_delay(self) -> float:
-        fresh = self.p_end is not None and self.p_end_upto >= self._last_speech - 1e-6
-        return endpoint_delay(self.p, self.p_end if fresh else None)
+        last = self._last_speech - 1e-6
+        fresh = self.p_end is not None and self.p_end_upto >= last
+        fresh_audio = self.p_audio is not None and self.p_audio_upto >= last
+        return endpoint_delay(self.p, self.p_end if fresh else None, self.p_audio if fresh_audio else None)
 
     def on_vad(self, t_end: float, dur: float, prob: float) -> list[Decision]:
         """One VAD frame covering [t_end - dur, t_end]."""
@@ -133,5 +169,6 @@ class TurnTaker:
     def _start(self, t: float) -> Decision:
         self.in_turn, self.paused = True, False
         self.p_end, self.p_end_upto = None, -1.0
+        self.p_audio, self.p_audio_upto = None, -1.0
         self._turn_start = self._run_start if self._run_start is not None else t
         return Decision(Kind.SPEECH_START, t, self._turn_start, t)

@@ -182,3 +182,26 @@ def test_typed_input_manual_turns_and_instructions(rt, speech):
     sys_ids = rt.llm.chat.system_ids("You are a pirate. Answer briefly.")
     assert toks[: len(sys_ids)] == sys_ids
     assert toks[len(sys_ids):len(sys_ids) + 3] == rt.llm.chat.user_turn_ids("What is the capital of France?")[:3]
+
+
+def test_audio_judge_without_llm_p_end_gives_the_endpoint(rt, speech):
+    """[turn] judge on, llm_p_end off (what a run with synthetic LLM weights uses): the audio judge alone sets the
+    endpoint delay, and the turn is answered."""
+    from agent.turn import TurnParams, endpoint_delay
+
+    assert rt.judge is not None  # configs/cpu.toml turns it on
+    t = rt.config.turn
+    t.llm_p_end = False
+    try:
+        conv = asyncio.run(converse(rt, [load_audio(speech / "speechbrain_harvard/spk1_snt5.wav")]))
+    finally:
+        t.llm_p_end = True
+    turn = conv.turns[0]
+    info = turn.latency.info
+    assert "p_audio" in info and turn.reply, info
+    params = TurnParams(min_delay_s=t.min_delay_ms / 1000, max_delay_s=t.max_delay_ms / 1000,
+                        judge_p_low=t.judge_p_low, judge_p_high=t.judge_p_high)
+    assert info["endpoint_delay_ms"] == round(endpoint_delay(params, None, info["p_audio"]) * 1000)
+    # a finished sentence ("Sunday is the best part of the week."): the judge is confident, no fallback wait
+    assert info["endpoint_delay_ms"] < t.unknown_delay_ms
+    asyncio.run(conv.session.close())

@@ -109,3 +109,43 @@ def test_first_phrase_cut_at_comma_and_long_phrase_cut_at_max():
     ps = chunk(["Ok", "."] + words, max_words=10)
     assert all(len(p.text.split()) <= 10 for p in ps[1:])
     assert " ".join(p.text for p in ps[1:]).split() == [w.strip() for w in words]
+
+
+def test_audio_judge_alone_sets_the_endpoint_delay():
+    """With only the audio judge (no LLM P(end), e.g. synthetic LLM weights): confident -> short, unsure -> long."""
+    p = TurnParams(pause_s=0.1, unknown_delay_s=0.8, min_delay_s=0.15, max_delay_s=1.0, judge_p_low=0.5,
+                   judge_p_high=0.95)
+    sure = TurnTaker(p)
+    ds, t = run(sure, [0.9] * 20 + [0.1] * 4)
+    assert kinds(ds) == [Kind.SPEECH_START, Kind.PAUSE]
+    sure.on_audio_end_probability(0.97, upto=20 * F)
+    ds, t = run(sure, [0.1], t)  # 160 ms of silence >= 150 ms
+    assert kinds(ds) == [Kind.ENDPOINT] and ds[0].delay == p.min_delay_s
+    unsure = TurnTaker(p)
+    ds, t = run(unsure, [0.9] * 20 + [0.1] * 4)
+    unsure.on_audio_end_probability(0.2, upto=20 * F)
+    ds, t = run(unsure, [0.1] * 26, t)  # 0.96 s: not yet
+    assert Kind.ENDPOINT not in kinds(ds)
+    ds, t = run(unsure, [0.1] * 2, t)
+    assert kinds(ds) == [Kind.ENDPOINT] and ds[0].delay == p.max_delay_s
+    # a verdict on audio before the user spoke again is stale: the unknown-delay fallback applies
+    stale = TurnTaker(p)
+    run(stale, [0.9] * 20 + [0.1] * 4)
+    stale.on_audio_end_probability(0.99, upto=20 * F)
+    ds, t = run(stale, [0.9] * 5 + [0.1] * 20, 24 * F)
+    assert Kind.ENDPOINT not in kinds(ds)
+    ds, t = run(stale, [0.1] * 6, t)
+    assert kinds(ds) == [Kind.ENDPOINT] and ds[0].delay == p.unknown_delay_s
+
+
+def test_audio_and_llm_verdicts_combine():
+    p = TurnParams()
+    assert endpoint_delay(p, None, 0.99) == p.min_delay_s
+    assert endpoint_delay(p, 1e-6, None) == p.max_delay_s
+    mixed = endpoint_delay(p, 1e-6, 0.99)  # they disagree: halfway
+    assert abs(mixed - (p.max_delay_s + p.min_delay_s) / 2) < 1e-9
+    assert endpoint_delay(p, 0.5, 0.99) == p.min_delay_s  # both sure
+    assert endpoint_delay(p, 1e-6, 0.1) == p.max_delay_s  # both say mid-sentence
+    a = [endpoint_delay(p, None, x / 20) for x in range(21)]
+    assert all(x >= y for x, y in zip(a, a[1:])) and min(a) == p.min_delay_s and max(a) == p.max_delay_s
+    assert endpoint_delay(TurnParams(adaptive=False), 1e-6, 0.99) == p.endpoint_silence_s
