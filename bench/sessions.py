@@ -1,0 +1,395 @@
+"""One GPU, many callers: voice-to-voice latency at the client as the number of simultaneous sessions grows, under
+the deadline-aware scheduler (edf) and the FIFO baseline, in the same process.
+
+    python bench/sessions.py --config configs/gpu-bench.toml            # the GPU run (defaults below)
+    python bench/sessions.py --config cpu --sessions 1,2 --seconds 20    # CPU smoke run
+
+For each N in --sessions and each scheduler in --schedulers (switched at run time on the same Runtime: the models
+load once): N callers connect to an in-process server (agent.server.start_server, loopback WebSocket), starting
+staggered over the first few seconds; each speaks real clips from the shared speech set ($QUICKTURN_SPEECH) in
+real time, keeps streaming silence while the agent answers and until the reply has played out, pauses, and speaks
+the next clip, for --seconds (the turn in flight at the end is finished). The callers run on their own thread and
+event loop (as in bench/soak.py), so the server loop measures the server alone.
+
+Measured at the client, per turn (as bench/voice_to_voice.py does): from the true end of speech in the clip
+(Silero VAD on the clip) to the first non-silent reply sample (its chunk's arrival + its offset in the reply audio).
+A turn with no reply within --reply-timeout counts as an infinite latency in the percentiles. Underruns: a reply
+chunk arriving after the audio before it has finished playing (real-time playback from the first chunk), gap
+> 20 ms. Refusals: connections refused by admission control (server_busy) or the hard cap (server_full).
+Deadline misses: worker items (LLM, TTS) that started after their deadline, of those with one. GPU memory per
+session: peak torch.cuda.memory_allocated during the run minus the idle value before it, / N; KV pages per session
+likewise from the KV pool.
+
+metrics.max_sessions_p95_500ms: the largest N whose edf run has p95 <= 500 ms with no caller refused.
+Writes bench/results/sessions_<device>.json (device, commit, date, the start-up memory plan and memory_report)
+and sessions_<device>.png (p95 and p50 vs N, both schedulers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from bench.common import gpu_tag, result_header, write_result  # noqa: E402
+
+FRAME_S = 0.02
+AUDIBLE = 0.02  # |sample| above this is "non-silent" (as bench/voice_to_voice.py)
+UNDERRUN_S = 0.02
+TARGET_MS = 500.0
+
+
+@dataclass
+class Clip:
+    name: str
+    audio: np.ndarray  # 16 kHz float32
+    speech_end: float  # true end of speech in the clip (s)
+
+
+@dataclass
+class TurnResult:
+    caller: int
+    clip: str
+    latency_ms: float | None  # None: no reply within the timeout
+    underruns: int = 0
+    underrun_ms: float = 0.0
+    reply_s: float = 0.0  # seconds of reply audio received
+
+
+@dataclass
+class RunStats:
+    turns: list[TurnResult] = field(default_factory=list)
+    refused: dict = field(default_factory=dict)  # error code at connect -> count
+    errors: dict = field(default_factory=dict)  # error events / exceptions during a session
+    connected: int = 0
+
+
+def load_clips(n: int, max_s: float = 6.0) -> list[Clip]:
+    from speechdata import SPEECH, dev_set
+
+    from agent import models
+    from agent.audio import load_audio
+    from agent.vad import SileroVAD, speech_bounds
+
+    vad = SileroVAD(models.require("silero-vad"))
+    rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= max_s]
+    out = []
+    for r in rows[:n]:
+        audio = load_audio(SPEECH / r["file"])
+        b = speech_bounds(vad, audio)
+        if b is not None:
+            out.append(Clip(r["file"], audio, b[1]))
+    if not out:
+        raise SystemExit(f"no usable clips under {SPEECH} (set QUICKTURN_SPEECH)")
+    return out
+
+
+def nearest_rank(values: list[float], q: float) -> float | None:
+    """Percentile by nearest rank; inf values (turns without a reply) count."""
+    if not values:
+        return None
+    v = sorted(values)
+    return v[max(0, min(len(v) - 1, math.ceil(q / 100 * len(v)) - 1))]
+
+
+async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: float, stats: RunStats,
+                 reply_timeout: float, rng: random.Random) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from agent.audio import INTERNAL_RATE, float_to_pcm16
+
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    frame = int(INTERNAL_RATE * FRAME_S)
+    silence = np.zeros(frame, np.float32)
+    try:
+        async with connect(url, max_size=None, open_timeout=30) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": INTERNAL_RATE}))
+            first = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if first.get("type") == "error":
+                stats.refused[first.get("code", "?")] = stats.refused.get(first.get("code", "?"), 0) + 1
+                return
+            rate = first.get("output_sample_rate", 22050)
+            stats.connected += 1
+            st = {"chunks": [], "done": 0}
+
+            async def receive():
+                async for msg in ws:
+                    now = time.monotonic()
+                    if isinstance(msg, bytes):
+                        st["chunks"].append((now, msg))
+                        continue
+                    e = json.loads(msg)
+                    if e["type"] == "reply_done":
+                        st["done"] += 1
+                    elif e["type"] == "error":
+                        stats.errors[e.get("code", "?")] = stats.errors.get(e.get("code", "?"), 0) + 1
+
+            rx = asyncio.create_task(receive())
+            t0 = time.monotonic()
+            sent = 0
+
+            async def send(chunk):
+                nonlocal sent
+                await ws.send(float_to_pcm16(chunk))
+                sent += len(chunk)
+                await asyncio.sleep(max(0.0, t0 + sent / INTERNAL_RATE - time.monotonic()))
+
+            i = k * 5
+            try:
+                while time.monotonic() < until:
+                    clip = clips[i % len(clips)]
+                    i += 1
+                    seg_start = sent / INTERNAL_RATE
+                    done_before = st["done"]
+                    st["chunks"] = []
+                    for j in range(0, len(clip.audio), frame):
+                        await send(clip.audio[j:j + frame])
+                    t_end = t0 + seg_start + clip.speech_end
+                    deadline = time.monotonic() + reply_timeout
+                    while st["done"] <= done_before and time.monotonic() < deadline:
+                        await send(silence)
+                    res = measure(k, clip.name, st["chunks"], rate, t_end)
+                    stats.turns.append(res)
+                    if st["done"] <= done_before:  # no reply: hang up, this caller is done
+                        break
+                    # let the reply play out, then pause before the next turn (like a person)
+                    first_at = st["chunks"][0][0] if st["chunks"] else time.monotonic()
+                    play_until = max(time.monotonic(), first_at + res.reply_s) + 0.5 + rng.uniform(0.0, 1.0)
+                    while time.monotonic() < play_until:
+                        await send(silence)
+            finally:
+                rx.cancel()
+    except (ConnectionClosed, OSError, asyncio.TimeoutError) as e:
+        key = f"exception:{type(e).__name__}"
+        stats.errors[key] = stats.errors.get(key, 0) + 1
+
+
+def measure(k: int, name: str, chunks: list[tuple[float, bytes]], rate: int, t_speech_end: float) -> TurnResult:
+    if not chunks:
+        return TurnResult(k, name, None)
+    pcm = np.frombuffer(b"".join(c for _, c in chunks), dtype="<i2").astype(np.float32) / 32768
+    loud = np.flatnonzero(np.abs(pcm) > AUDIBLE)
+    first_at = chunks[0][0]
+    lat = (first_at + loud[0] / rate - t_speech_end) * 1000 if len(loud) else None
+    play_end, under, under_ms = first_at, 0, 0.0
+    for at, c in chunks:
+        if at > play_end + UNDERRUN_S:
+            under += 1
+            under_ms += (at - play_end) * 1000
+        play_end = max(play_end, at) + len(c) / 2 / rate
+    return TurnResult(k, name, lat, under, round(under_ms, 1), len(pcm) / rate)
+
+
+class Callers:
+    def __init__(self, url: str, n: int, clips: list[Clip], seconds: float, stagger_s: float,
+                 reply_timeout: float, seed: int):
+        self.stats = RunStats()
+        self.args = (url, n, clips, seconds, stagger_s, reply_timeout, seed)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._all()), name="sessions-callers",
+                                       daemon=True)
+
+    async def _all(self) -> None:
+        url, n, clips, seconds, stagger_s, reply_timeout, seed = self.args
+        now = time.monotonic()
+        until = now + stagger_s + seconds
+        await asyncio.gather(*(caller(k, url, clips, now + stagger_s * k / max(n, 1), until, self.stats,
+                                      reply_timeout, random.Random(seed + k)) for k in range(n)))
+
+
+def cuda_allocated() -> int | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.memory_allocated()
+    except Exception:
+        pass
+    return None
+
+
+async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], args) -> dict:
+    eng = rt.llm.engine
+    rt.set_scheduler(policy)
+    while srv.hub.sessions:  # the previous run's sessions have closed
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    for pool in (rt.llm_pool, rt.tts_pool):
+        pool.reset_stats()
+    refusals0 = dict(rt.refusals)
+    idle_alloc, idle_used = cuda_allocated(), eng.pool.num_pages - eng.free_pages
+    peak_alloc, peak_used, peak_live, busy = idle_alloc, idle_used, 0, []
+    stagger = min(args.stagger, args.seconds / 4)
+    callers = Callers(url, n, clips, args.seconds, stagger, args.reply_timeout, seed=n * 1000)
+    t0 = time.monotonic()
+    callers.thread.start()
+    while callers.thread.is_alive():
+        a = cuda_allocated()
+        if a is not None:
+            peak_alloc = max(peak_alloc, a)
+        peak_used = max(peak_used, eng.pool.num_pages - eng.free_pages)
+        peak_live = max(peak_live, len(srv.hub.sessions))
+        busy.append(rt.llm_pool.load()["busy"])
+        await asyncio.sleep(0.25)
+    wall = time.monotonic() - t0
+    s = callers.stats
+    lat = [t.latency_ms if t.latency_ms is not None else math.inf for t in s.turns]
+    finite = [x for x in lat if math.isfinite(x)]
+    miss = {name: list(pool.missed) for name, pool in (("llm", rt.llm_pool), ("tts", rt.tts_pool))}
+    refused = sum(s.refused.values())
+    out = {
+        "sessions": n, "scheduler": policy, "wall_s": round(wall, 1), "connected": s.connected,
+        "refused": refused, "refused_by_code": s.refused,
+        "server_refusals": {k: v - refusals0.get(k, 0) for k, v in rt.refusals.items() if v - refusals0.get(k, 0)},
+        "peak_live_sessions": peak_live, "turns": len(lat), "turns_without_reply": len(lat) - len(finite),
+        "v2v_p50_ms": _r(nearest_rank(lat, 50)), "v2v_p95_ms": _r(nearest_rank(lat, 95)),
+        "v2v_max_ms": _r(max(lat) if lat else None), "v2v_mean_ms": _r(float(np.mean(finite)) if finite else None),
+        "underruns": sum(t.underruns for t in s.turns), "underrun_ms": round(sum(t.underrun_ms for t in s.turns), 1),
+        "turns_with_underrun": sum(t.underruns > 0 for t in s.turns),
+        "deadline_misses": {k: {"missed": v[0], "of": v[1]} for k, v in miss.items()},
+        "llm_busy_mean": round(float(np.mean(busy)), 3) if busy else None,
+        "errors": s.errors,
+        "kv_pages_per_session": round((peak_used - idle_used) / max(peak_live, 1), 2),
+        "gpu_mem_per_session_bytes": (None if idle_alloc is None else int((peak_alloc - idle_alloc) / max(peak_live, 1))),
+        "per_turn": [t.__dict__ for t in s.turns],
+    }
+    p95 = nearest_rank(lat, 95)
+    out["meets_500ms"] = bool(p95 is not None and p95 <= TARGET_MS and refused == 0)
+    return out
+
+
+def _r(x):
+    """Rounded; a percentile that falls on a turn without a reply is "inf" (JSON has no infinity)."""
+    return None if x is None else ("inf" if not math.isfinite(x) else round(float(x), 1))
+
+
+async def bench(args) -> dict:
+    from agent.config import Config
+    from agent.runtime import Runtime
+    from agent.server import start_server
+
+    cfg = Config.load(args.config)
+    ns = [int(x) for x in args.sessions.split(",")]
+    cfg.server.max_sessions = max(cfg.server.max_sessions, max(ns))  # the hard cap is not what is measured
+    if args.max_new_tokens:
+        cfg.llm.max_new_tokens = args.max_new_tokens
+    if args.admission == "off":
+        cfg.memory.admit_load = False
+    elif args.admission == "on":
+        cfg.memory.admit_load = True
+    t = time.perf_counter()
+    rt = Runtime.load(cfg, log_fn=lambda m: print(f"  {m}", flush=True))
+    rt.warmup()
+    startup_s = time.perf_counter() - t
+    report0 = rt.memory_report()
+    print(f"memory: planned {report0['planned_bytes'] / 2**20:.0f} MiB, measured {report0['measured_bytes'] / 2**20:.0f}"
+          f" MiB ({report0['error_pct']:+.2f} %)", flush=True)
+    clips = load_clips(args.clips)
+    server, srv = await start_server(rt, "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"
+    runs = []
+    try:
+        for n in ns:
+            for policy in args.schedulers.split(","):
+                r = await run_one(rt, srv, url, n, policy, clips, args)
+                runs.append(r)
+                print(f"  N={n:3d} {policy:4s} p50 {r['v2v_p50_ms']} ms  p95 {r['v2v_p95_ms']} ms  max {r['v2v_max_ms']}"
+                      f"  turns {r['turns']} (no reply {r['turns_without_reply']})  refused {r['refused']}"
+                      f"  underruns {r['underruns']}  kv pages/session {r['kv_pages_per_session']}"
+                      f"  llm busy {r['llm_busy_mean']}" + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+    finally:
+        server.close()
+        await server.wait_closed()
+    report1 = rt.memory_report()
+    rt.close()
+    edf_ok = [r["sessions"] for r in runs if r["scheduler"] == "edf" and r["meets_500ms"]]
+    fifo_ok = [r["sessions"] for r in runs if r["scheduler"] == "fifo" and r["meets_500ms"]]
+    table = {p: {str(r["sessions"]): {k: v for k, v in r.items() if k != "per_turn"} for r in runs
+                 if r["scheduler"] == p} for p in args.schedulers.split(",")}
+    return {
+        **result_header(config=cfg.source, startup_s=round(startup_s, 1),
+                        models={"asr": cfg.asr.model, "llm": cfg.llm.model, "tts": cfg.tts.voice},
+                        components={"asr": f"{cfg.asr.backend} on {cfg.asr.device}",
+                                    "llm": f"quickturn engine on {cfg.llm.device} ({cfg.llm.dtype})",
+                                    "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
+                        seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
+                        max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,
+                        measured_at="client, loopback WebSocket, real-time streaming"),
+        "memory_report": report0, "memory_report_end": {k: v for k, v in report1.items() if k != "table"},
+        "metrics": {"max_sessions_p95_500ms": max(edf_ok) if edf_ok else 0,
+                    "max_sessions_p95_500ms_fifo": max(fifo_ok) if fifo_ok else 0,
+                    "memory_plan_error_pct": report0["error_pct"]},
+        "runs": table,
+        "per_turn": {f"{r['scheduler']}_{r['sessions']}": r["per_turn"] for r in runs},
+    }
+
+
+def plot(res: dict, path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for policy, rows in res["runs"].items():
+        ns = sorted(int(n) for n in rows)
+        for key, style in (("v2v_p95_ms", "-o"), ("v2v_p50_ms", "--.")):
+            ys = [rows[str(n)][key] for n in ns]
+            ys = [y if isinstance(y, (int, float)) else np.nan for y in ys]
+            ax.plot(ns, ys, style, label=f"{policy} {key[4:7]}")
+    ax.axhline(TARGET_MS, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("simultaneous sessions")
+    ax.set_ylabel("voice-to-voice latency at the client (ms)")
+    ax.set_title(res["device"], fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return str(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/gpu-bench.toml")
+    ap.add_argument("--sessions", default="1,8,16,32,64,96")
+    ap.add_argument("--schedulers", default="edf,fifo")
+    ap.add_argument("--seconds", type=float, default=25.0, help="each caller speaks for this long per run")
+    ap.add_argument("--stagger", type=float, default=3.0, help="callers start spread over this many seconds")
+    ap.add_argument("--reply-timeout", type=float, default=15.0)
+    ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--max-new-tokens", type=int, default=0, help="0: the config's")
+    ap.add_argument("--admission", choices=("config", "on", "off"), default="config",
+                    help="load-based admission control: as configured (on a GPU by default), forced on, or off")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    res = asyncio.run(bench(args))
+    tag = gpu_tag()
+    out_dir = Path(os.environ.get("QUICKTURN_RESULTS") or REPO / "bench" / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = plot(res, out_dir / f"sessions_{tag}.png")
+    res["plot"] = Path(png).name if png else None
+    path = write_result(args.out or f"sessions_{tag}.json", res)
+    m = res["metrics"]
+    print(f"wrote {path}: max_sessions_p95_500ms edf {m['max_sessions_p95_500ms']}, fifo "
+          f"{m['max_sessions_p95_500ms_fifo']}; memory plan error {m['memory_plan_error_pct']} %")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
