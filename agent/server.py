@@ -38,9 +38,9 @@ class Server:
         sid = self.hub.reserve("quickturn")
         if sid is None:
             self.refused += 1
-            await _send_error(ws, ProtocolError("server_full", f"the server is at its limit of "
-                                                f"{self.cfg.max_sessions} sessions; try again later", fatal=True))
-            await ws.close(1013, "server full")
+            code, why = self.hub.last_refusal  # server_full, or server_busy from admission control
+            await _send_error(ws, ProtocolError(code, why, fatal=True))
+            await ws.close(1013, code.replace("_", " "))
             return
         proto = ServerProtocol(self.cfg.max_frame_bytes)
         session: Session | None = None

@@ -84,8 +84,16 @@ class Hub:
         return max(0, self.cfg.max_sessions - len(self.sessions))
 
     def reserve(self, transport: str) -> int | None:
-        """A session id, or None (and a refusal counted) when the server is full."""
-        if self.capacity_left() <= 0 or self.draining:
+        """A session id, or None (and a refusal counted) when the server is full — or when admission control
+        refuses (Runtime.admit: the KV plan, the measured load); `last_refusal` is then (code, message)."""
+        self.last_refusal = ("server_full", f"the server is at its limit of {self.cfg.max_sessions} sessions; "
+                             "try again later")
+        admitted = self.capacity_left() > 0 and not self.draining
+        if admitted and hasattr(self.rt, "admit"):
+            admitted, code, why = self.rt.admit(len(self.sessions))
+            if not admitted:
+                self.last_refusal = (code, why)
+        if not admitted:
             self.metrics.refused.labels(transport).inc()
             log.warning(json.dumps({"event": "session_refused", "transport": transport,
                                     "live": len(self.sessions)}))
