@@ -137,6 +137,7 @@ class MemoryConfig:
     # admission: refuse a new session when the LLM worker's recent p95 queue wait of urgent items exceeds this ...
     admit_wait_p95_ms: float = 150.0
     admit_busy: float = 0.9  # ... or when it was busy more than this fraction of the last window
+    admit_load: bool | None = None  # the two load rules above; None: on a GPU only (a CPU worker is always busy)
 
 
 @dataclass

@@ -123,6 +123,8 @@ class Runtime:
         if not self.llm.evict_idle:
             evictable = 0
         load = self.llm_pool.load()
+        if not (m.admit_load if m.admit_load is not None else (self.meter is not None and self.meter.cuda)):
+            load = {"urgent_wait_p95_ms": None, "urgent_items": 0, "busy": None}
         ok, code, why = admission(live, self.config.server.max_sessions, free_kv_tokens=free,
                                   evictable_kv_tokens=evictable, session_tokens=self.llm.quota_tokens or
                                   self.config.llm.max_context_tokens,
