@@ -45,12 +45,29 @@ def make_carry() -> None:
         shutil.copytree(models.require(name), CARRY / "home" / "models" / name)
     tok = load_tokenizer(models.require("smollm2-135m-instruct"))
     tok.save_pretrained(str(CARRY / "tokenizer"))
-    speech = REPO.parent / "shared" / "speech"
-    shutil.copytree(speech, CARRY / "speech")
+    copy_speech(REPO.parent / "shared" / "speech", CARRY / "speech")
     subprocess.run([sys.executable, str(REPO / "bench" / "tts.py"), "--make-carry"], check=True)
     total = sum(f.stat().st_size for d in (CARRY, REPO / ".tts_carry", REPO / ".whl") if d.exists()
                 for f in d.rglob("*") if f.is_file())
     print(f"carry: {total / 2**20:.1f} MiB in .gpu_carry + .tts_carry + .whl")
+
+
+def copy_speech(src: Path, dst: Path, max_s: float = 10.0) -> None:
+    """The utterances the benchmarks use (<= max_s), with the manifest rows for them."""
+    import csv
+
+    with open(src / "manifest.tsv", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        rows = [r for r in reader if r["kind"] == "utterance" and float(r["duration_s"]) <= max_s]
+        fields = reader.fieldnames
+    dst.mkdir(parents=True)
+    with open(dst / "manifest.tsv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields, delimiter="\t")
+        w.writeheader()
+        w.writerows(rows)
+    for r in rows:
+        (dst / r["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / r["file"], dst / r["file"])
 
 
 def setup() -> None:
