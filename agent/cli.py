@@ -138,6 +138,11 @@ def cmd_serve(args) -> int:
     from .limits import check_bind, effective_token
 
     check_bind(cfg.server.host, effective_token(cfg.server.api_key))  # refuse before the models load
+    from .limits import parse_networks, tls_context
+
+    tls_context(cfg.server.tls_cert, cfg.server.tls_key)  # half a TLS config or a missing file: refuse now
+    parse_networks(cfg.server.per_address_exempt)
+    parse_networks(cfg.server.trusted_proxies)
     rt = _load_runtime(cfg)
     return asyncio.run(serve(rt))
 

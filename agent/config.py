@@ -113,6 +113,23 @@ class ServerConfig:
     realtime_slack_s: float = 3.0  # audio may run ahead of real time by this much before it is refused
     output_sample_rate: int = 0  # 0: the TTS voice's own rate
     api_key: str = ""  # required whenever host is not loopback; $QUICKTURN_API_KEY overrides (keeps it out of files)
+    # a client that fell behind real time (a network stall) may send this much backlog at once (agent/protocol.py)
+    realtime_backlog_s: float = 10.0
+    # browsers' Origin header: exact origins, "https://*.example.com" or "*"; [] = same origin as the Host only.
+    # Clients without an Origin (SDKs, Twilio) are not checked (the API key guards them)
+    allowed_origins: list = field(default_factory=list)
+    max_sessions_per_address: int = 4  # live sessions per client IP (IPv6: per /64); 0 = no limit
+    per_address_exempt: list = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])  # CIDRs not counted
+    trusted_proxies: list = field(default_factory=list)  # CIDRs whose X-Forwarded-For names the client
+    idle_timeout_s: float = 120.0  # no message from the client for this long closes the session; 0 = never
+    max_session_s: float = 3600.0  # longest session; 0 = no limit
+    send_timeout_s: float = 10.0  # a client that reads nothing for this long (send blocked) is dropped
+    max_outbound_events: int = 2000  # session events waiting for a slow client before it is dropped
+    write_limit: int = 65_536  # bytes buffered per connection before sends wait for the client (websockets)
+    send_buffer_bytes: int = 0  # the kernel's send buffer per connection (SO_SNDBUF); 0 = the OS default (autotuned)
+    tls_cert: str = ""  # PEM certificate chain; with tls_key, serve wss:// and https:// directly
+    tls_key: str = ""
+    log_content: bool = False  # transcripts, reply text and audio frames in DEBUG logs; $QUICKTURN_LOG_CONTENT=1
 
 
 @dataclass

@@ -6,6 +6,11 @@
     AddressCounter(max_per_address)              sessions per client address (IPv6 counted per /64)
     SessionTimers(start, idle_s, max_s)          idle timeout and maximum session length, from timestamps
     redact_path(path)                            a request path fit for logs (no key)
+    client_address(peer, headers, trusted)       the address a session is counted under (X-Forwarded-For from
+                                                 trusted proxies only)
+    tls_context(cert, key)                       the server's ssl.SSLContext, or a LimitsError saying what is wrong
+    RedactingLogger(logger, content)             what websockets logs, without keys (and without frames' content
+                                                 unless content logging was asked for)
 
 Every refusal carries an HTTP status (before the WebSocket upgrade) or a close code (after it), a stable error
 code and a message that says what to do; none of them echo the key. (The key is called a token in the code.)
@@ -15,8 +20,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import parse_qsl, urlsplit
@@ -47,6 +54,9 @@ BAD_ORIGIN = Refusal(403, 1008, "origin_not_allowed", "this page's origin may no
 TOO_MANY = Refusal(429, 1013, "too_many_sessions", "too many sessions from your address; close one and retry")
 IDLE = Refusal(408, 1000, "idle_timeout", "no message from the client for too long; the session was closed")
 TOO_LONG = Refusal(408, 1000, "session_too_long", "the session reached its maximum length and was closed")
+SLOW_CONSUMER = Refusal(503, 1008, "slow_consumer", "the client stopped reading the server's messages; the "
+                        "session was closed so that its unsent output does not pile up")
+LOG_CONTENT_ENV = "QUICKTURN_LOG_CONTENT"  # 1/true/yes: overrides [server] log_content
 
 
 # ------------------------------------------------------------------------------------------------- binding
@@ -257,3 +267,125 @@ class SessionTimers:
         if self.idle_s > 0:
             due.append(self.last + self.idle_s)
         return max(0.0, min(due) - now) if due else float("inf")
+
+
+# ----------------------------------------------------------------------------------------- client address
+def _networks(cidrs) -> list:
+    out = []
+    for c in cidrs or ():
+        try:
+            out.append(ipaddress.ip_network(str(c).strip(), strict=False))
+        except ValueError:
+            raise LimitsError(f"not an IP network: {str(c)[:60]!r} (write e.g. 10.0.0.0/8 or 192.0.2.7)") from None
+    return out
+
+
+def parse_networks(cidrs) -> list:
+    """CIDR strings -> ip_network objects; a LimitsError names the bad entry (checked at startup)."""
+    return _networks(cidrs)
+
+
+def _ip(value) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    ip = value[0] if isinstance(value, tuple) else (value or "")
+    try:
+        a = ipaddress.ip_address(str(ip).strip().strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
+        return a.ipv4_mapped
+    return a
+
+
+def in_networks(addr, networks: list) -> bool:
+    a = _ip(addr)
+    return a is not None and any(a.version == n.version and a in n for n in networks)
+
+
+def client_address(peer, headers: Mapping[str, str], trusted: list) -> str:
+    """The client's IP. `peer` is the TCP peer; only when it is a trusted proxy does X-Forwarded-For count, read
+    from the right, skipping trusted hops (the left part of that header is whatever the client wrote)."""
+    a = _ip(peer)
+    addr = str(a) if a is not None else (peer[0] if isinstance(peer, tuple) else str(peer or ""))
+    if not trusted or a is None or not in_networks(a, trusted):
+        return addr
+    values = headers.get_all("X-Forwarded-For") if hasattr(headers, "get_all") else \
+        [v for k, v in headers.items() if k.lower() == "x-forwarded-for"]
+    hops = [h.strip() for v in values for h in str(v).split(",") if h.strip()]
+    for hop in reversed(hops):
+        h = _ip(hop)
+        if h is None:
+            return addr  # garbage from a proxy: count the proxy, never a client-chosen string
+        if not in_networks(h, trusted):
+            return str(h)
+    return addr
+
+
+# --------------------------------------------------------------------------------------------------- TLS
+def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """None when neither is set (plain ws://, or TLS at a reverse proxy); a server context otherwise. Refuses
+    half a configuration, a missing file or a key that does not match the certificate, naming the setting."""
+    cert, key = (cert or "").strip(), (key or "").strip()
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        missing, given = ("tls_cert", "tls_key") if not cert else ("tls_key", "tls_cert")
+        raise LimitsError(f"[server] {given} is set but {missing} is not: TLS needs both the certificate chain "
+                          f"(tls_cert) and its private key (tls_key), as PEM files")
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        if not os.path.isfile(os.path.expanduser(path)):
+            raise LimitsError(f"[server] {name} = {path!r}: no such file")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(os.path.expanduser(cert), os.path.expanduser(key))
+    except (ssl.SSLError, OSError) as e:
+        raise LimitsError(f"[server] tls_cert / tls_key could not be loaded ({e.__class__.__name__}: "
+                          f"{getattr(e, 'reason', None) or e}): they must be PEM files and the key must match the "
+                          f"certificate") from None
+    return ctx
+
+
+# ------------------------------------------------------------------------------------------------- logging
+def log_content_enabled(configured: bool, env: Mapping[str, str] | None = None) -> bool:
+    """Conversation content (transcripts, reply text, audio frames) in logs: off unless asked for."""
+    env = os.environ if env is None else env
+    v = env.get(LOG_CONTENT_ENV)
+    if v is not None and v.strip():
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(configured)
+
+
+SECRET_HEADERS = {"authorization", "cookie", "set-cookie", "proxy-authorization", "sec-websocket-protocol",
+                  "x-twilio-signature"}
+
+
+class RedactingLogger(logging.LoggerAdapter):
+    """The logger handed to websockets: its DEBUG lines show request lines, headers and every frame. Keys never
+    appear (the api_key query value, Authorization and similar headers); frames' payloads (audio, transcripts,
+    base64 audio in JSON) appear only with `content` on, otherwise their opcode and length."""
+
+    def __init__(self, logger: logging.Logger, content: bool):
+        super().__init__(logger, {})
+        self.content = content
+
+    def log(self, level, msg, *args, **kwargs):
+        if not self.isEnabledFor(level):
+            return
+        if args:
+            args = tuple(self._arg(msg, i, a, args) for i, a in enumerate(args))
+        self.logger.log(level, msg, *args, **kwargs)
+
+    def _arg(self, msg, i, a, args):
+        if isinstance(a, str):
+            if "api_key=" in a:
+                a = redact_path(a)
+            # header lines: "< %s: %s" / "> %s: %s"
+            if i == 1 and msg.endswith("%s: %s") and str(args[0]).lower() in SECRET_HEADERS:
+                return "***"
+            return a
+        frame_type = type(a).__name__
+        if frame_type == "Frame" and not self.content:
+            op = getattr(getattr(a, "opcode", None), "name", "?")
+            if op in ("TEXT", "BINARY", "CONT"):
+                return f"{op} [{len(a.data)} bytes, content not logged]"
+        return a

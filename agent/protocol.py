@@ -110,22 +110,36 @@ class ServerProtocol:
 
 
 class RateMonitor:
-    """Audio must arrive in real time. A client whose audio runs ahead of the wall clock by more than `slack_s`
-    (in the declared rate) is sending at another rate than it declared, or flooding: both are refused."""
+    """Audio must arrive in real time, as a leaky bucket: `level` is how far the audio received runs ahead of the
+    wall clock (seconds). Every frame adds its duration; wall time drains it, but only down to -backlog_s, so
+    credit for time in which nothing arrived is capped. A client more than `slack_s` ahead is refused: it is
+    sending at another rate than it declared, or flooding.
 
-    def __init__(self, declared_rate: int, slack_s: float):
-        self.rate, self.slack = declared_rate, slack_s
-        self.t0: float | None = None
+    What this accepts: a client whose network (or our event loop) stalled and that then sends its backlog in one
+    burst, up to backlog_s + slack_s of it; a client that buffered audio while the session was starting (the clock
+    starts at `start`, the start message, not at the first frame). What it refuses: sustained faster than real
+    time (at r x real time, within about (slack_s + backlog_s) / (r - 1) s), and a client that sent nothing for a
+    long time and then floods (the credit does not grow past backlog_s)."""
+
+    def __init__(self, declared_rate: int, slack_s: float, backlog_s: float = 0.0, start: float | None = None):
+        self.rate, self.slack, self.backlog = declared_rate, slack_s, max(0.0, backlog_s)
+        self.t0: float | None = start
+        self.last: float | None = start
+        self.level = 0.0  # seconds of audio ahead of the wall clock (negative: behind, i.e. credit)
         self.samples = 0
 
     def add(self, n: int, now: float) -> None:
         if self.t0 is None:
-            self.t0 = now
+            self.t0 = self.last = now
+        if now > self.last:  # a clock that steps back never adds credit
+            self.level = max(-self.backlog, self.level - (now - self.last))
+            self.last = now
         self.samples += n
-        ahead = self.samples / self.rate - (now - self.t0)
-        if ahead > self.slack:
+        self.level += n / self.rate
+        if self.level > self.slack:
             raise ProtocolError(
                 "sample_rate_mismatch",
                 f"audio arrives faster than real time for the declared {self.rate} Hz "
-                f"({self.samples / self.rate:.1f} s of audio in {now - self.t0:.1f} s): is the sample rate right?",
+                f"({self.samples / self.rate:.1f} s of audio in {now - self.t0:.1f} s, {self.level:.1f} s ahead; "
+                f"at most {self.slack:g} s is allowed): is the sample rate right?",
                 fatal=True)

@@ -51,11 +51,15 @@ class Server:
                 try:
                     msg = proto.receive(message)
                     if isinstance(msg, Start):
+                        started_at = time.monotonic()  # the real-time clock starts here, not at the first frame
                         session = self.hub.session_factory(self.rt, msg.sample_rate,
                                                            info={"transport": "quickturn"})
                         self.hub.add(sid, "quickturn", session)
+                        if hasattr(ws, "watch_queue"):  # agent/transports/guard.py: bound what waits for the client
+                            ws.watch_queue(session.events)
                         await session.start()
-                        monitor = RateMonitor(msg.sample_rate, self.cfg.realtime_slack_s)
+                        monitor = RateMonitor(msg.sample_rate, self.cfg.realtime_slack_s,
+                                              self.cfg.realtime_backlog_s, start=started_at)
                         out_rate = msg.output_sample_rate or self.cfg.output_sample_rate or session.out_rate
                         await ws.send(json.dumps({"type": "ready", "session": sid, "encoding": "pcm_s16le",
                                                   "input_sample_rate": msg.sample_rate,
@@ -150,15 +154,19 @@ async def start_server(rt: Runtime, host: str | None = None, port: int | None = 
     `/metrics`, `/healthz`, `/readyz`."""
     from .transports.router import Router
 
-    from .limits import check_bind, effective_token
+    from .limits import RedactingLogger, check_bind, effective_token, log_content_enabled, tls_context
 
     cfg = rt.config.server
     check_bind(host or cfg.host, effective_token(cfg.api_key))  # no open port to the models without a key
+    ssl_ctx = tls_context(cfg.tls_cert, cfg.tls_key)  # None: plain ws:// (or TLS at a reverse proxy)
     srv = Server(rt, hub)
     router = Router(srv.hub, srv)
+    # websockets logs request lines, headers and frames at DEBUG: never the key; frames only if asked for
+    ws_log = RedactingLogger(logging.getLogger("websockets.server"), log_content_enabled(cfg.log_content))
     server = await ws_serve(router.handle, host or cfg.host, cfg.port if port is None else port,
-                            process_request=router.process_request,
-                            max_size=cfg.max_message_bytes, ping_interval=20, ping_timeout=20)
+                            process_request=router.process_request, ssl=ssl_ctx, logger=ws_log,
+                            max_size=cfg.max_message_bytes, ping_interval=20, ping_timeout=20,
+                            max_queue=16, write_limit=max(1024, int(cfg.write_limit)))
     srv.router = router
     return server, srv
 
@@ -175,9 +183,11 @@ async def serve(rt: Runtime, drain_s: float = 30.0) -> int:
         except (NotImplementedError, RuntimeError):
             pass
     host, port = list(server.sockets)[0].getsockname()[:2]
-    print(f"quickturn: listening on ws://{host}:{port} (protocol: docs/protocol.md)", flush=True)
+    ws_scheme, http_scheme = ("wss", "https") if srv.rt.config.server.tls_cert else ("ws", "http")
+    print(f"quickturn: listening on {ws_scheme}://{host}:{port} (protocol: docs/protocol.md)", flush=True)
     print(f"quickturn: also /v1/realtime (OpenAI Realtime), /twilio (Twilio Media Streams), "
-          f"http://{host}:{port}/webrtc (browser), /metrics, /healthz, /readyz (docs/transports.md)", flush=True)
+          f"{http_scheme}://{host}:{port}/webrtc (browser), /metrics, /healthz, /readyz (docs/transports.md)",
+          flush=True)
     try:
         await stop.wait()
         srv.hub.draining = True

@@ -207,3 +207,162 @@ def test_serve_refuses_a_public_address_without_a_key(tmp_path):
                        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert r.returncode == 2
     assert "refusing to listen on 0.0.0.0 without an API key" in r.stderr and "loaded" not in r.stdout
+
+
+# ---------------------------------------------------------------------------------- RateMonitor (protocol.py)
+from agent.protocol import ProtocolError, RateMonitor  # noqa: E402
+
+
+def _feed(m: RateMonitor, arrivals) -> float | None:
+    """arrivals: (n samples, arrival time); returns the time of the refusal, or None."""
+    for n, t in arrivals:
+        try:
+            m.add(n, t)
+        except ProtocolError as e:
+            assert e.code == "sample_rate_mismatch" and e.fatal
+            return t
+    return None
+
+
+def test_rate_monitor_accepts_a_burst_after_a_stall():
+    """10 s in real time, the network stalls 6 s, the 6 s of backlog arrive at once, then real time again."""
+    frames = [(320, 0.02 * (i + 1)) for i in range(500)]  # 10 s
+    frames += [(320, 16.0)] * 300  # 6 s captured during the stall, delivered in one burst at t = 16
+    frames += [(320, 16.0 + 0.02 * (i + 1)) for i in range(500)]
+    assert _feed(RateMonitor(16000, slack_s=3.0, backlog_s=10.0), frames) is None
+
+
+def test_rate_monitor_accepts_audio_buffered_while_the_session_started():
+    """The clock starts at the start message: a client that buffered 5 s while the session was starting (or its
+    network stalled before the first frame) sends them at once. The old monitor (clock from the first frame,
+    no backlog credit) refused this client: it saw 5 s of audio in 0 s."""
+    frames = [(16000 * 5, 5.0)] + [(320, 5.0 + 0.02 * (i + 1)) for i in range(500)]
+    assert _feed(RateMonitor(16000, slack_s=3.0, backlog_s=10.0, start=0.0), frames) is None
+    assert _feed(RateMonitor(16000, slack_s=3.0), frames) is not None  # without the credit: a false positive
+
+
+@pytest.mark.parametrize("ratio", [1.25, 2.0, 4.0])
+def test_rate_monitor_refuses_sustained_faster_than_real_time(ratio):
+    slack, backlog = 3.0, 10.0
+    frames = [(int(320 * ratio), 0.02 * (i + 1)) for i in range(20_000)]
+    t = _feed(RateMonitor(16000, slack, backlog, start=0.0), frames)
+    assert t is not None and t <= slack / (ratio - 1) + 0.1  # caught as soon as it is slack ahead
+
+
+def test_rate_monitor_credit_is_capped():
+    """Quiet for a minute, then a minute of audio at once: the credit is backlog_s, not the whole minute (the old
+    monitor accepted this flood: it counted from the first frame)."""
+    m = RateMonitor(16000, slack_s=3.0, backlog_s=10.0, start=0.0)
+    m.add(320, 0.02)
+    t = _feed(m, [(320, 60.0)] * 3000)
+    assert t is not None and m.samples / 16000 - 0.02 <= 3.0 + 10.0 + 0.05
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 10.0), min_size=1, max_size=300), st.integers(0, 2**31))
+def test_rate_monitor_never_refuses_real_time_audio_delayed_within_the_backlog(delays, seed):
+    """A client capturing in real time from the start, each 20 ms frame delayed by 0..backlog_s (in order): never
+    refused, whatever the pattern of stalls."""
+    backlog = 10.0
+    m = RateMonitor(16000, slack_s=3.0, backlog_s=backlog, start=0.0)
+    t_prev = 0.0
+    for i, d in enumerate(delays):
+        captured = 0.02 * (i + 1)
+        t = max(t_prev, captured + min(d, backlog))
+        m.add(320, t)  # raises on a false positive
+        t_prev = t
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(1.1, 8.0), st.floats(0.0, 30.0))
+def test_rate_monitor_always_catches_a_flood(ratio, quiet):
+    """Silent for `quiet` s (no frames), then faster than real time by `ratio`: refused within
+    (slack + backlog) / (ratio - 1) s of streaming, however long the quiet part was."""
+    slack, backlog = 3.0, 10.0
+    m = RateMonitor(16000, slack, backlog, start=0.0)
+    frames = [(int(320 * ratio), quiet + 0.02 * (i + 1)) for i in range(int(((slack + backlog) / (ratio - 1) + 1) / 0.02))]
+    assert _feed(m, frames) is not None
+
+
+# ------------------------------------------------------------------------------------- client address, TLS
+from agent.limits import (RedactingLogger, client_address, in_networks, log_content_enabled,  # noqa: E402
+                          parse_networks, tls_context)
+
+
+def test_client_address_trusts_forwarded_for_only_from_trusted_proxies():
+    proxies = parse_networks(["10.0.0.0/8"])
+    xff = Headers({"X-Forwarded-For": "203.0.113.9, 10.1.2.3"})
+    assert client_address(("10.0.0.5", 1), xff, proxies) == "203.0.113.9"  # the hop before our proxies
+    assert client_address(("198.51.100.1", 1), xff, proxies) == "198.51.100.1"  # not a proxy: header ignored
+    assert client_address(("10.0.0.5", 1), xff, []) == "10.0.0.5"
+    # a client writing its own X-Forwarded-For cannot choose its address: only the rightmost untrusted hop counts
+    spoof = Headers({"X-Forwarded-For": "1.2.3.4, 203.0.113.9"})
+    assert client_address(("10.0.0.5", 1), spoof, proxies) == "203.0.113.9"
+    assert client_address(("10.0.0.5", 1), Headers({"X-Forwarded-For": "garbage"}), proxies) == "10.0.0.5"
+    assert client_address(("10.0.0.5", 1), Headers(), proxies) == "10.0.0.5"
+    assert in_networks("127.0.0.1", parse_networks(["127.0.0.0/8", "::1/128"]))
+    assert in_networks(("::1", 5, 0, 0), parse_networks(["127.0.0.0/8", "::1/128"]))
+    assert not in_networks("203.0.113.9", parse_networks(["127.0.0.0/8"]))
+    with pytest.raises(LimitsError, match="not an IP network"):
+        parse_networks(["10.0.0.0/33"])
+
+
+def _self_signed(tmp_path):
+    """A real self-signed certificate for 127.0.0.1 (openssl on PATH)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_context(tmp_path):
+    assert tls_context("", "") is None
+    cert, key = _self_signed(tmp_path)
+    assert tls_context(str(cert), str(key)) is not None
+    with pytest.raises(LimitsError, match="tls_cert is set but tls_key is not"):
+        tls_context(str(cert), "")
+    with pytest.raises(LimitsError, match="tls_key is set but tls_cert is not"):
+        tls_context("", str(key))
+    with pytest.raises(LimitsError, match="no such file"):
+        tls_context(str(tmp_path / "missing.pem"), str(key))
+    (tmp_path / "b").mkdir()
+    _, other_key = _self_signed(tmp_path / "b")
+    with pytest.raises(LimitsError, match="could not be loaded"):
+        tls_context(str(cert), str(other_key))  # a key that is not the certificate's
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(LimitsError, match="could not be loaded"):
+        tls_context(str(tmp_path / "junk.pem"), str(key))
+
+
+def test_log_content_switch():
+    assert log_content_enabled(False, env={}) is False
+    assert log_content_enabled(True, env={}) is True
+    assert log_content_enabled(False, env={"QUICKTURN_LOG_CONTENT": "1"}) is True
+    assert log_content_enabled(True, env={"QUICKTURN_LOG_CONTENT": "0"}) is False
+
+
+def test_redacting_logger(caplog):
+    import logging
+
+    from websockets.frames import Frame, Opcode
+
+    base = logging.getLogger("test.redacting")
+    frame = Frame(Opcode.TEXT, b'{"type": "transcript", "text": "my secret words"}')
+    with caplog.at_level(logging.DEBUG, logger="test.redacting"):
+        quiet = RedactingLogger(base, content=False)
+        quiet.debug("< GET %s HTTP/1.1", f"/v1/realtime?model=x&api_key={TOKEN}")
+        quiet.debug("< %s: %s", "Authorization", f"Bearer {TOKEN}")
+        quiet.debug("< %s: %s", "Host", "127.0.0.1")
+        quiet.debug("> %s", frame)
+        RedactingLogger(base, content=True).debug("> %s", frame)
+    lines = [r.getMessage() for r in caplog.records]
+    assert TOKEN not in "\n".join(lines)
+    assert lines[2] == "< Host: 127.0.0.1" and "api_key=***" in lines[0] and lines[1] == "< Authorization: ***"
+    assert "my secret words" not in lines[3] and "TEXT [" in lines[3]
+    assert "my secret words" in lines[4]  # asked for

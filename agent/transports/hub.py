@@ -43,6 +43,9 @@ class Metrics:
         self.errors = Counter("quickturn_errors_total", "Errors reported to clients", ["transport", "code"],
                               registry=r)
         self.live = Gauge("quickturn_sessions_live", "Sessions open now", ["transport"], registry=r)
+        self.refusals = Counter("quickturn_refusals_total", "Connections refused or closed by a limit (bad origin, "
+                                "too many sessions from one address, idle, too long, slow consumer, ...)",
+                                ["transport", "reason"], registry=r)
         cap = Gauge("quickturn_sessions_capacity_left", "Sessions this process can still accept", registry=r)
         cap.set_function(lambda: hub.capacity_left())
         gpu = Gauge("quickturn_gpu_memory_bytes", "GPU memory held by this process's tensors (0 without a GPU)",
@@ -78,6 +81,10 @@ class Hub:
         # embedding hooks (agent/embed.py): how sessions are made, what a Twilio key press does
         self.session_factory: Callable[..., Session] = lambda rt, rate, info=None, **kw: Session(rt, rate, **kw)
         self.on_dtmf = None  # async (session, digit) -> None
+        self.refusals: dict[str, int] = {}  # refusal code -> count (agent/limits.py Refusal codes)
+        from ..limits import log_content_enabled
+
+        self.log_content = log_content_enabled(self.cfg.log_content)  # transcripts and reply text in DEBUG logs
 
     # ------------------------------------------------------------------------------------------ capacity
     def capacity_left(self) -> int:
@@ -137,9 +144,18 @@ class Hub:
             self.metrics.turns.labels(transport, str(e.interrupted).lower()).inc()
         elif isinstance(e, ev.ErrorEvent):
             self.metrics.errors.labels(transport, e.code).inc()
+        if self.log_content and isinstance(e, (ev.TranscriptEvent, ev.ReplyDone)) and log.isEnabledFor(logging.DEBUG):
+            # conversation content: only when asked for ([server] log_content / $QUICKTURN_LOG_CONTENT)
+            kind = "transcript" if isinstance(e, ev.TranscriptEvent) else "reply"
+            log.debug(json.dumps({"event": kind, "transport": transport, "turn": e.turn, "text": e.text}))
 
     def error(self, transport: str, code: str) -> None:
         self.metrics.errors.labels(transport, code).inc()
+
+    def refuse(self, transport: str, code: str) -> None:
+        """A connection refused or ended by a limit (agent/limits.py), before or after the upgrade."""
+        self.refusals[code] = self.refusals.get(code, 0) + 1
+        self.metrics.refusals.labels(transport, code).inc()
 
     # -------------------------------------------------------------------------------------------- health
     def health(self) -> dict:

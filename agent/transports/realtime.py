@@ -29,6 +29,20 @@ log = logging.getLogger("quickturn.realtime")
 
 FORMATS = {"audio/pcm": 24_000, "audio/pcmu": 8_000}  # supported audio formats -> their sample rate
 MAX_APPEND_BYTES = 1 << 20  # one input_audio_buffer.append, decoded
+# Client-supplied text has bounds: instructions become the system prompt and a user message goes into the KV
+# cache, both bounded by the LLM's context; ids are echoed back in events
+MAX_INSTRUCTIONS_CHARS = 8_000
+MAX_USER_TEXT_CHARS = 8_000
+MAX_ID_CHARS = 64
+MAX_MANUAL_BUFFER_S = 300  # audio held for an input_audio_buffer.commit (turn_detection null): 19 MB at most
+
+
+def public_name(ref: str) -> str:
+    """What a client is told about a configured model: a registry name as it is, a local path by its file name
+    only (server paths are not the client's business and never come back from it)."""
+    from pathlib import PurePath
+
+    return PurePath(ref).name if ("/" in ref or "\\" in ref) else ref
 
 
 class RealtimeError(Exception):
@@ -105,13 +119,14 @@ def default_session(cfg) -> dict:
         "audio": {
             "input": {
                 "format": {"type": "audio/pcm", "rate": 24_000},
-                "transcription": {"model": cfg.asr.model, "language": cfg.asr.language},
+                "transcription": {"model": public_name(cfg.asr.model), "language": cfg.asr.language},
                 "noise_reduction": None,
                 "turn_detection": {"type": "server_vad", "threshold": cfg.vad.threshold,
                                    "prefix_padding_ms": 300, "silence_duration_ms": cfg.turn.endpoint_silence_ms,
                                    "create_response": True, "interrupt_response": cfg.turn.barge_in},
             },
-            "output": {"format": {"type": "audio/pcm", "rate": 24_000}, "voice": cfg.tts.voice, "speed": 1.0},
+            "output": {"format": {"type": "audio/pcm", "rate": 24_000}, "voice": public_name(cfg.tts.voice),
+                       "speed": 1.0},
         },
     }
 
@@ -160,7 +175,7 @@ class RealtimeProtocol:
         if not isinstance(obj, dict):
             raise RealtimeError("invalid_json", "messages must be JSON objects")
         kind, eid = obj.get("type"), obj.get("event_id")
-        eid = eid if isinstance(eid, str) else None
+        eid = eid if isinstance(eid, str) and len(eid) <= MAX_ID_CHARS else None
         try:
             return self._command(kind, obj)
         except RealtimeError as e:
@@ -211,15 +226,23 @@ class RealtimeProtocol:
         raise RealtimeError("invalid_event", f"unknown event type {str(kind)[:60]!r}", param="type")
 
     def _session_changes(self, s) -> dict:
+        """Every field a client may set is checked here; nothing a client sends names a file or a model: the models
+        and the voice are the server's configuration (a client may repeat their names, never choose others)."""
         if not isinstance(s, dict):
             raise RealtimeError("invalid_value", "session must be an object", param="session")
         if s.get("type", "realtime") != "realtime":
             raise RealtimeError("unsupported_value", "only realtime sessions are supported (not transcription)",
                                 param="session.type")
         new = copy.deepcopy(self.session)
+        if "model" in s and s["model"] is not None and not isinstance(s["model"], str):
+            raise RealtimeError("invalid_value", "model must be a string", param="session.model")
+        # session.model is accepted and ignored: the LLM is chosen by the server's config, never by a client
         if "instructions" in s:
             if not isinstance(s["instructions"], str):
                 raise RealtimeError("invalid_value", "instructions must be a string", param="session.instructions")
+            if len(s["instructions"]) > MAX_INSTRUCTIONS_CHARS:
+                raise RealtimeError("invalid_value", f"instructions may be at most {MAX_INSTRUCTIONS_CHARS} "
+                                    "characters", param="session.instructions")
             new["instructions"] = s["instructions"]
         if "output_modalities" in s and s["output_modalities"] not in (["audio"], None):
             raise RealtimeError("unsupported_value", "only output_modalities ['audio'] is supported",
@@ -237,13 +260,19 @@ class RealtimeProtocol:
             if "format" in conf:
                 new["audio"][side]["format"] = _format(conf["format"], f"session.audio.{side}.format")
             if side == "output" and "voice" in conf and conf["voice"] != new["audio"]["output"]["voice"]:
-                raise RealtimeError("unsupported_value", f"the only voice is {new['audio']['output']['voice']!r}",
-                                    param="session.audio.output.voice")
+                raise RealtimeError("unsupported_value", f"the only voice is {new['audio']['output']['voice']!r} "
+                                    "(voices are chosen in the server's config)", param="session.audio.output.voice")
             if side == "input" and "turn_detection" in conf:
                 new["audio"]["input"]["turn_detection"] = _turn_detection(
                     conf["turn_detection"], new["audio"]["input"]["turn_detection"])
             if side == "input" and "transcription" in conf:
-                pass  # transcription always runs (it is the ASR); the model cannot be chosen per session
+                tr = conf["transcription"]
+                if tr is not None and (not isinstance(tr, dict) or not all(
+                        isinstance(tr.get(k), (str, type(None))) for k in ("model", "language", "prompt"))):
+                    raise RealtimeError("invalid_value", "transcription must be null or an object of strings",
+                                        param="session.audio.input.transcription")
+                # accepted and ignored: transcription always runs (it is the ASR) with the server's model; a model
+                # name or path from a client is never looked up
         return new
 
     def _item_create(self, item) -> UserText:
@@ -255,7 +284,14 @@ class RealtimeProtocol:
             if isinstance(content, list) else []
         if not texts or not all(isinstance(t, str) for t in texts):
             raise RealtimeError("invalid_value", "a user message needs input_text content", param="item.content")
-        iid = item.get("id") if isinstance(item.get("id"), str) else new_id("item")
+        if sum(len(t) for t in texts) > MAX_USER_TEXT_CHARS:
+            raise RealtimeError("invalid_value", f"a user message may be at most {MAX_USER_TEXT_CHARS} characters",
+                                param="item.content")
+        iid = item.get("id")
+        if iid is not None and (not isinstance(iid, str) or not 0 < len(iid) <= MAX_ID_CHARS):
+            raise RealtimeError("invalid_value", f"item.id must be a string of 1 to {MAX_ID_CHARS} characters",
+                                param="item.id")
+        iid = iid or new_id("item")
         return UserText(" ".join(texts), iid)
 
     # ------------------------------------------------------------------------------------------ output
@@ -440,6 +476,8 @@ class RealtimeHandler:
             await ws.close(1013, "server full")
             return
         sid, session = opened
+        if hasattr(ws, "watch_queue"):  # agent/transports/guard.py: bound what waits for a slow client
+            ws.watch_queue(session.events)
         conn = _Conn(ws, proto, session, hub)
         try:
             await session.start()
@@ -504,6 +542,10 @@ class _Conn:
         if isinstance(c, Append):
             x = self.in_resampler(c.audio)
             if p.turn_detection is None:
+                held = sum(len(b) for b in self.manual_buf)
+                if held + len(x) > MAX_MANUAL_BUFFER_S * INTERNAL_RATE:
+                    raise RealtimeError("input_audio_buffer_full", f"the input audio buffer holds at most "
+                                        f"{MAX_MANUAL_BUFFER_S} s; commit or clear it (this append was dropped)")
                 self.manual_buf.append(x)
             else:
                 await s.feed(x)

@@ -74,14 +74,33 @@ def route_path(path: str) -> str:
     return p.rstrip("/") or "/"
 
 
+def refusal_response(r) -> Response:
+    """A limits.Refusal before the upgrade: its HTTP status and an OpenAI-style error body."""
+    return json_response(r.status, {"error": {"type": "invalid_request_error", "code": r.code, "message": r.message}})
+
+
 class Router:
     def __init__(self, hub: Hub, quickturn_server):
         self.hub = hub
         self.quickturn = quickturn_server  # agent.server.Server
         self._handlers: dict[str, object] = {}
-        from ..limits import effective_token
+        from ..limits import AddressCounter, effective_token, parse_networks
 
-        self.api_key = effective_token(quickturn_server.rt.config.server.api_key) or None
+        cfg = quickturn_server.rt.config.server
+        self.cfg = cfg
+        self.api_key = effective_token(cfg.api_key) or None
+        self.allowed_origins = [str(o) for o in (cfg.allowed_origins or [])]
+        self.addresses = AddressCounter(int(cfg.max_sessions_per_address or 0))
+        self.exempt = parse_networks(cfg.per_address_exempt)
+        self.trusted = parse_networks(cfg.trusted_proxies)
+        self.guards: set = set()  # live connections' guards (agent/transports/guard.py)
+
+    def client(self, peer, headers) -> str | None:
+        """The address this connection counts under, or None when it is exempt from the per-address limit."""
+        from ..limits import client_address, in_networks
+
+        addr = client_address(peer, headers, self.trusted)
+        return None if in_networks(addr, self.exempt) else addr
 
     def handler(self, transport: str):
         """The transport's connection handler, created on first use (aiortc is imported only when needed)."""
@@ -106,10 +125,24 @@ class Router:
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if upgrade:
             if path in WS_PATHS:
+                from ..limits import BAD_ORIGIN, TOO_MANY, UNAUTHORIZED, address_key, origin_allowed
+
+                transport = WS_PATHS[path]
+                # browsers send an Origin: a page elsewhere must not drive this server with its visitor's access
+                if not origin_allowed(request.headers.get("Origin"), self.allowed_origins,
+                                      request.headers.get("Host")):
+                    self.hub.refuse(transport, BAD_ORIGIN.code)
+                    return refusal_response(BAD_ORIGIN)
                 if not authorized(request.path, request.headers, self.api_key):
-                    self.hub.error(WS_PATHS[path], "unauthorized")
+                    self.hub.error(transport, "unauthorized")
+                    self.hub.refuse(transport, UNAUTHORIZED.code)
                     return json_response(401, {"error": {"type": "invalid_request_error", "code": "invalid_api_key",
                                                          "message": "missing or wrong API key"}})
+                addr = self.client(connection.remote_address, request.headers)
+                if addr is not None and self.addresses.max > 0 and \
+                        self.addresses.live.get(address_key(addr), 0) >= self.addresses.max:
+                    self.hub.refuse(transport, TOO_MANY.code)
+                    return refusal_response(TOO_MANY)
                 return None  # go on with the WebSocket handshake
             return connection.respond(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {path}\n")
         if path == "/metrics":
@@ -128,5 +161,31 @@ class Router:
         return connection.respond(HTTPStatus.NOT_FOUND, f"not found: {path}\n")
 
     async def handle(self, ws: ServerConnection) -> None:
+        """Every WebSocket connection: the per-address count (checked again here: handshakes race), then the
+        transport's handler behind a Guard (idle / length timers, slow consumers)."""
+        import asyncio
+
+        from ..limits import TOO_MANY
+        from .guard import Guard
+
         transport = WS_PATHS[route_path(ws.request.path)]
-        await self.handler(transport)(ws)
+        if self.cfg.send_buffer_bytes:  # bound what the kernel holds for a client that does not read, too
+            import socket
+
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(self.cfg.send_buffer_bytes))
+        guard = Guard(ws, self.hub, transport, self.cfg)
+        addr = self.client(ws.remote_address, ws.request.headers)
+        if addr is not None and not self.addresses.acquire(addr):
+            await guard.refuse(TOO_MANY)
+            return
+        self.guards.add(guard)
+        watch = asyncio.create_task(guard.watch())
+        try:
+            await self.handler(transport)(guard)
+        finally:
+            watch.cancel()
+            self.guards.discard(guard)
+            if addr is not None:
+                self.addresses.release(addr)

@@ -221,6 +221,8 @@ class TwilioHandler:
                         log.warning(json.dumps({"event": "twilio_refused", "call": msg.call_sid}))
                         break  # Twilio ends the <Stream>; the TwiML after <Connect> can say "busy"
                     sid, session = opened
+                    if hasattr(ws, "watch_queue"):  # agent/transports/guard.py: bound what waits for Twilio
+                        ws.watch_queue(session.events)
                     session.playback = MarkPlayback(session.out_rate)
                     await session.start()
                     if self.on_start is not None:

@@ -28,6 +28,7 @@ RTC_RATE = 48_000  # Opus in WebRTC runs at 48 kHz
 PTIME = 0.02
 FRAME = int(RTC_RATE * PTIME)  # 960 samples per 20 ms frame
 MAX_SDP = 64 * 1024
+MAX_REPLY_BUFFER_S = 120  # reply audio queued for the outgoing track (it drains in real time); 23 MB at most
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ def _reply_track_class():
             self._ts = 0
 
         def push(self, x: np.ndarray) -> None:
+            """Queue reply audio. The track sends in real time whatever the client does, so this only holds what a
+            reply is ahead of playback; past MAX_REPLY_BUFFER_S the audio is dropped (and logged), never held."""
+            if sum(len(b) for b in self.buf) + len(x) > MAX_REPLY_BUFFER_S * RTC_RATE:
+                log.warning(json.dumps({"event": "webrtc_reply_buffer_full", "dropped_s": len(x) / RTC_RATE}))
+                return
             self.buf.append(x)
 
         def clear(self) -> None:
@@ -160,6 +166,8 @@ class WebRTCHandler:
                                      "message": "the server is at its session limit; try again later"})
                     break
                 sid, session = opened
+                if hasattr(ws, "watch_queue"):  # agent/transports/guard.py: bound what waits for the page
+                    ws.watch_queue(session.events)
                 await session.start()
                 pc = RTCPeerConnection()
                 out_ratio = session.out_rate / RTC_RATE
@@ -169,7 +177,7 @@ class WebRTCHandler:
                 @pc.on("track")
                 def on_track(track, session=session):
                     if track.kind == "audio":
-                        tasks.append(asyncio.create_task(self._mic(track, session)))
+                        tasks.append(asyncio.create_task(self._mic(track, session, ws)))
                         got_track.set()
 
                 @pc.on("connectionstatechange")
@@ -197,14 +205,18 @@ class WebRTCHandler:
                 hub.remove(sid)
             await ws.close()
 
-    async def _mic(self, track, session) -> None:
+    async def _mic(self, track, session, ws=None) -> None:
         from aiortc.mediastreams import MediaStreamError
+
+        touch = getattr(ws, "touch", None)  # the microphone is the client's activity (the signaling WS is quiet)
 
         resampler: StreamResampler | None = None
         rate = None
         try:
             while True:
                 frame = await track.recv()
+                if touch is not None:
+                    touch()
                 x = frame_to_mono(frame)
                 if frame.sample_rate != RTC_RATE:  # the session was opened at 48 kHz
                     if rate != frame.sample_rate:
