@@ -46,7 +46,8 @@ def make_carry() -> None:
     tok = load_tokenizer(models.require("smollm2-135m-instruct"))
     tok.save_pretrained(str(CARRY / "tokenizer"))
     copy_speech(REPO.parent / "shared" / "speech", CARRY / "speech")
-    subprocess.run([sys.executable, str(REPO / "bench" / "tts.py"), "--make-carry"], check=True)
+    if not (REPO / ".tts_carry" / "piper" / "espeakbridge.so").exists():
+        subprocess.run([sys.executable, str(REPO / "bench" / "tts.py"), "--make-carry"], check=True)
     total = sum(f.stat().st_size for d in (CARRY, REPO / ".tts_carry", REPO / ".whl") if d.exists()
                 for f in d.rglob("*") if f.is_file())
     print(f"carry: {total / 2**20:.1f} MiB in .gpu_carry + .tts_carry + .whl")
