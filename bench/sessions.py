@@ -303,8 +303,13 @@ async def bench(args) -> dict:
     url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"
     runs = []
     try:
-        for n in ns:
-            for policy in args.schedulers.split(","):
+        # one unmeasured turn first (lazy initialisation on the serving threads), then the runs; the scheduler
+        # order alternates from one N to the next so that neither always runs first
+        await run_one(rt, srv, url, 1, args.schedulers.split(",")[0], clips, argparse.Namespace(
+            **{**vars(args), "seconds": 0.5, "stagger": 0.0}))
+        policies = args.schedulers.split(",")
+        for i, n in enumerate(ns):
+            for policy in (policies if i % 2 == 0 else policies[::-1]):
                 r = await run_one(rt, srv, url, n, policy, clips, args)
                 runs.append(r)
                 print(f"  N={n:3d} {policy:4s} p50 {r['v2v_p50_ms']} ms  p95 {r['v2v_p95_ms']} ms  max {r['v2v_max_ms']}"
