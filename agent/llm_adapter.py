@@ -43,7 +43,9 @@ class ChatLLM:
         page_size = 16
         num_pages = (plan_pages(model, page_size) if plan_pages else
                      max(64, cfg.max_context_tokens * max_sessions // page_size))
-        engine = Engine(model, tokenizer, num_pages=num_pages, page_size=page_size, device=cfg.device, dtype=dtype)
+        # one decode graph batch for every session the server admits (beyond it, decode steps run eagerly)
+        engine = Engine(model, tokenizer, num_pages=num_pages, page_size=page_size, device=cfg.device, dtype=dtype,
+                        max_batch=max(64, max_sessions))
         return cls(engine, ChatFormat.from_tokenizer(tokenizer), tokenizer, cfg)
 
     def new_session(self) -> "ChatSession":

@@ -340,7 +340,7 @@ class MemoryMeter:
         w = (self._alloc() - self.base - sum(self.measured.values())) if self.cuda else _module_bytes(model)
         self.fixed["LLM weights"] = self.measured["LLM weights"] = w
         if self.cuda:
-            self.fixed["LLM decode graphs (estimate)"] = self.graph_estimate(model)
+            self.fixed["LLM decode graphs (estimate)"] = self.graph_estimate(model, max(64, cfg.server.max_sessions))
         mc = model.cfg
         per_tok = kv_bytes_per_token(mc.n_layers, mc.n_kv_heads, mc.head_dim, model.embed.weight.element_size())
         quota = m.session_tokens or cfg.llm.max_context_tokens
