@@ -298,6 +298,169 @@ def check_vs_hf(eng: Engine, hf, vocab: int, hf32=None) -> dict:
             "greedy_tokens_match_hf": sum(a == b for a, b in zip(toks[1:9], hf_tokens)), "of": 8, **extra}
 
 
+# ---- study: where a one-session decode step goes (used to choose the fused-GEMV configs) -----------------------
+
+
+def time_graph(fn, reps=20) -> float:
+    """ms per call of fn() captured in a CUDA graph, median over reps replays."""
+    fn()
+    sync()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    g.replay()
+    sync()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return median(ts)
+
+
+@torch.inference_mode()
+def study_gemv(shapes, configs, copy_tbps) -> list:
+    """Per weight shape: cuBLAS F.linear vs the Triton GEMV (plain and with its prologue) at M=1, cold weights
+    (rotating copies >= 512 MB). -> rows of (what, shape, config, us, pct of copy bandwidth)."""
+    from kernels import gemv as G
+
+    rows = []
+    for name, (n, k), prologue in shapes:
+        nbytes = n * k * 2
+        copies = max(2, -(-(512 << 20) // nbytes))
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+        x = torch.randn(1, 2 * k if prologue == "silu" else k, device="cuda", dtype=torch.bfloat16)
+        res = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        nw = torch.ones(k, device="cuda", dtype=torch.bfloat16)
+        xk = x[:, :k].contiguous()
+
+        def add(label, fn, cfg=None):
+            try:
+                us = time_graph(lambda: [fn(w) for w in ws]) * 1e3 / copies
+                rows.append((name, f"{n}x{k}", label, str(cfg), round(us, 2),
+                             round(100 * nbytes / (us * 1e-6) / (copy_tbps * 1e12), 1)))
+            except Exception as e:  # noqa: BLE001
+                rows.append((name, f"{n}x{k}", label, str(cfg), repr(e)[:80], None))
+
+        add("cublas", lambda w: torch.nn.functional.linear(xk, w))
+        for cfg in configs:
+            add("triton", lambda w, c=cfg: G.gemv(xk, w, config=c), cfg)
+            if prologue == "norm":
+                add("triton+norm", lambda w, c=cfg: G.rmsnorm_gemv(xk, nw, 1e-5, w, res, config=c), cfg)
+            elif prologue == "silu":
+                add("triton+silu", lambda w, c=cfg: G.silu_gemv(x, w, config=c), cfg)
+        del ws
+        torch.cuda.empty_cache()
+    return rows
+
+
+def study_model(name: str, copy_tbps: float, out_dir: Path | None, fusion_sets: dict) -> dict:
+    """One-session decode tok/s at a 1,024 context for several sets of fused ops (batch-1 graph only), and a
+    per-kernel profile of the graphed step with all and with none."""
+    from llm.llama import DECODE_FUSIONS
+
+    torch.manual_seed(0)
+    model = load_model(f"synthetic:{name}", device="cuda", dtype=torch.bfloat16, max_seq_len=4096)
+    res = {}
+    prompt = rand_ids(CTX, model.cfg.vocab_size, 1)
+    for label, fus in fusion_sets.items():
+        model.decode_fusions = frozenset(fus)
+        for look in ([True, False] if label == "all" else [True]):
+            eng = Engine(model, num_pages=160, page_size=16, max_batch=1, prefill_chunk=2048, max_seq_len=4096)
+            eng.lookahead = look
+            eng.capture()
+            s = eng.new_session()
+            s.append(prompt)
+            list(s.generate(8))
+            sync()
+            n = 128
+            t0 = time.perf_counter()
+            list(s.generate(n))
+            sync()
+            res[label + ("" if look else " (no lookahead)")] = round(n / (time.perf_counter() - t0), 1)
+            if look and label in ("all", "none") and out_dir is not None:
+                from torch.profiler import ProfilerActivity, profile
+
+                g = s.generate(12)
+                next(g)
+                next(g)
+                sync()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(10):
+                        next(g)
+                    sync()
+                g.close()
+                (out_dir / f"kernels_{name}_{label}.txt").write_text(prof.key_averages().table(
+                    sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+            s.free()
+            del eng
+            torch.cuda.empty_cache()
+        print(name, label, res, flush=True)
+    model.decode_fusions = DECODE_FUSIONS
+    cfg = model.cfg
+    kv_per_tok = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2
+    roof = copy_tbps * 1e12 / (weight_bytes(model) + kv_per_tok * (CTX + 8 + 64))
+    res["pct_roofline"] = {k: round(100 * v / roof, 1) for k, v in res.items()}
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return res
+
+
+def study(out_dir: Path | None):
+    from llm.llama import DECODE_FUSIONS
+
+    copy = copy_bandwidth_TBps()
+    result = result_header(copy_TBps=copy, torch=torch.__version__, study=True)
+    print("copy TB/s", copy, flush=True)
+    configs = [(4, 512, 4), (8, 512, 4), (16, 512, 4), (16, 256, 4), (32, 256, 8), (8, 1024, 8), (32, 512, 8)]
+    shapes = [("8b qkv", (6144, 4096), "norm"), ("8b wo", (4096, 4096), None), ("8b w13", (28672, 4096), "norm"),
+              ("8b w2", (4096, 14336), "silu"), ("8b head", (128256, 4096), "norm"),
+              ("1b qkv", (3072, 2048), "norm"), ("1b wo", (2048, 2048), None), ("1b w13", (16384, 2048), "norm"),
+              ("1b w2", (2048, 8192), "silu"), ("1b head", (128256, 2048), "norm")]
+    t0 = time.perf_counter()
+    result["gemv"] = study_gemv(shapes, configs, copy)
+    print("gemv sweep s", time.perf_counter() - t0, flush=True)
+    for r in result["gemv"]:
+        print(*r, flush=True)
+    # argmax over the vocabulary: torch vs the split Triton pass
+    from kernels.sampling import argmax_triton
+
+    for b in (1, 64):
+        lg = torch.randn(b, 128256, device="cuda", dtype=torch.bfloat16)
+        result[f"argmax_b{b}_us"] = {"torch": time_graph(lambda: lg.argmax(-1)) * 1e3,
+                                     "triton": time_graph(lambda: argmax_triton(lg)) * 1e3}
+        print("argmax", b, result[f"argmax_b{b}_us"], flush=True)
+    sets = {"all": DECODE_FUSIONS, "none": set()}
+    for f in sorted(DECODE_FUSIONS):
+        sets["all but " + f] = DECODE_FUSIONS - {f}
+    for name in ("llama-3.2-1b", "llama-3.1-8b"):
+        result[name] = study_model(name, copy, out_dir, sets)
+        write_result(f"llm_study_{gpu_tag()}.json", result, out_dir)
+    # correctness with the new rounding, and how much of what is left comes from the decode attention kernel
+    model = load_model("synthetic:llama-3.2-1b", device="cuda", dtype=torch.bfloat16, max_seq_len=4096)
+    hf = build_hf(model)
+    for label in ("kernels", "decode attention = torch SDPA reference", "no fusions"):
+        saved = ops.paged_decode_attention, model.decode_fusions
+        if label.startswith("decode attention"):
+            from kernels.paged_attention import paged_decode_attention_ref
+
+            ops.paged_decode_attention = paged_decode_attention_ref
+        if label == "no fusions":
+            model.decode_fusions = frozenset()
+        try:
+            eng = Engine(model, num_pages=256, page_size=16, max_batch=1, max_seq_len=4096)
+            result["check_" + label] = check_vs_hf(eng, hf, model.cfg.vocab_size)
+            print(label, result["check_" + label], flush=True)
+        finally:
+            ops.paged_decode_attention, model.decode_fusions = saved
+        del eng
+    write_result(f"llm_study_{gpu_tag()}.json", result, out_dir)
+
+
 # ---- main ------------------------------------------------------------------------------------------------------
 
 
@@ -350,8 +513,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="llama-3.2-1b,llama-3.1-8b")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--study", action="store_true", help="GEMV sweep + fused-op ablation + per-kernel profiles")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench/llm.py needs a GPU"
+    if args.study:
+        return study(Path(args.out) if args.out else None)
     copy = copy_bandwidth_TBps()
     result = result_header(copy_TBps=copy, torch=torch.__version__, synthetic_weights=True)
     try:

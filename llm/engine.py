@@ -540,7 +540,7 @@ class DecodeGraphs:
             meta = AttnMeta(slot_mapping=self.slots[:b], block_table=self.block_table[:b],
                             seq_lens=self.seq_lens[:b])
             logits = model(self.tokens[:b], self.positions[:b], meta, kv)  # [b, vocab]
-            ids = logits.argmax(-1)
+            ids = ops.argmax(logits, logits.is_cuda and "argmax" in model.decode_fusions)
             self.tokens[:b].copy_(ids)  # the greedy tokens feed the next step without a host round trip
             return logits, ids
 

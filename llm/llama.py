@@ -36,6 +36,11 @@ class AttnMeta:
     logits_idx: Tensor | None = None  # rows of the flat batch whose logits are wanted (None: all)
 
 
+# ops fused on the one-token CUDA path: "qkv" attn-norm+q|k|v, "wo" o_proj as a Triton GEMV, "w13" ffn-norm+gate|up,
+# "w2" silu·mul+down, "head" final norm+LM head, "argmax" (in the decode graph) split argmax
+DECODE_FUSIONS = frozenset({"qkv", "wo", "w13", "w2", "head", "argmax"})
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, device=None):
         super().__init__()
@@ -59,6 +64,9 @@ class Llama(nn.Module):
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size, **dev))
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False, **dev)
         self.scale = cfg.head_dim ** -0.5
+        # one-token CUDA forward (the batch-1 decode graph): which ops run as fused GEMV kernels (kernels/gemv.py)
+        self.decode_fusions: frozenset[str] = DECODE_FUSIONS
+        self.fuse_on_cpu = False  # tests: the fused path's wiring, with the kernels' torch references
         self.max_seq_len = min(max_seq_len or cfg.max_position, cfg.max_position)
         self.init_rope()
 
@@ -78,21 +86,23 @@ class Llama(nn.Module):
         """tokens/positions [T] -> logits [len(logits_idx) or T, vocab] (in the model dtype)."""
         cfg = self.cfg
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        # one token on CUDA: RMSNorm (+ residual add) fused into the next GEMV, SiLU·mul into the down projection
+        one = tokens.shape[0] == 1 and (tokens.is_cuda and ops.HAVE_FUSED_DECODE or self.fuse_on_cpu)
+        f = self.decode_fusions if one else ()
         x = self.embed(tokens)  # [T, hidden]
         residual = None
         for layer, (k_cache, v_cache) in zip(self.layers, kv):
-            if residual is None:
-                h, residual = ops.rmsnorm(x, layer.attn_norm, cfg.rms_eps), x
-            else:
-                h, residual = ops.rmsnorm(x, layer.attn_norm, cfg.rms_eps, residual)
-            qkv = layer.wqkv(h)  # [T, (H + 2Hkv) D]
+            qkv, residual = ops.rmsnorm_linear(x, layer.attn_norm, cfg.rms_eps, layer.wqkv, residual, "qkv" in f)
+            residual = x if residual is None else residual  # first layer: the stream is the embedding
             q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
             q, k, v = q.view(-1, H, D), k.view(-1, Hkv, D), v.view(-1, Hkv, D)
             q = ops.rope_write_kv(q, k, v, positions, self.cos, self.sin, k_cache, v_cache, meta.slot_mapping)
             o = self._attention(q, k_cache, v_cache, meta)  # [T, H, D]
-            x = layer.wo(o.reshape(-1, H * D))
-            h, residual = ops.rmsnorm(x, layer.ffn_norm, cfg.rms_eps, residual)
-            x = layer.w2(ops.silu_and_mul(layer.w13(h)))
+            x = ops.linear(o.reshape(-1, H * D), layer.wo, "wo" in f)
+            gu, residual = ops.rmsnorm_linear(x, layer.ffn_norm, cfg.rms_eps, layer.w13, residual, "w13" in f)
+            x = ops.silu_linear(gu, layer.w2, "w2" in f)
+        if "head" in f:  # final residual add + norm + LM head in one kernel
+            return ops.rmsnorm_head(x, self.norm, cfg.rms_eps, self.head_weight(), residual)
         x = x + residual
         if meta.logits_idx is not None:
             x = x.index_select(0, meta.logits_idx)

@@ -140,6 +140,43 @@ silu_and_mul = _pick("silu_and_mul", _silu_and_mul)
 sample = _pick("sample", _sample)
 
 
+# ---- one-token decode on CUDA: GEMVs with the op before them fused in (kernels/gemv.py), GPU argmax ------------
+
+try:
+    from kernels import gemv as _gemv
+    from kernels.sampling import argmax as _argmax
+    HAVE_FUSED_DECODE = _gemv.triton is not None and hasattr(_gemv.triton, "cdiv")
+except ImportError:
+    HAVE_FUSED_DECODE = False
+
+
+def rmsnorm_linear(x, norm_w, eps, lin, residual=None, fuse=False):
+    """(rmsnorm(x (+ residual)) @ lin.weight.T (+ bias), new residual or None); fused into one kernel if asked."""
+    if fuse:
+        return _gemv.rmsnorm_gemv(x, norm_w, eps, lin.weight, residual, lin.bias)
+    if residual is None:
+        return lin(rmsnorm(x, norm_w, eps)), None
+    h, residual = rmsnorm(x, norm_w, eps, residual)
+    return lin(h), residual
+
+
+def rmsnorm_head(x, norm_w, eps, head_w, residual):
+    """One token: logits = rmsnorm(x + residual) @ head_w.T in one fused kernel."""
+    return _gemv.rmsnorm_gemv(x, norm_w, eps, head_w, residual)[0]
+
+
+def linear(x, lin, fuse=False):
+    return _gemv.gemv(x, lin.weight, lin.bias) if fuse else lin(x)
+
+
+def silu_linear(gu, lin, fuse=False):
+    return _gemv.silu_gemv(gu, lin.weight) if fuse else lin(silu_and_mul(gu))
+
+
+def argmax(logits, fuse=False):
+    return _argmax(logits) if fuse else logits.argmax(-1)
+
+
 PREFILL_LOWER_RIGHT = True  # GPU prefill after cached context: CausalBias instead of a dense mask
 
 

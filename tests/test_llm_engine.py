@@ -395,3 +395,28 @@ def test_safetensors_dir_roundtrip(tmp_path):
     a = Engine(src, num_pages=8).new_session().append([1, 2, 3, 4, 5], return_logits=True)
     b = Engine(loaded, num_pages=8).new_session().append([1, 2, 3, 4, 5], return_logits=True)
     assert torch.equal(a, b)
+
+
+def test_fused_decode_path_matches_unfused():
+    """The one-token path with RMSNorm/SiLU fused into the GEMVs (on CPU: the kernels' torch references) gives the
+    same logits as the unfused ops: checks its residual plumbing (first layer, final norm, tied LM head)."""
+    from llm.llama import AttnMeta
+
+    model = init_synthetic(Llama(tiny(vocab_size=200)), seed=2).eval()
+    eng = Engine(model, num_pages=16, page_size=4)
+    s = eng.new_session()
+    s.append(list(range(9)))
+    meta = AttnMeta(slot_mapping=torch.tensor([s.pages[9 // 4] * 4 + 1]), block_table=torch.tensor([s.pages + [0]],
+                    dtype=torch.int32), seq_lens=torch.tensor([10], dtype=torch.int32))
+    s._reserve(10)
+    meta.block_table = torch.tensor([s.pages], dtype=torch.int32)
+    args = (torch.tensor([42]), torch.tensor([9]), meta, eng.kv)
+    with torch.inference_mode():
+        plain = model(*args)
+        model.fuse_on_cpu = True
+        try:
+            fused = model(*args)
+        finally:
+            model.fuse_on_cpu = False
+    assert plain.shape == fused.shape == (1, 200)
+    assert torch.allclose(plain, fused, atol=1e-5, rtol=1e-4)

@@ -83,3 +83,14 @@ def test_triton_greedy_ties_pick_the_first_index_across_slices():
     logits[1, [3, 5]] = 10.0  # tie inside one block
     got = sample_triton(logits, torch.zeros(2), None, noise=exp_noise((2, 256), "cpu"), block=32, num_splits=4)
     assert got.tolist() == [70, 3] == logits.argmax(-1).tolist()
+
+
+@needs_interpreter
+def test_argmax_matches_torch_with_ties():
+    from kernels.sampling import argmax
+
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(3, 5000, generator=g)
+    logits[1, 4000] = logits[1, 123] = 50.0  # a tie across slices: the first index wins
+    got = argmax(logits, impl="triton")
+    assert torch.equal(got, logits.argmax(-1)) and got[1].item() == 123
