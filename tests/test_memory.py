@@ -47,3 +47,66 @@ def test_lru_eviction_skips_busy_sessions():
     assert led.to_evict("c", 200, busy={"a"}) == ["b"]
     with pytest.raises(MemoryPlanError):
         led.to_evict("c", 2000)
+
+
+# ---- KV pressure on the real embedded LLM (SmolLM2-135M, CPU): quota, LRU eviction, re-prefill -------------------
+
+QUESTIONS = [["What is the capital of France?", "And what is its most famous tower called?"],
+             ["Name three colours of the rainbow.", "Which of them is your favourite?"],
+             ["How many legs does a spider have?", "And how many does an ant have?"]]
+
+
+def _turn(cs, text):
+    cs.add_user(text)
+    toks = list(cs.generate_reply())
+    cs.end_reply(toks)
+    return toks
+
+
+def _round_robin(llm):
+    convs = [llm.new_session() for _ in QUESTIONS]
+    out = []
+    for k in range(2):
+        for cs, qs in zip(convs, QUESTIONS):
+            out.append(_turn(cs, qs[k]))
+    return convs, out
+
+
+def test_idle_sessions_are_evicted_lru_and_continue_with_the_same_greedy_tokens():
+    from small_llm import chat_llm
+
+    big = chat_llm(256, max_new_tokens=10)
+    convs, ref = _round_robin(big)
+    assert big.evictions == 0
+    prefix_pages = len(big.prefix.pages)
+    need_one = max(c.own_pages() for c in convs)  # the largest single conversation at its end
+    # room for one conversation at its largest plus one reply, never for all three at once
+    tiny = chat_llm(prefix_pages + need_one + 2, max_new_tokens=10)
+    assert prefix_pages + sum(c.own_pages() for c in convs) > tiny.engine.pool.num_pages
+    tconvs, got = _round_robin(tiny)
+    assert tiny.evictions >= 2 and tiny.restores >= 1 and tiny.restored_tokens > 0
+    assert got == ref  # re-prefilled histories continue exactly as the resident ones did
+    for a, b in zip(convs, tconvs):
+        assert b.n_tokens == a.n_tokens
+    for c in tconvs:
+        c.free()
+    tiny.prefix.free()
+    assert tiny.engine.free_pages == tiny.engine.pool.num_pages  # nothing leaked
+
+
+def test_session_quota_drops_the_oldest_turns_and_refuses_what_cannot_fit():
+    from small_llm import chat_llm
+
+    llm = chat_llm(256, max_new_tokens=16)
+    cs = llm.new_session()
+    llm.quota_tokens = cs.n_tokens + 110  # the system prompt and about two short turns
+    qs = [q for pair in QUESTIONS for q in pair][:4]
+    for q in qs:
+        _turn(cs, q)
+        assert cs.n_tokens <= llm.quota_tokens
+    assert llm.dropped_turns >= 1
+    text = llm.tokenizer.decode(cs.s.tokens)
+    assert text.count("Quickturn") == 1 and qs[-1] in text and qs[0] not in text  # system kept, oldest gone
+    llm.quota_tokens = cs.n_system + 12
+    with pytest.raises(ValueError, match="session quota"):
+        cs.add_user("Tell me a long story about a dragon who lived in a castle by the sea.")

@@ -1,0 +1,113 @@
+"""Admission control: the pure policy (agent/memory.py `admission`), and the refusal path of a real server whose
+LLM worker has real load (server_busy, close code 1013, counted)."""
+
+import asyncio
+import json
+
+import pytest
+from websockets.asyncio.client import connect
+
+from agent.memory import admission
+
+Q = 2048  # one session's quota (tokens)
+
+
+def test_admits_with_room_and_light_load():
+    assert admission(3, 8, free_kv_tokens=10 * Q, evictable_kv_tokens=0, session_tokens=Q,
+                     urgent_wait_p95_ms=20, urgent_items=100, busy=0.5) == (True, "", "")
+
+
+def test_hard_cap_is_server_full():
+    ok, code, why = admission(8, 8, free_kv_tokens=10 * Q, evictable_kv_tokens=0, session_tokens=Q)
+    assert not ok and code == "server_full" and "limit of 8" in why
+
+
+def test_kv_must_hold_one_more_quota_after_evicting_idle_sessions():
+    ok, code, why = admission(3, 8, free_kv_tokens=Q // 2, evictable_kv_tokens=Q // 4, session_tokens=Q)
+    assert not ok and code == "server_busy" and "KV cache" in why
+    # idle sessions' pages count: evicting them makes room
+    assert admission(3, 8, free_kv_tokens=Q // 2, evictable_kv_tokens=Q, session_tokens=Q)[0]
+
+
+def test_urgent_queue_wait_needs_enough_samples():
+    over = dict(free_kv_tokens=10 * Q, evictable_kv_tokens=0, session_tokens=Q, urgent_wait_p95_ms=400,
+                wait_target_ms=150)
+    ok, code, why = admission(5, 64, urgent_items=50, **over)
+    assert not ok and code == "server_busy" and "400 ms" in why
+    assert admission(5, 64, urgent_items=5, **over)[0]  # five waits say nothing yet
+
+
+def test_busy_worker_refuses():
+    ok, code, why = admission(5, 64, free_kv_tokens=10 * Q, evictable_kv_tokens=0, session_tokens=Q, busy=0.95,
+                              busy_limit=0.9)
+    assert not ok and code == "server_busy" and "95 %" in why
+
+
+# ---- the hook, on a real server and a real LLM worker ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llm_runtime():
+    from small_llm import chat_llm
+
+    from agent.config import Config
+    from agent.runtime import Runtime
+
+    cfg = Config.load("cpu")
+    cfg.server.max_sessions = 4
+    cfg.memory.admit_load = True  # (off on CPU by default: a CPU worker is busy most of the time)
+    cfg.memory.admit_busy = 0.05
+    llm = chat_llm(64)
+    llm.quota_tokens = 256
+    # only the LLM: a refused connection never gets as far as needing the other models
+    rt = Runtime(config=cfg, vad=None, asr=None, llm=llm, tts=None)
+    yield rt
+    rt.close()
+
+
+def test_server_refuses_with_server_busy_when_the_llm_worker_is_loaded(llm_runtime):
+    from agent.server import start_server
+
+    rt = llm_runtime
+
+    def work():  # a real turn on the LLM worker: its busy fraction over the last seconds goes up
+        cs = rt.llm.new_session()
+        cs.add_user("What is the capital of France?")
+        toks = list(cs.generate_reply())
+        cs.end_reply(toks)
+        cs.free()
+
+    async def scenario():
+        server, srv = await start_server(rt, "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}/"
+        try:
+            idle = rt.admit(0)
+            await rt.llm_pool.run(0, work)
+            async with connect(url) as ws:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                await ws.wait_closed()
+                close = ws.close_code
+            return idle, msg, close, srv
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    idle, msg, close, srv = asyncio.run(scenario())
+    assert idle[0]  # no load yet: admitted
+    assert msg["type"] == "error" and msg["code"] == "server_busy" and "busy" in msg["message"]
+    assert close == 1013
+    assert rt.refusals.get("load", 0) >= 1
+    assert srv.hub.metrics.refused.labels("quickturn")._value.get() >= 1
+
+
+def test_kv_rule_on_the_real_pool(llm_runtime):
+    rt = llm_runtime
+    rt.config.memory.admit_load = False
+    try:
+        rt.llm.quota_tokens = rt.llm.engine.pool.num_pages * 16 + 1  # more than the whole pool
+        ok, code, why = rt.admit(0)
+        assert not ok and code == "server_busy" and "KV cache" in why
+        rt.llm.quota_tokens = 256
+        assert rt.admit(0)[0]
+    finally:
+        rt.llm.quota_tokens = 256
+        rt.config.memory.admit_load = True
