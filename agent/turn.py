@@ -51,9 +51,10 @@ class TurnParams:
     # the delay is interpolated on log10(P) between these two
     p_low: float = 0.001
     p_high: float = 0.05
-    # the audio judge's P(complete) is a calibrated-looking probability: the delay is interpolated linearly in P
-    # between these two (at or below judge_p_low: max_delay_s; at or above judge_p_high: min_delay_s)
-    judge_p_low: float = 0.5
+    # the audio judge's P(complete): at or above judge_p_high the turn is finished (min_delay_s), at or below
+    # judge_p_low it is not (max_delay_s); in between the judge alone decides nothing (unknown_delay_s: wait for
+    # the LLM's verdict) and, with the LLM's verdict known, counts linearly
+    judge_p_low: float = 0.2
     judge_p_high: float = 0.95
 
 
@@ -80,6 +81,8 @@ def endpoint_delay(p: TurnParams, p_end: float | None, p_audio: float | None = N
     judge's P(complete) for the audio so far (None: not known yet)."""
     if not p.adaptive:
         return p.endpoint_silence_s
+    if p_end is None and p_audio is not None and p.judge_p_low < p_audio < p.judge_p_high:
+        return p.unknown_delay_s  # the audio judge is unsure: a mid-sentence hesitation sounds like this too
     xs = ([llm_confidence(p, p_end)] if p_end is not None else []) + \
          ([audio_confidence(p, p_audio)] if p_audio is not None else [])
     if not xs:

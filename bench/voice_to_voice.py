@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -43,6 +44,7 @@ SPLICE_POINTS = REPO / "bench" / "splice_points.json"  # word-gap cuts found by 
 FRAME_S = 0.02
 SPLICE_S = 0.6  # a mid-sentence hesitation: longer than a 500 ms fixed endpoint, shorter than our max delay
 AUDIBLE = 0.02  # |sample| above this is "non-silent"
+UNFINISHED = (",", ";", ":", "-")  # a reference ending so is a sentence fragment, not a finished turn
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Segment:
     audio: np.ndarray  # 16 kHz
     speech_end: float  # true end of speech within the segment (s)
     splice: tuple[float, float] | None = None  # spliced silence [start, end) within the segment (s)
+    name: str = ""  # the clip (../shared/speech path)
 
 
 @dataclass
@@ -135,14 +138,17 @@ def build_segments(rt: Runtime, n_sessions: int, n_turns: int, n_spliced: int):
     from speechdata import dev_set
 
     vad = SileroVAD(models.require("silero-vad"))
-    rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= 6.5]
+    # a turn is a finished utterance: clips whose reference stops at a comma, semicolon or colon are LJSpeech
+    # fragments cut mid-sentence (e.g. "... the true printed book,"), the case the spliced clips test
+    rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= 6.5
+            and not r["reference"].rstrip().endswith(UNFINISHED)]
     sessions = []
     for s in range(n_sessions):
         segs = []
         for k in range(n_turns):
             r = rows[(s * n_turns + k) % len(rows)]
             audio = load_audio(SPEECH / r["file"])
-            segs.append(Segment(audio, speech_bounds(vad, audio)[1]))
+            segs.append(Segment(audio, speech_bounds(vad, audio)[1], name=r["file"]))
         sessions.append(segs)
     spliced = []
     long_rows = [r for r in dev_set() if len(r["reference"].split()) >= 7 and float(r["duration_s"]) <= 10]
@@ -161,7 +167,7 @@ def build_segments(rt: Runtime, n_sessions: int, n_turns: int, n_spliced: int):
         gap = np.zeros(int(SPLICE_S * INTERNAL_RATE), np.float32)
         joined = np.concatenate([audio[:cut], gap, audio[cut:]])
         end = speech_bounds(vad, joined)[1]
-        spliced.append(Segment(joined, end, (cut / INTERNAL_RATE, cut / INTERNAL_RATE + SPLICE_S)))
+        spliced.append(Segment(joined, end, (cut / INTERNAL_RATE, cut / INTERNAL_RATE + SPLICE_S), name=r["file"]))
     if found and not known:
         SPLICE_POINTS.write_text(json.dumps(found, indent=1) + "\n")
     return sessions, spliced
@@ -265,9 +271,22 @@ def main() -> None:
     ap.add_argument("--ablation-sessions", type=int, default=None,
                     help="sessions for each ablation (default: --sessions); the first ones of the full set")
     ap.add_argument("--ablation-spliced", type=int, default=None, help="spliced clips for each ablation")
+    ap.add_argument("--variants", default="all",
+                    help="comma-separated subset of full,no_pause_prefill,no_drafting,fixed_silence_500ms,"
+                         "no_audio_judge (tuning runs; the recorded run uses all)")
+    ap.add_argument("--out", default=None, help="result file name (default v2v_<device>.json)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config value (tuning), e.g. --set turn.judge_p_high=0.9")
     args = ap.parse_args()
     cfg = Config.load(args.config)
     cfg.llm.max_new_tokens = args.max_new_tokens
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        old = getattr(getattr(cfg, section), name)
+        setattr(getattr(cfg, section), name, type(old)(json.loads(value)) if not isinstance(old, str) else value)
+    trace_log = Path(os.environ.get("TMPDIR", "/tmp")) / f"v2v_traces_{os.getpid()}.jsonl"
+    cfg.pipeline.trace_log = str(trace_log)
     rt = Runtime.load(cfg)
     rt.warmup()
     sessions, spliced = build_segments(rt, args.sessions, args.turns, args.spliced)
@@ -278,41 +297,62 @@ def main() -> None:
         "no_drafting": {"draft": False},
         "fixed_silence_500ms": {"adaptive": False, "endpoint_silence_ms": 500},
     }
+    judge = rt.judge
+    if judge is not None:
+        variants["no_audio_judge"] = {}  # rt.judge is set aside for this one: the LLM's P(end) and silence only
+    if args.variants != "all":
+        variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
     base = {k: getattr(cfg.turn, k) for k in ("pause_prefill", "draft", "adaptive", "endpoint_silence_ms")}
     results = {}
     for name, over in variants.items():
         for k, v in {**base, **over}.items():
             setattr(cfg.turn, k, v)
+        rt.judge = None if name == "no_audio_judge" else judge
+        trace_log.unlink(missing_ok=True)
+        load_before = os.getloadavg()
         if name == "full":
             turns = asyncio.run(run_all(rt, sessions, spliced))
         else:  # a time-limited run (GPU machine): the ablations may use a prefix of the scenario set
             turns = asyncio.run(run_all(rt, sessions[:args.ablation_sessions or len(sessions)],
                                         spliced[:len(spliced) if args.ablation_spliced is None
                                                 else args.ablation_spliced]))
-        results[name] = {**summarize(turns), "per_turn": [t.__dict__ for t in turns]}
+        rt.judge = judge
+        server = [json.loads(ln) for ln in trace_log.read_text().splitlines()] if trace_log.exists() else []
+        results[name] = {**summarize(turns), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                         "per_turn": [t.__dict__ for t in turns], "server_traces": server}
         s = results[name]
         print(f"  {name:<22} p50 {s['v2v_p50_ms']:.0f} ms  p95 {s['v2v_p95_ms']:.0f}  max {s['max_wait_ms']:.0f}  "
               f"false cut-offs {s['false_cutoff_rate']}  endpoint {s['mean_endpoint_delay_ms']}", flush=True)
     for k, v in base.items():
         setattr(cfg.turn, k, v)
     tag = gpu_tag()
-    out = result_header(config=cfg.source, models={"asr": cfg.asr.model, "llm": cfg.llm.model, "tts": cfg.tts.voice},
+    trace_log.unlink(missing_ok=True)
+    out = result_header(config=cfg.source, models={"asr": cfg.asr.model, "llm": cfg.llm.model, "tts": cfg.tts.voice,
+                                                   "turn_judge": cfg.turn.judge or None},
                         components={"asr": f"{cfg.asr.backend} on {cfg.asr.device}",
                                     "llm": f"quickturn engine on {cfg.llm.device} ({cfg.llm.dtype})",
                                     "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
                         splice_s=SPLICE_S, max_new_tokens=args.max_new_tokens,
+                        turn_config=dataclasses.asdict(cfg.turn), overrides=args.set,
                         scenario={"sessions": args.sessions, "turns": args.turns, "spliced": len(spliced),
+                                  "turn_clips": [g.name for segs in sessions for g in segs],
+                                  "spliced_clips": [g.name for g in spliced],
+                                  "turn_selection": "dev clips of 1.5-6.5 s whose reference does not end with "
+                                                    + " ".join(UNFINISHED) + " (fragments cut mid-sentence)",
                                   "ablation_sessions": args.ablation_sessions or args.sessions,
                                   "ablation_spliced": len(spliced) if args.ablation_spliced is None
                                   else args.ablation_spliced,
                                   "asr_script": cfg.asr.script or None, "llm_script_reply": cfg.llm.script_reply or None},
                         measured_at="client, loopback WebSocket, real-time streaming")
-    out["metrics"] = {k: v for k, v in results["full"].items() if k != "per_turn"}
-    out["ablations"] = {k: {kk: vv for kk, vv in v.items() if kk != "per_turn"} for k, v in results.items()
-                        if k != "full"}
+    skip = ("per_turn", "server_traces")
+    first = "full" if "full" in results else next(iter(results))
+    out["metrics"] = {k: v for k, v in results[first].items() if k not in skip}
+    out["ablations"] = {k: {kk: vv for kk, vv in v.items() if kk not in skip} for k, v in results.items()
+                        if k != first}
     out["per_turn"] = {k: v["per_turn"] for k, v in results.items()}
-    out["plots"] = [Path(p).name for p in plots(results, tag)]
-    print("->", write_result(f"v2v_{tag}.json", out))
+    out["server_traces"] = {k: v["server_traces"] for k, v in results.items()}  # trace info: p_end, p_audio, ...
+    out["plots"] = [Path(p).name for p in plots(results, tag)] if first == "full" else []
+    print("->", write_result(args.out or f"v2v_{tag}.json", out))
     rt.close()
 
 

@@ -142,6 +142,8 @@ def test_audio_and_llm_verdicts_combine():
     p = TurnParams()
     assert endpoint_delay(p, None, 0.99) == p.min_delay_s
     assert endpoint_delay(p, 1e-6, None) == p.max_delay_s
+    assert endpoint_delay(p, None, (p.judge_p_low + p.judge_p_high) / 2) == p.unknown_delay_s  # unsure: wait
+    assert endpoint_delay(p, None, p.judge_p_low / 2) == p.max_delay_s
     mixed = endpoint_delay(p, 1e-6, 0.99)  # they disagree: halfway
     assert abs(mixed - (p.max_delay_s + p.min_delay_s) / 2) < 1e-9
     assert endpoint_delay(p, 0.5, 0.99) == p.min_delay_s  # both sure
