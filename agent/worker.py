@@ -56,12 +56,21 @@ def order_key(item: Item, policy: str = "edf", ready: bool = False) -> tuple:
     """The policy: lower runs first. `ready`: the item's result is already computed (see module doc)."""
     if policy == "fifo":
         return (item.seq,)
-    return (not ready, item.priority == Priority.BACKGROUND, item.deadline, item.priority, item.seq)
+    if ready:  # costs nothing: ready items go first, in arrival order
+        return (0, 0, 0.0, 0, item.seq)
+    return (1, item.priority == Priority.BACKGROUND, item.deadline, item.priority, item.seq)
 
 
 def pick(items: list[Item], policy: str = "edf", ready=lambda item: False) -> int:
-    """Index of the item to run next (pure given `ready`)."""
-    return min(range(len(items)), key=lambda i: order_key(items[i], policy, policy == "edf" and ready(items[i])))
+    """Index of the item to run next (pure given `ready`). `items` is in arrival order (as the worker keeps it),
+    so under edf the first ready item is the answer when there is one: after a batched decode step most queued
+    items are ready, and this finds one without computing every key (64 sessions: one check, not 64)."""
+    if policy == "edf":
+        for i, item in enumerate(items):
+            if ready(item):
+                return i
+        return min(range(len(items)), key=lambda i: order_key(items[i], policy))
+    return min(range(len(items)), key=lambda i: order_key(items[i], policy))
 
 
 def urgent_deadline(now: float, budget_s: float = URGENT_BUDGET_S) -> float:

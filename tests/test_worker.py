@@ -30,6 +30,19 @@ def test_ready_items_first_under_edf_only():
     assert pick(items, "edf") == 0
 
 
+def test_pick_is_the_minimum_of_order_key():
+    """The worker's fast path (first ready item in arrival order) gives what sorting by the policy gives."""
+    rng = random.Random(3)
+    for _ in range(300):
+        items = [Item(rng.choice(list(Priority)), rng.choice([math.inf, rng.uniform(0, 5)]), k, None)
+                 for k in range(rng.randint(1, 12))]
+        ready_set = {k for k in range(len(items)) if rng.random() < 0.3}
+        ready = lambda it: it.seq in ready_set  # noqa: E731
+        for policy in ("edf", "fifo"):
+            best = min(items, key=lambda it: order_key(it, policy, policy == "edf" and ready(it)))
+            assert items[pick(items, policy, ready)] is best
+
+
 # ---- a discrete-event simulation of one worker: jobs arrive, each costs some seconds, none is preempted ----
 
 def simulate(jobs: list[dict], policy: str) -> dict[str, float]:
