@@ -29,7 +29,8 @@ class Runtime:
     llm: object  # agent.llm_adapter.ChatLLM
     tts: object
     startup_s: dict = field(default_factory=dict)  # component -> seconds to load
-    asr_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-asr"))
+    # the ASR thread: transcriptions queued together run as one batch (edf) when the backend has transcribe_batch
+    asr_pool: PriorityWorker = field(default_factory=lambda: PriorityWorker("qt-asr"))
     # the LLM engine's one thread, ordered by priority (pause-time work yields to urgent work between chunks)
     llm_pool: PriorityWorker = field(default_factory=lambda: PriorityWorker("qt-llm"))
     # the TTS thread, ordered the same way (first phrase urgent, later phrases paced by playback)
@@ -46,7 +47,7 @@ class Runtime:
 
     def set_scheduler(self, policy: str) -> None:
         """"edf" or "fifo" ([pipeline] scheduler) for the LLM and TTS workers; may change while serving."""
-        for pool in (self.llm_pool, self.tts_pool):
+        for pool in (self.asr_pool, self.llm_pool, self.tts_pool):
             if isinstance(pool, PriorityWorker):
                 pool.policy = policy
         self.config.pipeline.scheduler = policy
@@ -135,6 +136,15 @@ class Runtime:
             self.refusals[kind] = self.refusals.get(kind, 0) + 1
             log.warning("session refused (%s): %s", code, why)
         return ok, code, why
+
+    async def transcribe(self, audio) -> str:
+        """On the ASR thread; several sessions' transcriptions waiting together become one batch (edf)."""
+        pool, asr = self.asr_pool, self.asr
+        if isinstance(pool, PriorityWorker) and hasattr(asr, "transcribe_batch"):
+            from .worker import Priority
+
+            return await pool.run(Priority.URGENT, asr.transcribe, audio, batch=("transcribe", asr.transcribe_batch))
+        return await self.run(pool, asr.transcribe, audio)
 
     async def run(self, pool: cf.Executor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)

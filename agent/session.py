@@ -354,7 +354,7 @@ class Session:
         return p
 
     async def _transcribe(self, audio: np.ndarray) -> str:
-        return (await self.rt.run(self.rt.asr_pool, self.rt.asr.transcribe, audio)).strip()
+        return (await self.rt.transcribe(audio)).strip()
 
     async def _pause_work(self, pw: PauseWork) -> None:
         rt, t = self.rt, self.cfg.turn

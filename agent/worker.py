@@ -50,6 +50,7 @@ class Item:
     future: cf.Future = field(compare=False, default=None)
     enqueued: float = field(compare=False, default=0.0)
     ready: object = field(compare=False, default=None)  # () -> bool: the result is already computed (cheap)
+    batch: object = field(compare=False, default=None)  # (key, fn(list of args[0]) -> list of results)
 
 
 def order_key(item: Item, policy: str = "edf", ready: bool = False) -> tuple:
@@ -100,6 +101,8 @@ class PriorityWorker(cf.Executor):
         self._waits: collections.deque = collections.deque()  # (start time, wait s) of urgent items
         self._busy: collections.deque = collections.deque()  # (start, end) of items that ran
         self.missed = [0, 0]  # items that started after their deadline, of those with a finite deadline
+        self.max_batch = 32
+        self.batches = self.batched_items = 0  # coalesced batches (edf), and the items they ran
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -116,7 +119,10 @@ class PriorityWorker(cf.Executor):
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
         return self.submit_with(Priority.URGENT, fn, *args)
 
-    def submit_with(self, priority: Priority, fn, *args, deadline: float = math.inf, ready=None) -> cf.Future:
+    def submit_with(self, priority: Priority, fn, *args, deadline: float = math.inf, ready=None,
+                    batch=None) -> cf.Future:
+        """batch=(key, batch_fn): under edf, items queued with the same key run together as one
+        batch_fn([args[0] of each]) call (e.g. ASR transcriptions of several sessions: one encoder batch)."""
         fut: cf.Future = cf.Future()
         now = time.monotonic()
         if priority == Priority.URGENT and deadline == math.inf:
@@ -124,12 +130,13 @@ class PriorityWorker(cf.Executor):
         with self._cv:
             if self._stop:
                 raise RuntimeError("worker is shut down")
-            self._items.append(Item(int(priority), deadline, next(self._seq), fn, args, fut, now, ready))
+            self._items.append(Item(int(priority), deadline, next(self._seq), fn, args, fut, now, ready, batch))
             self._cv.notify()
         return fut
 
-    async def run(self, priority: Priority, fn, *args, deadline: float = math.inf, ready=None):
-        return await asyncio.wrap_future(self.submit_with(priority, fn, *args, deadline=deadline, ready=ready))
+    async def run(self, priority: Priority, fn, *args, deadline: float = math.inf, ready=None, batch=None):
+        return await asyncio.wrap_future(self.submit_with(priority, fn, *args, deadline=deadline, ready=ready,
+                                                          batch=batch))
 
     @staticmethod
     def _is_ready(item: Item) -> bool:
@@ -146,6 +153,15 @@ class PriorityWorker(cf.Executor):
                 if self._stop and not self._items:
                     return
                 item = self._items.pop(pick(self._items, self._policy, self._is_ready))
+                group = []
+                if item.batch is not None and self._policy == "edf":
+                    group = [it for it in self._items if it.batch is not None and it.batch[0] == item.batch[0]]
+                    group = group[: self.max_batch - 1]
+                    for it in group:
+                        self._items.remove(it)
+            if group:
+                self._run_batch([item] + group)
+                continue
             if not item.future.set_running_or_notify_cancel():
                 continue
             self.ran.append((item.priority, getattr(item.fn, "__name__", "?")))
@@ -165,6 +181,33 @@ class PriorityWorker(cf.Executor):
                     self._waits.append((t0, t0 - item.enqueued))
                 self._busy.append((t0, t1))
                 self._trim(t1)
+
+    def _run_batch(self, items: list[Item]) -> None:
+        items = [it for it in items if it.future.set_running_or_notify_cancel()]
+        if not items:
+            return
+        self.batches += 1
+        self.batched_items += len(items)
+        t0 = time.monotonic()
+        for it in items:
+            if it.deadline != math.inf and it.priority != Priority.BACKGROUND:
+                self.missed[1] += 1
+                self.missed[0] += t0 > it.deadline
+        try:
+            results = items[0].batch[1]([it.args[0] for it in items])
+            for it, r in zip(items, results):
+                it.future.set_result(r)
+        except BaseException as e:
+            for it in items:
+                if not it.future.done():
+                    it.future.set_exception(e)
+        t1 = time.monotonic()
+        with self._cv:
+            for it in items:
+                if it.priority == Priority.URGENT:
+                    self._waits.append((t0, t0 - it.enqueued))
+            self._busy.append((t0, t1))
+            self._trim(t1)
 
     def _trim(self, now: float) -> None:
         edge = now - self.window_s

@@ -192,3 +192,28 @@ def test_cancelled_queued_item_never_runs():
     w.submit(ran.append, 2).result(5)
     w.shutdown()
     assert ran == [2]
+
+
+def test_same_kind_items_run_as_one_batch_under_edf_only():
+    """Five sessions' transcriptions queue behind a running item: edf runs them as one batch call, fifo one by one."""
+    calls = []
+
+    def one(x):
+        calls.append([x])
+        return x * 10
+
+    def many(xs):
+        calls.append(list(xs))
+        return [x * 10 for x in xs]
+
+    for policy, expect in (("edf", [[0, 1, 2, 3, 4]]), ("fifo", [[0], [1], [2], [3], [4]])):
+        calls.clear()
+        w = PriorityWorker("test-batch", policy=policy)
+        gate = threading.Event()
+        w.submit(gate.wait)
+        time.sleep(0.02)  # the gate item is running
+        futs = [w.submit_with(Priority.URGENT, one, i, batch=("asr", many)) for i in range(5)]
+        gate.set()
+        assert [f.result(5) for f in futs] == [0, 10, 20, 30, 40]
+        w.shutdown()
+        assert calls == expect, policy
