@@ -68,6 +68,7 @@ class TurnResult:
     underruns: int = 0
     underrun_ms: float = 0.0
     reply_s: float = 0.0  # seconds of reply audio received
+    stages: dict = field(default_factory=dict)  # the server's stage times for the turn (ms after speech end)
 
 
 @dataclass
@@ -125,7 +126,7 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                 return
             rate = first.get("output_sample_rate", 22050)
             stats.connected += 1
-            st = {"chunks": [], "done": 0}
+            st = {"chunks": [], "done": 0, "lat": []}
 
             async def receive():
                 async for msg in ws:
@@ -136,6 +137,8 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                     e = json.loads(msg)
                     if e["type"] == "reply_done":
                         st["done"] += 1
+                    elif e["type"] == "latency":
+                        st["lat"].append(e)
                     elif e["type"] == "error":
                         stats.errors[e.get("code", "?")] = stats.errors.get(e.get("code", "?"), 0) + 1
 
@@ -156,7 +159,7 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                     i += 1
                     seg_start = sent / INTERNAL_RATE
                     done_before = st["done"]
-                    st["chunks"] = []
+                    st["chunks"], st["lat"] = [], []
                     for j in range(0, len(clip.audio), frame):
                         await send(clip.audio[j:j + frame])
                     t_end = t0 + seg_start + clip.speech_end
@@ -172,6 +175,8 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                     play_until = max(time.monotonic(), first_at + res.reply_s) + 0.5 + rng.uniform(0.0, 1.0)
                     while time.monotonic() < play_until:
                         await send(silence)
+                    if st["lat"]:  # sent just after reply_done
+                        res.stages = st["lat"][-1].get("ms") or {}
             finally:
                 rx.cancel()
     except (ConnectionClosed, OSError, asyncio.TimeoutError) as e:
@@ -231,6 +236,8 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     for pool in (rt.llm_pool, rt.tts_pool):
         pool.reset_stats()
     refusals0 = dict(rt.refusals)
+    batches0 = (rt.asr_pool.batches, rt.asr_pool.batched_items) if hasattr(rt.asr_pool, "batches") else None
+    busy_pools = {"asr": [], "tts": []}
     idle_alloc, idle_used = cuda_allocated(), eng.pool.num_pages - eng.free_pages
     peak_alloc, peak_used, peak_live, busy = idle_alloc, idle_used, 0, []
     stagger = min(args.stagger, args.seconds / 4)
@@ -244,6 +251,10 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         peak_used = max(peak_used, eng.pool.num_pages - eng.free_pages)
         peak_live = max(peak_live, len(srv.hub.sessions))
         busy.append(rt.llm_pool.load()["busy"])
+        for name in busy_pools:
+            pool = getattr(rt, f"{name}_pool")
+            if hasattr(pool, "load"):
+                busy_pools[name].append(pool.load()["busy"])
         await asyncio.sleep(0.25)
     wall = time.monotonic() - t0
     s = callers.stats
@@ -262,6 +273,15 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         "turns_with_underrun": sum(t.underruns > 0 for t in s.turns),
         "deadline_misses": {k: {"missed": v[0], "of": v[1]} for k, v in miss.items()},
         "llm_busy_mean": round(float(np.mean(busy)), 3) if busy else None,
+        **{f"{k}_busy_mean": round(float(np.mean(v)), 3) if v else None for k, v in busy_pools.items()},
+        "asr_batches": (None if batches0 is None else
+                        {"batches": rt.asr_pool.batches - batches0[0], "items": rt.asr_pool.batched_items - batches0[1]}),
+        "stage_p50_ms": {k: _r(nearest_rank([t.stages[k] for t in s.turns if t.stages.get(k) is not None], 50))
+                         for k in ("endpoint", "transcript", "llm_first_token", "first_phrase", "tts_first_audio",
+                                   "audio_sent")},
+        "stage_p95_ms": {k: _r(nearest_rank([t.stages[k] for t in s.turns if t.stages.get(k) is not None], 95))
+                         for k in ("endpoint", "transcript", "llm_first_token", "first_phrase", "tts_first_audio",
+                                   "audio_sent")},
         "errors": s.errors,
         "kv_pages_per_session": round((peak_used - idle_used) / max(peak_live, 1), 2),
         "gpu_mem_per_session_bytes": (None if idle_alloc is None else int((peak_alloc - idle_alloc) / max(peak_live, 1))),
@@ -315,7 +335,8 @@ async def bench(args) -> dict:
                 print(f"  N={n:3d} {policy:4s} p50 {r['v2v_p50_ms']} ms  p95 {r['v2v_p95_ms']} ms  max {r['v2v_max_ms']}"
                       f"  turns {r['turns']} (no reply {r['turns_without_reply']})  refused {r['refused']}"
                       f"  underruns {r['underruns']}  kv pages/session {r['kv_pages_per_session']}"
-                      f"  llm busy {r['llm_busy_mean']}" + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+                      f"  endpoint p50 {r['stage_p50_ms']['endpoint']}  busy llm/asr/tts {r['llm_busy_mean']}/"
+                      f"{r['asr_busy_mean']}/{r['tts_busy_mean']}" + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
     finally:
         server.close()
         await server.wait_closed()
