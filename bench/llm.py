@@ -483,7 +483,8 @@ def run_model(name: str, copy_tbps: float, check: bool) -> dict:
     eng.capture()
     capture_s = time.perf_counter() - t0
     out = {"weights": "synthetic (seed 0, N(0, 0.02))", "dtype": "bfloat16", "load_s": load_s,
-           "graph_capture_s": capture_s, "graph_buckets": eng.graphs.buckets, "backends": ops.BACKENDS}
+           "graph_capture_s": capture_s, "graph_buckets": eng.graphs.buckets, "backends": ops.BACKENDS,
+           "decode_fusions_batch1": sorted(model.decode_fusions) if ops.HAVE_FUSED_DECODE else []}
     hf = build_hf(model)
     if check:
         hf32 = build_hf(model, torch.float32)
