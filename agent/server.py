@@ -134,7 +134,8 @@ def event_to_json(e) -> dict:
         case ev.Flush():
             return {"type": "flush", "turn": e.turn, "played_samples": e.played_samples}
         case ev.TurnLatency():
-            return {"type": "latency", "turn": e.turn, "ms": e.ms, "v2v_ms": e.v2v_ms}
+            return {"type": "latency", "turn": e.turn, "ms": e.ms, "v2v_ms": e.v2v_ms,
+                    "info": {k: v for k, v in e.info.items() if k != "transcript"}}  # timings, not content
         case ev.ErrorEvent():
             return {"type": "error", "code": e.code, "message": e.message, "fatal": e.fatal}
     return {"type": "unknown"}

@@ -117,6 +117,7 @@ class PauseWork:
     prefilled: int = 0
     draft: Draft | None = None
     stale: bool = False
+    t: dict = field(default_factory=dict)  # stage -> time.monotonic(), for the turn's trace (pause timeline)
 
 
 class Session:
@@ -252,6 +253,9 @@ class Session:
             trace.info["p_end"] = round(pause.p_end, 4)
         if self.p_audio is not None and self.p_audio[1] >= d.speech_end - 1e-6:
             trace.info["p_audio"] = round(self.p_audio[0], 4)
+        if pause is not None:  # the pause's timeline, ms after the end of speech (where it got to by now)
+            t0 = trace.t["speech_end"]
+            trace.info["pause_ms"] = {k: round((v - t0) * 1000, 1) for k, v in pause.t.items()}
         if pause is not None and pause.upto < d.speech_end - 1e-6:  # the user spoke again after that pause
             self._drop(pause)
             pause = None
@@ -335,6 +339,7 @@ class Session:
             return
         b = int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
         pw = PauseWork(upto=d.speech_end)
+        pw.t["pause"] = time.monotonic()
         pw.asr = asyncio.create_task(self._transcribe(self._slice(a, b)))
         pw.task = asyncio.create_task(self._pause_work(pw))
         self.pause = pw
@@ -360,6 +365,7 @@ class Session:
         rt, t = self.rt, self.cfg.turn
         try:
             pw.transcript = text = await asyncio.shield(pw.asr)
+            pw.t["asr"] = time.monotonic()
             if pw.stale or not text:
                 return
             self._emit(ev.TranscriptEvent(text, False, self.turn_index + 1, text))
@@ -368,6 +374,7 @@ class Session:
                                                                False, True)
             elif t.llm_p_end:  # ablation: judge the end of turn on a throw-away fork, keep nothing in the cache
                 pw.p_end = await rt.llm_pool.run(Priority.BACKGROUND, self.llm.end_probability, text)
+            pw.t["prefill"] = time.monotonic()
             if pw.stale:
                 return
             if t.llm_p_end and pw.p_end is not None:
@@ -382,9 +389,11 @@ class Session:
             llm_says = t.llm_p_end and pw.p_end is not None and pw.p_end >= t.draft_min_p
             judge_says = p_audio is not None and p_audio >= t.judge_draft_min_p
             if t.draft and (llm_says or judge_says):
+                pw.t["draft_start"] = time.monotonic()
                 pw.draft = Draft(text)
                 pw.draft.task = asyncio.create_task(self._make_draft(pw.draft))
                 await asyncio.shield(pw.draft.task)
+                pw.t["draft_audio"] = time.monotonic()
         except asyncio.CancelledError:
             pass
         except Exception:

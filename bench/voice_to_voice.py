@@ -126,6 +126,7 @@ async def run_script(url: str, segments: list[Segment], kind: str, out_rate_hint
             if lat:
                 t.endpoint_ms = lat[-1]["ms"].get("endpoint")
                 t.stages = lat[-1]["ms"]
+                t.info = lat[-1].get("info", {})
             if seg.splice:
                 a, b = seg_start + seg.splice[0], seg_start + seg.splice[1]
                 t.false_cutoff = any(a - 0.05 <= x <= b + 0.05 for x in state["stopped"])
