@@ -221,7 +221,11 @@ def _warm_asr(asr) -> None:
     import numpy as np
 
     if hasattr(asr, "warmup"):  # the torch Whisper captures its CUDA graphs per batch size here
-        asr.warmup()
+        on_gpu = getattr(getattr(asr, "device", None), "type", "cpu") == "cuda"
+        # on a GPU, every decoder batch bucket that Runtime.transcribe's batching can reach (capture at start-up,
+        # not in the middle of a call, and inside the memory plan)
+        asr.warmup(batches=tuple(b for b in (1, 2, 4, 8, 16, 32) if b <= getattr(asr, "max_batch", 1))
+                   if on_gpu else (1,))
     asr.transcribe(np.zeros(16_000, np.float32))
 
 
