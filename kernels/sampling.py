@@ -125,8 +125,9 @@ def argmax_triton(logits: torch.Tensor, block: int = 1024, num_splits: int | Non
     temp = torch.zeros(b, dtype=torch.float32, device=logits.device)
     vals = torch.empty((b, num_splits), dtype=torch.float32, device=logits.device)
     idxs = torch.empty((b, num_splits), dtype=torch.int64, device=logits.device)
-    _sample_kernel[(b, num_splits)](logits, logits, temp, temp, vals, idxs, v, chunk, num_splits, logits.stride(0),
-                                    logits.stride(0), HAS_CUTOFF=False, BLOCK=block, num_warps=4)
+    # noise pointer: any fp32 tensor (never read: every row is greedy), stride 0
+    _sample_kernel[(b, num_splits)](logits, temp, temp, temp, vals, idxs, v, chunk, num_splits, logits.stride(0),
+                                    0, HAS_CUTOFF=False, BLOCK=block, num_warps=4)
     return idxs.gather(1, vals.argmax(-1, keepdim=True)).squeeze(1)
 
 
