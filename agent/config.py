@@ -95,6 +95,8 @@ class TTSConfig:
     noise_w: float | None = None
     threads: int = 1
     device: str = "cpu"
+    dtype: str = "float32"  # torch backend: the decoder's dtype ("float16" on a GPU: 55 dB SNR vs fp32, measured)
+    cuda_graphs: bool = True  # torch backend on CUDA: replay the model calls from graphs captured at warm-up
 
 
 @dataclass

@@ -195,7 +195,12 @@ def load_tts(config: Config):
     if c.backend == "torch":
         from tts.torch_backend import TorchPiperTTS
 
-        return TorchPiperTTS(path, device=c.device)
+        import torch
+
+        tts = TorchPiperTTS(path, device=c.device, dtype=getattr(torch, c.dtype))
+        if c.cuda_graphs and tts.device.type == "cuda":
+            tts.use_cuda_graphs()
+        return tts
     raise models.ModelError(f"unknown TTS backend {c.backend!r} (piper, torch)")
 
 
@@ -230,6 +235,8 @@ def _warm_asr(asr) -> None:
 
 
 def _warm_tts(tts) -> None:
+    if hasattr(tts, "warmup"):  # the torch Piper: phrases of every usual length, capturing its CUDA graphs
+        tts.warmup()
     for _ in tts.synthesize("Hello."):
         pass
 

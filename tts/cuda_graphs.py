@@ -50,6 +50,12 @@ class GraphedTTS:
     def _room(self) -> bool:
         return len(self.front_graphs) + len(self.back_graphs) + len(self.dec_graphs) < self.max_graphs
 
+    def freeze(self) -> int:
+        """No more captures: a shape not seen so far runs eagerly. A server calls this after its warm-up, since a
+        capture while other threads launch CUDA work (the LLM, the ASR) is not safe. Returns the graph count."""
+        self.max_graphs = len(self.front_graphs) + len(self.back_graphs) + len(self.dec_graphs)
+        return self.max_graphs
+
     def front(self, ids, lengths):
         key = tuple(ids.shape)
         if key not in self.front_graphs:

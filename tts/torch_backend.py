@@ -77,6 +77,35 @@ class TorchPiperTTS:
         # id and frame counts up (padding is masked, so results do not change) to let graphs be reused.
         self.decode_fn = self.dec  # z [B, C, W] -> audio [B, W*hop]
         self.bucket = lambda n: n
+        self.graphs = None  # tts.cuda_graphs.GraphedTTS, when installed (use_cuda_graphs)
+
+    WARMUP_TEXTS = (
+        "Hi.", "Sure, let me check.", "Sure, I can help you with that today.",
+        "Your table for four is booked at seven, and I sent you a confirmation.",
+        "Our main branch is open from nine in the morning until eight in the evening, Monday through Saturday.",
+        "If you would like to renew a book, please have your card number ready, and I will take care of it right "
+        "away, so you do not have to come in.",
+    )
+
+    def use_cuda_graphs(self, max_graphs: int = 96) -> None:
+        """Replay the three model calls from CUDA graphs (captured per bucketed shape in `warmup`)."""
+        from .cuda_graphs import GraphedTTS
+
+        self.graphs = GraphedTTS(self, max_graphs=max_graphs)
+
+    def warmup(self) -> None:
+        """Phrases of every usual length once (graph capture happens here, single-threaded), then no more
+        captures while serving: an unseen shape runs eagerly."""
+        if self.graphs is None:
+            for _chunk in self.synthesize("Hello."):
+                pass
+            return
+        for _ in range(2):
+            for text in self.WARMUP_TEXTS:
+                for _chunk in self.synthesize(text):
+                    pass
+        if self.graphs is not None:
+            self.graphs.freeze()
 
     def front(self, ids, lengths):
         """ids [B, T], lengths [B] -> (TextStats, durations [B, T])."""
