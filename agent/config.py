@@ -43,8 +43,8 @@ class TurnConfig:
     judge: str = ""
     judge_threads: int = 1
     # judge P(complete) at or below which max_delay_ms applies, at or above which min_delay_ms; in between the judge
-    # alone is unsure (unknown_delay_ms) and, once the LLM's P(end) is known too, counts linearly in their mean
-    judge_p_low: float = 0.2
+    # alone is unsure (unknown_delay_ms); once the LLM's P(end) is known too, the less sure of the two decides
+    judge_p_low: float = 0.5
     judge_p_high: float = 0.95
     judge_draft_min_p: float = 0.5  # draft during a pause when the judge's P(complete) is at least this
     llm_p_end: bool = True  # also use the LLM's P(end-of-turn token) (False: synthetic weights; judge/silence only)

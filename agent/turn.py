@@ -8,7 +8,8 @@ the end. So the silence needed depends on P(end of turn) for what was said so fa
 clearly finished, long mid-sentence, never longer than `max_delay_s`. Two judges may say how finished the turn is:
 the LLM's P(end-of-turn token) for the transcript so far (on_end_probability; needs the pause's ASR first, so on a
 slow CPU it comes late) and an audio model's P(complete) for the turn's audio (on_audio_end_probability; smart-turn,
-~50-100 ms into a pause). Each maps to a confidence in [0, 1]; with both fresh, their mean decides."""
+~50-100 ms into a pause). Each maps to a confidence in [0, 1]; with both fresh, the lower one decides: the turn
+ends quickly only when both hear it finished (a mid-sentence hesitation can fool either one)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class TurnParams:
     # the audio judge's P(complete): at or above judge_p_high the turn is finished (min_delay_s), at or below
     # judge_p_low it is not (max_delay_s); in between the judge alone decides nothing (unknown_delay_s: wait for
     # the LLM's verdict) and, with the LLM's verdict known, counts linearly
-    judge_p_low: float = 0.2
+    judge_p_low: float = 0.5
     judge_p_high: float = 0.95
 
 
@@ -87,7 +88,7 @@ def endpoint_delay(p: TurnParams, p_end: float | None, p_audio: float | None = N
          ([audio_confidence(p, p_audio)] if p_audio is not None else [])
     if not xs:
         return p.unknown_delay_s
-    x = sum(xs) / len(xs)
+    x = min(xs)
     if x >= 1.0:
         return p.min_delay_s
     if x <= 0.0:

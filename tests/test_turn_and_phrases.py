@@ -144,10 +144,19 @@ def test_audio_and_llm_verdicts_combine():
     assert endpoint_delay(p, 1e-6, None) == p.max_delay_s
     assert endpoint_delay(p, None, (p.judge_p_low + p.judge_p_high) / 2) == p.unknown_delay_s  # unsure: wait
     assert endpoint_delay(p, None, p.judge_p_low / 2) == p.max_delay_s
-    mixed = endpoint_delay(p, 1e-6, 0.99)  # they disagree: halfway
-    assert abs(mixed - (p.max_delay_s + p.min_delay_s) / 2) < 1e-9
+    assert endpoint_delay(p, 1e-6, 0.99) == p.max_delay_s  # they disagree: the less sure one decides
+    assert endpoint_delay(p, 0.99, 1e-3) == p.max_delay_s
+    half = endpoint_delay(p, 0.99, (p.judge_p_low + p.judge_p_high) / 2)  # LLM sure, judge halfway: halfway
+    assert abs(half - (p.max_delay_s + p.min_delay_s) / 2) < 1e-9
     assert endpoint_delay(p, 0.5, 0.99) == p.min_delay_s  # both sure
     assert endpoint_delay(p, 1e-6, 0.1) == p.max_delay_s  # both say mid-sentence
     a = [endpoint_delay(p, None, x / 20) for x in range(21)]
     assert all(x >= y for x, y in zip(a, a[1:])) and min(a) == p.min_delay_s and max(a) == p.max_delay_s
     assert endpoint_delay(TurnParams(adaptive=False), 1e-6, 0.99) == p.endpoint_silence_s
+
+
+def test_trailing_ellipsis_marks_an_unfinished_transcript():
+    from agent.session import trails_off
+
+    assert trails_off("Eight of spades, four of cl...") and trails_off("drop the two when you\u2026")
+    assert not trails_off("Sunday is the best part of the week.") and not trails_off("5 5") and not trails_off("")
