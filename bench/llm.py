@@ -411,7 +411,7 @@ def study_model(name: str, copy_tbps: float, out_dir: Path | None, fusion_sets: 
 
 
 def study(out_dir: Path | None):
-    from llm.llama import DECODE_FUSIONS
+    from llm.llama import FUSABLE
 
     copy = copy_bandwidth_TBps()
     result = result_header(copy_TBps=copy, torch=torch.__version__, study=True)
@@ -434,16 +434,16 @@ def study(out_dir: Path | None):
         result[f"argmax_b{b}_us"] = {"torch": time_graph(lambda: lg.argmax(-1)) * 1e3,
                                      "triton": time_graph(lambda: argmax_triton(lg)) * 1e3}
         print("argmax", b, result[f"argmax_b{b}_us"], flush=True)
-    sets = {"all": DECODE_FUSIONS, "none": set()}
-    for f in sorted(DECODE_FUSIONS):
-        sets["all but " + f] = DECODE_FUSIONS - {f}
+    sets = {"all": FUSABLE, "none": set()}
+    for f in sorted(FUSABLE):
+        sets["all but " + f] = FUSABLE - {f}
     for name in ("llama-3.2-1b", "llama-3.1-8b"):
         result[name] = study_model(name, copy, out_dir, sets)
         write_result(f"llm_study_{gpu_tag()}.json", result, out_dir)
     # correctness with the new rounding, and how much of what is left comes from the decode attention kernel
     model = load_model("synthetic:llama-3.2-1b", device="cuda", dtype=torch.bfloat16, max_seq_len=4096)
     hf = build_hf(model)
-    for label in ("kernels", "decode attention = torch SDPA reference", "no fusions"):
+    for label in ("kernels", "decode attention = torch SDPA reference", "no fusions"):  # "kernels": all fused
         saved = ops.paged_decode_attention, model.decode_fusions
         if label.startswith("decode attention"):
             from kernels.paged_attention import paged_decode_attention_ref
@@ -451,6 +451,8 @@ def study(out_dir: Path | None):
             ops.paged_decode_attention = paged_decode_attention_ref
         if label == "no fusions":
             model.decode_fusions = frozenset()
+        elif label == "kernels":
+            model.decode_fusions = FUSABLE
         try:
             eng = Engine(model, num_pages=256, page_size=16, max_batch=1, max_seq_len=4096)
             result["check_" + label] = check_vs_hf(eng, hf, model.cfg.vocab_size)

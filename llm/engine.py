@@ -297,6 +297,14 @@ class Engine:
         self.max_batch = max_batch
         self.n_graph_steps = self.n_eager_steps = self.n_ahead_hits = self.n_ahead_misses = 0
         self.lookahead = True  # greedy graph decode runs one step ahead (see _launch_ahead)
+        if self.device.type == "cuda":
+            # cuBLAS may otherwise add split-K partial sums in bf16/fp16 (it picks split-K for small-M GEMMs such as
+            # a short prefill: the 8B warm append runs `nvjet_..._splitK` kernels), i.e. an extra rounding whose
+            # position depends on the matrix shape, which differs between our fused q|k|v and transformers' three
+            # projections. fp32 reductions keep every GEMM at one rounding, as the Triton kernels do. (Global flag:
+            # it also applies to other models in the process, and to a transformers reference run beside us.)
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
         self._spec = None
 
     def capture(self) -> "DecodeGraphs | None":

@@ -36,9 +36,13 @@ class AttnMeta:
     logits_idx: Tensor | None = None  # rows of the flat batch whose logits are wanted (None: all)
 
 
-# ops fused on the one-token CUDA path: "qkv" attn-norm+q|k|v, "wo" o_proj as a Triton GEMV, "w13" ffn-norm+gate|up,
-# "w2" silu·mul+down, "head" final norm+LM head, "argmax" (in the decode graph) split argmax
-DECODE_FUSIONS = frozenset({"qkv", "wo", "w13", "w2", "head", "argmax"})
+# ops that can be fused on the one-token CUDA path: "qkv" attn-norm+q|k|v, "wo" o_proj as a Triton GEMV, "w13"
+# ffn-norm+gate|up, "w2" silu·mul+down, "head" final norm+LM head, "argmax" (in the decode graph) split argmax.
+FUSABLE = frozenset({"qkv", "wo", "w13", "w2", "head", "argmax"})
+# Default: only the argmax. With all of them (H200, 2026-12-02, bench/results/llm_h200.json) the Triton GEMV with
+# its default tile streamed the weights at 74 % (8B) / 54 % (1B) of the copy bandwidth, below cuBLAS (~91 % on the
+# 8B shapes, H100 run); the fused GEMVs stay opt-in until their tiles are tuned (bench/llm.py --study sweeps them).
+DECODE_FUSIONS = frozenset({"argmax"})
 
 
 class Block(nn.Module):

@@ -400,9 +400,10 @@ def test_safetensors_dir_roundtrip(tmp_path):
 def test_fused_decode_path_matches_unfused():
     """The one-token path with RMSNorm/SiLU fused into the GEMVs (on CPU: the kernels' torch references) gives the
     same logits as the unfused ops: checks its residual plumbing (first layer, final norm, tied LM head)."""
-    from llm.llama import AttnMeta
+    from llm.llama import FUSABLE, AttnMeta
 
     model = init_synthetic(Llama(tiny(vocab_size=200)), seed=2).eval()
+    model.decode_fusions = FUSABLE
     eng = Engine(model, num_pages=16, page_size=4)
     s = eng.new_session()
     s.append(list(range(9)))
