@@ -261,7 +261,7 @@ def worker_log(rt, monkeypatch) -> list:
     log: list = []
     orig = rt.llm_pool.submit_with
 
-    def submit_with(priority, fn, *args, deadline=float("inf")):
+    def submit_with(priority, fn, *args, **kw):  # deadline, ready, batch: passed through
         entry = [time.monotonic(), None, None, int(priority), getattr(fn, "__qualname__", repr(fn))[:40]]
 
         def timed(*a):
@@ -271,7 +271,7 @@ def worker_log(rt, monkeypatch) -> list:
             finally:
                 entry[2] = time.monotonic()
                 log.append(tuple(entry))
-        return orig(priority, timed, *args, deadline=deadline)
+        return orig(priority, timed, *args, **kw)
 
     monkeypatch.setattr(rt.llm_pool, "submit_with", submit_with)
     return log
