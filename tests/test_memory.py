@@ -110,3 +110,23 @@ def test_session_quota_drops_the_oldest_turns_and_refuses_what_cannot_fit():
     llm.quota_tokens = cs.n_system + 12
     with pytest.raises(ValueError, match="session quota"):
         cs.add_user("Tell me a long story about a dragon who lived in a castle by the sea.")
+
+
+def test_runtime_plan_from_measured_weights_and_a_clear_refusal():
+    """The runtime's meter on the real CPU LLM: the plan holds the measured weights, the KV pool it asks for is
+    what make_plan gives; with a device too small it refuses naming the largest item."""
+    from small_llm import _weights
+
+    from agent.config import Config
+    from agent.runtime import MemoryMeter, _module_bytes
+
+    cfg, model, _ = _weights()
+    c = Config.load("cpu")
+    meter = MemoryMeter(c)
+    pages = meter.plan_pages(model, 16)
+    assert meter.plan.fixed["LLM weights"] == _module_bytes(model) > 100 * MiB
+    assert pages == meter.plan.kv_pages and pages * 16 >= c.llm.max_context_tokens * c.server.max_sessions
+    assert "LLM weights" in meter.plan.table()
+    c.memory.total = 200 * MiB
+    with pytest.raises(MemoryPlanError, match="do not fit.*largest item is LLM weights"):
+        MemoryMeter(c).plan_pages(model, 16)
