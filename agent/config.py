@@ -125,7 +125,7 @@ class ServerConfig:
     max_sessions_per_address: int = 4  # live sessions per client IP (IPv6: per /64); 0 = no limit
     per_address_exempt: list = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])  # CIDRs not counted
     trusted_proxies: list = field(default_factory=list)  # CIDRs whose X-Forwarded-For names the client
-    idle_timeout_s: float = 120.0  # no message from the client for this long closes the session; 0 = never
+    idle_timeout_s: float = 300.0  # no message from the client for this long closes the session; 0 = never
     max_session_s: float = 3600.0  # longest session; 0 = no limit
     send_timeout_s: float = 10.0  # a client that reads nothing for this long (send blocked) is dropped
     max_outbound_events: int = 2000  # session events waiting for a slow client before it is dropped
