@@ -280,7 +280,9 @@ def test_rate_monitor_always_catches_a_flood(ratio, quiet):
     (slack + backlog) / (ratio - 1) s of streaming, however long the quiet part was."""
     slack, backlog = 3.0, 10.0
     m = RateMonitor(16000, slack, backlog, start=0.0)
-    frames = [(int(320 * ratio), quiet + 0.02 * (i + 1)) for i in range(int(((slack + backlog) / (ratio - 1) + 1) / 0.02))]
+    n = int(320 * ratio)
+    r = n / 320  # the ratio actually sent (whole samples per frame)
+    frames = [(n, quiet + 0.02 * (i + 1)) for i in range(int(((slack + backlog) / (r - 1) + 1) / 0.02))]
     assert _feed(m, frames) is not None
 
 
