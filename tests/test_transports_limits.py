@@ -184,6 +184,70 @@ def test_forwarded_for_counts_only_behind_a_trusted_proxy(rt):
         assert run(rt, untrusted)[0] == 429
 
 
+def test_concurrent_handshakes_from_one_address_never_exceed_the_limit(rt):
+    """Handshakes race (the count is checked before the upgrade and taken after it): however they interleave,
+    exactly `limit` connections stay open and every other one is refused — 429 before the upgrade, or an error
+    event and close 1013 after it."""
+    async def one(url):
+        try:
+            ws = await connect(url)
+        except InvalidStatus as e:
+            return ("http", e.response.status_code, json.loads(e.response.body)["error"]["code"])
+        try:
+            m = await asyncio.wait_for(ws.recv(), 1.0)
+            await ws.wait_closed()
+            return ("ws", ws.close_code, json.loads(m)["code"])
+        except asyncio.TimeoutError:
+            return ("open", ws, None)
+        except ConnectionClosed:
+            return ("ws", ws.close_code, None)
+
+    async def scenario(port, srv):
+        res = await asyncio.gather(*[one(f"ws://127.0.0.1:{port}/") for _ in range(8)])
+        live = dict(srv.router.addresses.live)
+        for kind, ws, _ in res:
+            if kind == "open":
+                await ws.close()
+        return res, live
+
+    with settings(rt, max_sessions_per_address=2, per_address_exempt=[]):
+        res, live = run(rt, scenario)
+    assert sum(1 for r in res if r[0] == "open") == 2 and live == {"127.0.0.1": 2}
+    refused = [r for r in res if r[0] != "open"]
+    assert len(refused) == 6
+    assert all(r in (("http", 429, "too_many_sessions"), ("ws", 1013, "too_many_sessions")) for r in refused), res
+
+
+def test_a_handshake_that_lost_the_race_is_refused_after_the_upgrade(rt, monkeypatch):
+    """Fault injection for the race above: another session from the same address is admitted between this
+    handshake's check and its start. The loser gets the error event and close 1013; nothing leaks."""
+    from agent.transports.router import Router
+
+    orig = Router.process_request
+
+    def racing(self, connection, request):
+        r = orig(self, connection, request)
+        if r is None and request.headers.get("X-Test-Race"):
+            self.addresses.acquire(connection.remote_address)  # the winner of the race, admitted meanwhile
+        return r
+    monkeypatch.setattr(Router, "process_request", racing)
+
+    async def scenario(port, srv):
+        async with connect(f"ws://127.0.0.1:{port}/", additional_headers={"X-Test-Race": "1"}) as ws:
+            msgs, code = await drain(ws, 5)
+        during = dict(srv.router.addresses.live)
+        srv.router.addresses.release(("127.0.0.1", 0))  # the injected winner leaves
+        async with connect(f"ws://127.0.0.1:{port}/") as ok:  # and the next one gets in
+            pass
+        await until(lambda: not srv.router.addresses.live, 5)
+        return msgs, code, during, dict(srv.router.addresses.live), dict(srv.hub.refusals)
+
+    with settings(rt, max_sessions_per_address=1, per_address_exempt=[]):
+        msgs, code, during, after, refusals = run(rt, scenario)
+    assert [m["code"] for m in msgs] == ["too_many_sessions"] and msgs[0]["fatal"] is True and code == 1013
+    assert during == {"127.0.0.1": 1} and after == {} and refusals == {"too_many_sessions": 1}
+
+
 # --------------------------------------------------------------------------------------------------- timers
 def test_idle_timeout_and_max_session_length(rt):
     silence = float_to_pcm16(np.zeros(1600, np.float32))  # 100 ms at 16 kHz
@@ -287,6 +351,44 @@ def test_a_client_that_stops_reading_is_dropped(rt, mode):
     assert any(m["type"] == "response.output_audio.delta" for m in msgs)  # it was talking
     assert msgs[-1]["type"] == "error" and msgs[-1]["error"]["code"] == "slow_consumer"
     assert code == 1008
+
+
+def test_twilio_audio_faster_than_real_time_is_cut(rt):
+    """/twilio cannot carry the API key (Twilio sends no headers of ours), so its audio is held to real time like
+    the Quickturn protocol: a stream at 4x is ended within about (slack + backlog) / 3 s; one in real time is not."""
+    from agent.audio import ulaw_encode
+
+    frame = base64.b64encode(ulaw_encode(np.zeros(160, np.float32))).decode()
+
+    async def stream(port, speed: float, seconds: float):
+        async with connect(f"ws://127.0.0.1:{port}/twilio") as ws:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            await ws.send(json.dumps({"event": "start", "streamSid": "MZ1", "start": {
+                "streamSid": "MZ1", "callSid": "CA1", "tracks": ["inbound"], "customParameters": {},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
+            t0 = time.monotonic()
+            k = 0
+            try:
+                while time.monotonic() - t0 < seconds:
+                    await ws.send(json.dumps({"event": "media", "streamSid": "MZ1",
+                                              "media": {"track": "inbound", "payload": frame}}))
+                    k += 1
+                    await asyncio.sleep(max(0.0, t0 + k * 0.02 / speed - time.monotonic()))
+            except ConnectionClosed:
+                return time.monotonic() - t0, True
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps({"event": "stop", "streamSid": "MZ1"}))
+            return time.monotonic() - t0, False
+
+    async def scenario(port, srv):
+        fast = await stream(port, 4.0, 20.0)
+        steady = await stream(port, 1.0, 2.0)
+        return fast, steady
+
+    with settings(rt, realtime_slack_s=1.0, realtime_backlog_s=2.0):
+        (t_fast, cut_fast), (t_steady, cut_steady) = run(rt, scenario)
+    assert cut_fast and t_fast < (1.0 + 2.0) / 3 + 2.0  # caught after ~1 s (no backlog credit at the start)
+    assert not cut_steady and t_steady >= 2.0
 
 
 # ------------------------------------------------------------------------------------------------------ TLS

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .. import events as ev
 from ..audio import StreamResampler, ulaw_decode, ulaw_encode
-from ..protocol import ProtocolError
+from ..protocol import ProtocolError, RateMonitor
 from ..session import Playback
 
 log = logging.getLogger("quickturn.twilio")
@@ -203,6 +203,7 @@ class TwilioHandler:
     async def handle(self, ws: ServerConnection) -> None:
         hub, proto = self.hub, TwilioProtocol()
         sid = session = sender = None
+        monitor: RateMonitor | None = None  # Twilio streams in real time; /twilio has no key, so a flood is cut
         marks_heard: list[str] = []
         try:
             async for message in ws:
@@ -221,6 +222,8 @@ class TwilioHandler:
                         log.warning(json.dumps({"event": "twilio_refused", "call": msg.call_sid}))
                         break  # Twilio ends the <Stream>; the TwiML after <Connect> can say "busy"
                     sid, session = opened
+                    cfg = hub.rt.config.server
+                    monitor = RateMonitor(RATE, cfg.realtime_slack_s, cfg.realtime_backlog_s, start=time.monotonic())
                     if hasattr(ws, "watch_queue"):  # agent/transports/guard.py: bound what waits for Twilio
                         ws.watch_queue(session.events)
                     session.playback = MarkPlayback(session.out_rate)
@@ -230,6 +233,12 @@ class TwilioHandler:
                     sender = asyncio.create_task(self._send_events(ws, proto, session))
                     log.info(json.dumps({"event": "twilio_start", "stream": msg.stream_sid, "call": msg.call_sid}))
                 elif isinstance(msg, Media):
+                    try:
+                        monitor.add(len(msg.samples), time.monotonic())
+                    except ProtocolError as e:
+                        hub.error("twilio", e.code)
+                        log.warning(json.dumps({"event": "twilio_error", "code": e.code, "message": e.message}))
+                        break
                     await session.feed(msg.samples)
                 elif isinstance(msg, Mark):
                     marks_heard.append(msg.name)
