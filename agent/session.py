@@ -622,15 +622,19 @@ class Session:
                     chunk = next(it, None) if ready is not None else await self._tts(r, p, next, it, None)
                     if chunk is None:
                         break
+                    audio = chunk.audio
+                    if not r.samples and len(audio):  # the reply's first audio: leading silence is only latency
+                        k = lead_silence(audio, rt.tts.sample_rate)
+                        audio, start = audio[k:], start - k  # word timings move with the audio
                     for w in chunk.words:  # backends may repeat the phrase's timings with every chunk
                         if (w.start, w.end) not in seen:
                             seen.add((w.start, w.end))
-                            r.words.append((w.word, p.index, start + w.start, start + w.end))
-                    if len(chunk.audio):
+                            r.words.append((w.word, p.index, max(0, start + w.start), max(0, start + w.end)))
+                    if len(audio):
                         r.trace.mark("tts_first_audio")
-                        r.samples += len(chunk.audio)
-                        self._emit(ev.ReplyAudio(chunk.audio, rt.tts.sample_rate, r.turn, p.index))
-                r.spans.append((p.index, start, r.samples))
+                        r.samples += len(audio)
+                        self._emit(ev.ReplyAudio(audio, rt.tts.sample_rate, r.turn, p.index))
+                r.spans.append((p.index, max(0, start), r.samples))
                 if r.cancelled:
                     return
             pending.clear()
@@ -717,6 +721,15 @@ class Session:
         excess = (self._n_in - self._buf_start) - int(keep * INTERNAL_RATE)
         if excess > INTERNAL_RATE:  # trim in 1 s steps, not every frame
             self._drop_before(self._buf_start + excess)
+
+
+def lead_silence(audio: np.ndarray, rate: int, level: float = 0.01, keep_s: float = 0.005) -> int:
+    """Samples of near-silence (below `level`, -40 dBFS) before the first sound, less `keep_s` of onset. Piper
+    starts every phrase with 40-75 ms of it (measured), which the caller would only wait through."""
+    loud = np.flatnonzero(np.abs(audio) > level)
+    if not len(loud):
+        return 0
+    return max(0, int(loud[0]) - int(keep_s * rate))
 
 
 def trails_off(text: str) -> bool:

@@ -160,3 +160,17 @@ def test_trailing_ellipsis_marks_an_unfinished_transcript():
 
     assert trails_off("Eight of spades, four of cl...") and trails_off("drop the two when you\u2026")
     assert not trails_off("Sunday is the best part of the week.") and not trails_off("5 5") and not trails_off("")
+
+
+def test_lead_silence_trims_only_the_quiet_start():
+    import numpy as np
+
+    from agent.session import lead_silence
+
+    rate = 22050
+    x = np.zeros(rate, np.float32)
+    x[1500:] = 0.3
+    k = lead_silence(x, rate)
+    assert k == 1500 - int(0.005 * rate) and np.abs(x[k:]).max() > 0.01
+    assert lead_silence(np.zeros(100, np.float32), rate) == 0  # nothing loud: nothing trimmed
+    assert lead_silence(np.full(100, 0.5, np.float32), rate) == 0
