@@ -51,6 +51,7 @@ FRAME_S = 0.02
 AUDIBLE = 0.02  # |sample| above this is "non-silent" (as bench/voice_to_voice.py)
 UNDERRUN_S = 0.02
 TARGET_MS = 500.0
+T_START = time.monotonic()
 
 
 @dataclass
@@ -108,14 +109,14 @@ def nearest_rank(values: list[float], q: float) -> float | None:
 
 
 async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: float, stats: RunStats,
-                 reply_timeout: float, rng: random.Random) -> None:
+                 reply_timeout: float, rng: random.Random, frame_s: float = FRAME_S) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
     from agent.audio import INTERNAL_RATE, float_to_pcm16
 
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-    frame = int(INTERNAL_RATE * FRAME_S)
+    frame = int(INTERNAL_RATE * frame_s)
     silence = np.zeros(frame, np.float32)
     try:
         async with connect(url, max_size=None, open_timeout=30) as ws:
@@ -202,8 +203,9 @@ def measure(k: int, name: str, chunks: list[tuple[float, bytes]], rate: int, t_s
 
 class Callers:
     def __init__(self, url: str, n: int, clips: list[Clip], seconds: float, stagger_s: float,
-                 reply_timeout: float, seed: int):
+                 reply_timeout: float, seed: int, frame_s: float = FRAME_S):
         self.stats = RunStats()
+        self.frame_s = frame_s
         self.args = (url, n, clips, seconds, stagger_s, reply_timeout, seed)
         self.thread = threading.Thread(target=lambda: asyncio.run(self._all()), name="sessions-callers",
                                        daemon=True)
@@ -213,7 +215,7 @@ class Callers:
         now = time.monotonic()
         until = now + stagger_s + seconds
         await asyncio.gather(*(caller(k, url, clips, now + stagger_s * k / max(n, 1), until, self.stats,
-                                      reply_timeout, random.Random(seed + k)) for k in range(n)))
+                                      reply_timeout, random.Random(seed + k), self.frame_s) for k in range(n)))
 
 
 def cuda_allocated() -> int | None:
@@ -241,7 +243,8 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     idle_alloc, idle_used = cuda_allocated(), eng.pool.num_pages - eng.free_pages
     peak_alloc, peak_used, peak_live, busy = idle_alloc, idle_used, 0, []
     stagger = min(args.stagger, args.seconds / 4)
-    callers = Callers(url, n, clips, args.seconds, stagger, args.reply_timeout, seed=n * 1000)
+    callers = Callers(url, n, clips, args.seconds, stagger, args.reply_timeout, seed=n * 1000,
+                      frame_s=args.frame_ms / 1000)
     t0 = time.monotonic()
     callers.thread.start()
     while callers.thread.is_alive():
@@ -321,7 +324,7 @@ async def bench(args) -> dict:
     clips = load_clips(args.clips)
     server, srv = await start_server(rt, "127.0.0.1", 0)
     url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"
-    runs = []
+    runs, skipped = [], []
     try:
         # one unmeasured turn first (lazy initialisation on the serving threads), then the runs; the scheduler
         # order alternates from one N to the next so that neither always runs first
@@ -330,6 +333,11 @@ async def bench(args) -> dict:
         policies = args.schedulers.split(",")
         for i, n in enumerate(ns):
             for policy in (policies if i % 2 == 0 else policies[::-1]):
+                cell_s = args.seconds + args.stagger + args.reply_timeout + 8.0  # the last turn, the drain
+                if args.budget_s and time.monotonic() - T_START + cell_s > args.budget_s:
+                    skipped.append({"sessions": n, "scheduler": policy})
+                    print(f"  N={n:3d} {policy:4s} skipped (--budget-s)", flush=True)
+                    continue
                 r = await run_one(rt, srv, url, n, policy, clips, args)
                 runs.append(r)
                 print(f"  N={n:3d} {policy:4s} p50 {r['v2v_p50_ms']} ms  p95 {r['v2v_p95_ms']} ms  max {r['v2v_max_ms']}"
@@ -353,13 +361,14 @@ async def bench(args) -> dict:
                                     "llm": f"quickturn engine on {cfg.llm.device} ({cfg.llm.dtype})",
                                     "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
                         seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
+                        frame_ms=args.frame_ms,
                         max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,
                         measured_at="client, loopback WebSocket, real-time streaming"),
         "memory_report": report0, "memory_report_end": {k: v for k, v in report1.items() if k != "table"},
         "metrics": {"max_sessions_p95_500ms": max(edf_ok) if edf_ok else 0,
                     "max_sessions_p95_500ms_fifo": max(fifo_ok) if fifo_ok else 0,
                     "memory_plan_error_pct": report0["error_pct"]},
-        "runs": table,
+        "runs": table, "skipped": skipped,
         "per_turn": {f"{r['scheduler']}_{r['sessions']}": r["per_turn"] for r in runs},
     }
 
@@ -400,10 +409,16 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="configs/gpu-bench.toml")
     ap.add_argument("--sessions", default="1,8,16,32,64,96")
     ap.add_argument("--schedulers", default="edf,fifo")
-    ap.add_argument("--seconds", type=float, default=25.0, help="each caller speaks for this long per run")
-    ap.add_argument("--stagger", type=float, default=3.0, help="callers start spread over this many seconds")
-    ap.add_argument("--reply-timeout", type=float, default=15.0)
+    ap.add_argument("--seconds", type=float, default=20.0, help="each caller speaks for this long per run")
+    ap.add_argument("--stagger", type=float, default=2.0, help="callers start spread over this many seconds")
+    ap.add_argument("--reply-timeout", type=float, default=10.0)
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="wall-clock budget for the whole process: runs that would not finish in it are skipped "
+                         "(and listed), so the result is written before an outer time limit (0 = none)")
     ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--frame-ms", type=float, default=20.0,
+                    help="audio frame the callers send (larger: less client CPU in this process at high N, and up "
+                         "to one frame of extra measured latency)")
     ap.add_argument("--max-new-tokens", type=int, default=0, help="0: the config's")
     ap.add_argument("--admission", choices=("config", "on", "off"), default="config",
                     help="load-based admission control: as configured (on a GPU by default), forced on, or off")
