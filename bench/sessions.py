@@ -171,6 +171,13 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                     stats.turns.append(res)
                     if st["done"] <= done_before:  # no reply: hang up, this caller is done
                         break
+                    if time.monotonic() >= until:  # measured (all reply audio precedes reply_done): hang up
+                        for _ in range(25):  # the server's stage times follow reply_done
+                            if st["lat"]:
+                                break
+                            await send(silence)
+                        res.stages = st["lat"][-1].get("ms") or {} if st["lat"] else {}
+                        break
                     # let the reply play out, then pause before the next turn (like a person)
                     first_at = st["chunks"][0][0] if st["chunks"] else time.monotonic()
                     play_until = max(time.monotonic(), first_at + res.reply_s) + 0.5 + rng.uniform(0.0, 1.0)
