@@ -42,6 +42,9 @@ class TurnConfig:
     # the audio end-of-turn judge run at each pause ("smart-turn-v3.2", a path to its .onnx, or "" = off)
     judge: str = ""
     judge_threads: int = 1
+    # silence the judge hears before it runs: its P(complete) rises with trailing silence even on a voice cut
+    # mid-sentence, and separates finished from cut turns best at ~100 ms (measured: tests/test_turn_judge.py)
+    judge_after_ms: int = 100
     # judge P(complete) at or below which max_delay_ms applies, at or above which min_delay_ms; in between the judge
     # alone is unsure (unknown_delay_ms); once the LLM's P(end) is known too, the less sure of the two decides
     judge_p_low: float = 0.5

@@ -157,6 +157,7 @@ class Session:
         self.pause: PauseWork | None = None  # the current pause's work, if any
         self.judge_task: asyncio.Task | None = None  # the audio end-of-turn judge on the current pause
         self.p_audio: tuple[float, float] | None = None  # its last verdict: (P(complete), speech end it saw)
+        self._judge_due: tuple[float, int, float] | None = None  # (stream s it runs at, audio start, speech end)
         self.closed = False
 
     # ----------------------------------------------------------------------------------------------- input
@@ -184,6 +185,11 @@ class Session:
             t_end = self._vad_pos / INTERNAL_RATE
             for d in self.turns.on_vad(t_end, self.rt.vad.window / INTERNAL_RATE, prob):
                 await self._decide(d)
+            if self._judge_due is not None and t_end >= self._judge_due[0] - 1e-6:
+                _, a, upto = self._judge_due
+                self._judge_due = None
+                if self.turns.in_turn and self.turns.paused:
+                    self._run_judge(a, upto)
 
     def audio_sent(self, n_samples: int) -> None:
         """The transport handed n reply samples (at `out_rate`) to the listener."""
@@ -331,10 +337,12 @@ class Session:
     def _start_pause(self, d: Decision) -> None:
         self._drop_pause()
         a = int(max(0.0, d.speech_start - PRE_ROLL_S) * INTERNAL_RATE)
-        if self.rt.judge is not None:  # the audio judge: the turn's audio up to now, on its own thread
-            if self.judge_task is not None:
-                self.judge_task.cancel()  # a verdict on older audio nobody waits for
-            self.judge_task = asyncio.create_task(self._judge(self._slice(a, self._n_in), d.speech_end))
+        if self.rt.judge is not None:  # the audio judge, once it has heard judge_after_ms of the silence
+            due = d.speech_end + self.cfg.turn.judge_after_ms / 1000
+            if d.t >= due - 1e-6:
+                self._run_judge(a, d.speech_end)
+            else:
+                self._judge_due = (due, a, d.speech_end)
         if self.llm is None or not self.auto_respond:
             return
         b = int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
@@ -343,6 +351,12 @@ class Session:
         pw.asr = asyncio.create_task(self._transcribe(self._slice(a, b)))
         pw.task = asyncio.create_task(self._pause_work(pw))
         self.pause = pw
+
+    def _run_judge(self, a: int, upto: float) -> None:
+        """The audio judge on the turn's audio (from sample a up to now), on its own thread."""
+        if self.judge_task is not None:
+            self.judge_task.cancel()  # a verdict on older audio nobody waits for
+        self.judge_task = asyncio.create_task(self._judge(self._slice(a, self._n_in), upto))
 
     async def _judge(self, audio: np.ndarray, upto: float) -> float | None:
         """P(complete) from the audio judge for the turn's audio up to a pause; fed to the turn taker, which
@@ -434,6 +448,7 @@ class Session:
                 pool.submit_with(Priority.URGENT, gen.close)
 
     def _drop_pause(self) -> None:
+        self._judge_due = None
         if self.pause is not None:
             self._drop(self.pause)
             self.pause = None
