@@ -273,15 +273,22 @@ class ChatSession:
         from llm.engine import Sampling
 
         c = self.llm.cfg
-        sampling = Sampling(temperature=c.temperature, top_p=c.top_p, script=self.llm.script)
+        script = self.llm.script
+        if script is not None:  # a reply continued after a drafted first phrase goes on where the draft stopped
+            script = script[min(max(0, self.s.n_tokens - self.reply_start), len(script) - 1):]
+        sampling = Sampling(temperature=c.temperature, top_p=c.top_p, script=script)
         budget = c.max_new_tokens if max_new_tokens is None else max_new_tokens
         if budget <= 0:
             return
         self._use(budget + 1)
-        for tok in self.s.generate(budget, sampling, stop_ids=self.llm.chat.stop_ids):
-            if tok in self.llm.chat.stop_ids:
-                return
-            yield tok
+        tokens = self.s.generate(budget, sampling, stop_ids=self.llm.chat.stop_ids)
+        try:
+            for tok in tokens:
+                if tok in self.llm.chat.stop_ids:
+                    return
+                yield tok
+        finally:  # end the engine's request now, not whenever the inner generator is collected
+            tokens.close()
 
     def end_reply(self, kept: list[int]) -> None:
         """Keep these reply tokens (all of them, or what was played) and close the assistant message."""
