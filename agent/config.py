@@ -42,6 +42,7 @@ class TurnConfig:
     # the audio end-of-turn judge run at each pause ("smart-turn-v3.2", a path to its .onnx, or "" = off)
     judge: str = ""
     judge_threads: int = 1
+    judge_workers: int = 1  # pauses of different sessions judged at once (a GPU server with many callers: > 1)
     # silence the judge hears before it runs: its P(complete) rises with trailing silence even on a voice cut
     # mid-sentence, and separates finished from cut turns best at ~100 ms (measured: tests/test_turn_judge.py)
     judge_after_ms: int = 100

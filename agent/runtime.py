@@ -94,6 +94,9 @@ class Runtime:
         rt = cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, judge=judge, startup_s=times, plan=meter.plan,
                  meter=meter)
         rt._warm = meter.cuda
+        if judge is not None and config.turn.judge_workers > 1:
+            rt.judge_pool.shutdown(wait=False)
+            rt.judge_pool = cf.ThreadPoolExecutor(config.turn.judge_workers, "qt-judge")
         return rt
 
     def warmup(self) -> None:
@@ -181,7 +184,8 @@ def load_asr(config: Config):
 def load_judge(config: Config):
     from .turn_judge import SmartTurn
 
-    return SmartTurn(resolve_model(config.turn.judge, "turn judge"), threads=config.turn.judge_threads)
+    return SmartTurn(resolve_model(config.turn.judge, "turn judge"), threads=config.turn.judge_threads,
+                     concurrency=config.turn.judge_workers)
 
 
 def load_tts(config: Config):

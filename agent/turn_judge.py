@@ -53,7 +53,7 @@ def features(audio16k: np.ndarray) -> np.ndarray:
 class SmartTurn:
     """P(the speaker finished their turn) from audio. Thread-safe; one call is ~50-100 ms on one CPU core."""
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, path: str | Path, threads: int = 1, concurrency: int = 1):
         import onnxruntime as ort
 
         path = Path(path)
@@ -75,7 +75,8 @@ class SmartTurn:
         if len(inputs) != 1 or list(inputs[0].shape[1:]) != [N_MELS, N_FRAMES]:
             raise ValueError(f"{path}: not a smart-turn v3 model (inputs {[(i.name, i.shape) for i in inputs]})")
         self.input_name = inputs[0].name
-        self._lock = threading.Lock()  # onnxruntime's run is thread-safe; this keeps it to one core at a time
+        # onnxruntime's run is thread-safe; this bounds how many run at once (each on `threads` cores)
+        self._lock = threading.BoundedSemaphore(max(1, int(concurrency)))
         self.p_end(np.zeros(SAMPLE_RATE, np.float32))  # the first run costs ~1.5 s (kernel set-up): not on a caller
 
     def p_end(self, audio16k: np.ndarray) -> float:

@@ -118,3 +118,16 @@ def test_runtime_loads_the_judge_from_config(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(Exception):
         load_judge(Config.from_dict({"turn": {"judge": str(bad)}}))
+
+
+def test_concurrent_verdicts_equal_sequential_ones(speech):
+    """judge_workers > 1 (many callers on a GPU server): pauses of different sessions are judged at once, with the
+    same verdicts as one at a time."""
+    import concurrent.futures as cf
+
+    clips = [load_audio(speech / r["file"]) for r in dev_set()[:4]]
+    one = SmartTurn(models.require("smart-turn-v3.2"), concurrency=1)
+    many = SmartTurn(models.require("smart-turn-v3.2"), concurrency=3)
+    with cf.ThreadPoolExecutor(3) as ex:
+        together = list(ex.map(many.p_end, clips * 2))
+    assert together == [one.p_end(c) for c in clips * 2]
