@@ -209,20 +209,55 @@ def measure(k: int, name: str, chunks: list[tuple[float, bytes]], rate: int, t_s
 
 
 class Callers:
-    def __init__(self, url: str, n: int, clips: list[Clip], seconds: float, stagger_s: float,
-                 reply_timeout: float, seed: int, frame_s: float = FRAME_S):
-        self.stats = RunStats()
-        self.frame_s = frame_s
-        self.args = (url, n, clips, seconds, stagger_s, reply_timeout, seed)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._all()), name="sessions-callers",
-                                       daemon=True)
+    """The simulated callers, on their own event loop: in a separate process by default (real callers are other
+    machines; in-process, 64 callers' framing and JSON would take the server's GIL and be measured as server
+    latency), or on a thread of this process (`in_process`)."""
 
-    async def _all(self) -> None:
-        url, n, clips, seconds, stagger_s, reply_timeout, seed = self.args
-        now = time.monotonic()
-        until = now + stagger_s + seconds
-        await asyncio.gather(*(caller(k, url, clips, now + stagger_s * k / max(n, 1), until, self.stats,
-                                      reply_timeout, random.Random(seed + k), self.frame_s) for k in range(n)))
+    def __init__(self, url: str, n: int, clips: list[Clip], seconds: float, stagger_s: float,
+                 reply_timeout: float, seed: int, frame_s: float = FRAME_S, in_process: bool = False):
+        self.stats = RunStats()
+        self.args = (url, n, clips, seconds, stagger_s, reply_timeout, seed, frame_s)
+        if in_process:
+            self.thread = threading.Thread(target=lambda: asyncio.run(_all_callers(self.args, self.stats)),
+                                           name="sessions-callers", daemon=True)
+            self._queue = None
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # never fork a process that holds CUDA
+            self._queue = ctx.Queue()
+            self.thread = ctx.Process(target=_callers_process, args=(self.args, self._queue), name="sessions-callers",
+                                      daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def is_alive(self) -> bool:
+        if self._queue is not None and not self._queue.empty():
+            return False  # the result is in: the process is about to exit
+        return self.thread.is_alive()
+
+    def join(self) -> RunStats:
+        if self._queue is not None:
+            self.stats = self._queue.get(timeout=60)
+        self.thread.join(timeout=60)
+        return self.stats
+
+
+async def _all_callers(args, stats: RunStats) -> None:
+    url, n, clips, seconds, stagger_s, reply_timeout, seed, frame_s = args
+    now = time.monotonic()
+    until = now + stagger_s + seconds
+    await asyncio.gather(*(caller(k, url, clips, now + stagger_s * k / max(n, 1), until, stats,
+                                  reply_timeout, random.Random(seed + k), frame_s) for k in range(n)))
+
+
+def _callers_process(args, queue) -> None:
+    stats = RunStats()
+    try:
+        asyncio.run(_all_callers(args, stats))
+    finally:
+        queue.put(stats)
 
 
 def cuda_allocated() -> int | None:
@@ -251,10 +286,10 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     peak_alloc, peak_used, peak_live, busy = idle_alloc, idle_used, 0, []
     stagger = min(args.stagger, args.seconds / 4)
     callers = Callers(url, n, clips, args.seconds, stagger, args.reply_timeout, seed=n * 1000,
-                      frame_s=args.frame_ms / 1000)
+                      frame_s=args.frame_ms / 1000, in_process=args.callers_in_process)
     t0 = time.monotonic()
-    callers.thread.start()
-    while callers.thread.is_alive():
+    callers.start()
+    while callers.is_alive():
         a = cuda_allocated()
         if a is not None:
             peak_alloc = max(peak_alloc, a)
@@ -267,7 +302,7 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
                 busy_pools[name].append(pool.load()["busy"])
         await asyncio.sleep(0.25)
     wall = time.monotonic() - t0
-    s = callers.stats
+    s = callers.join()
     lat = [t.latency_ms if t.latency_ms is not None else math.inf for t in s.turns]
     finite = [x for x in lat if math.isfinite(x)]
     miss = {name: list(pool.missed) for name, pool in (("llm", rt.llm_pool), ("tts", rt.tts_pool))}
@@ -370,7 +405,9 @@ async def bench(args) -> dict:
                         seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
                         frame_ms=args.frame_ms,
                         max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,
-                        measured_at="client, loopback WebSocket, real-time streaming"),
+                        measured_at="client, loopback WebSocket, real-time streaming",
+                        callers="a thread of the server's process" if args.callers_in_process else
+                        "a separate process"),
         "memory_report": report0, "memory_report_end": {k: v for k, v in report1.items() if k != "table"},
         "metrics": {"max_sessions_p95_500ms": max(edf_ok) if edf_ok else 0,
                     "max_sessions_p95_500ms_fifo": max(fifo_ok) if fifo_ok else 0,
@@ -429,6 +466,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=0, help="0: the config's")
     ap.add_argument("--admission", choices=("config", "on", "off"), default="config",
                     help="load-based admission control: as configured (on a GPU by default), forced on, or off")
+    ap.add_argument("--callers-in-process", action="store_true",
+                    help="run the simulated callers on a thread of the server's process (default: their own process)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, metavar="RESULT.json",
                     help="only redraw the PNG of an existing result (e.g. where the run had no matplotlib)")
