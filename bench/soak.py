@@ -86,14 +86,41 @@ class Watchdog:
 
 
 class Callers:
-    """The simulated callers, on their own thread and loop."""
+    """The simulated callers, on their own event loop: in a separate process by default (as real callers are; on a
+    thread of the server's process they would share its GIL, and the watchdog would count their work as server
+    loop blocks), or on a thread (`in_process`)."""
 
-    def __init__(self, url: str, n: int, audio: list[tuple[str, np.ndarray]], until: float):
+    def __init__(self, url: str, n: int, audio: list[tuple[str, np.ndarray]], until: float,
+                 in_process: bool = False):
         self.url, self.n, self.audio, self.until = url, n, audio, until
         self.calls = self.replies = self.failed = 0
         self.errors: dict[str, int] = {}
         self.latency_ms: list[float] = []
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._all()), name="soak-callers", daemon=True)
+        self._queue = None
+        if in_process:
+            self.thread = threading.Thread(target=lambda: asyncio.run(self._all()), name="soak-callers",
+                                           daemon=True)
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # never fork a process that holds CUDA
+            self._queue = ctx.Queue()
+            self._progress = ctx.Array("i", 2)  # calls, replies: for the progress lines
+            self.thread = ctx.Process(target=_callers_process, args=(url, n, audio, until, self._queue,
+                                                                     self._progress), name="soak-callers",
+                                      daemon=True)
+
+    def is_alive(self) -> bool:
+        if self._queue is not None:
+            self.calls, self.replies = self._progress[0], self._progress[1]
+            if not self._queue.empty():
+                return False
+        return self.thread.is_alive()
+
+    def join(self) -> None:
+        if self._queue is not None:
+            (self.calls, self.replies, self.failed, self.errors, self.latency_ms) = self._queue.get(timeout=120)
+        self.thread.join(timeout=60)
 
     async def _caller(self, k: int) -> None:
         from agent.client import stream_file
@@ -114,6 +141,8 @@ class Callers:
                 continue
             if res.of("reply_done"):
                 self.replies += 1
+            if getattr(self, "progress", None) is not None:
+                self.progress[0], self.progress[1] = self.calls, self.replies
             if res.latency_ms is not None:
                 self.latency_ms.append(res.latency_ms)
             for e in res.errors:
@@ -122,6 +151,15 @@ class Callers:
 
     async def _all(self) -> None:
         await asyncio.gather(*(self._caller(k) for k in range(self.n)))
+
+
+def _callers_process(url, n, audio, until, queue, progress) -> None:
+    c = Callers(url, n, audio, until, in_process=True)
+    c.progress = progress
+    try:
+        asyncio.run(c._all())
+    finally:
+        queue.put((c.calls, c.replies, c.failed, c.errors, c.latency_ms))
 
 
 def growth_pct(t: np.ndarray, v: np.ndarray, warmup_s: float, window_s: float = 60.0) -> float | None:
@@ -181,12 +219,13 @@ async def soak(args) -> dict:
         return s
 
     duration = args.minutes * 60
-    callers = Callers(url, args.sessions, audio, until=time.monotonic() + duration)
-    callers.thread.start()
+    callers = Callers(url, args.sessions, audio, until=time.monotonic() + duration,
+                      in_process=args.callers_in_process)
+    callers.thread.start()  # (a thread or a process)
     print(f"soak: {args.sessions} callers x {args.minutes} min on {url}; {len(audio)} clips; "
           f"baseline {base['tasks']} tasks, {base['free_pages']} free pages", flush=True)
     next_print = 0.0
-    while callers.thread.is_alive():
+    while callers.is_alive():
         s = sample()
         if s["t_s"] >= next_print:
             print(f"  t={s['t_s']:7.1f}s rss={s['rss_mb']:.0f}MB tasks={s['tasks']} kv_used={s['kv_pages_used']} "
@@ -196,6 +235,7 @@ async def soak(args) -> dict:
         await asyncio.sleep(args.interval)
     # callers have hung up: let the server finish closing what they left (under overload a hung-up session still
     # finishes its in-flight model calls), then idle, then compare with the idle baseline
+    callers.join()
     t_stop = time.monotonic()
     while srv.hub.sessions and time.monotonic() - t_stop < args.drain:
         await asyncio.sleep(0.1)
@@ -220,6 +260,7 @@ async def soak(args) -> dict:
     return {
         **result_header(),
         "config": {"sessions": args.sessions, "minutes": args.minutes, "interval_s": args.interval,
+                   "callers": "a thread of the server's process" if args.callers_in_process else "a separate process",
                    "warmup_s": warm, "settle_s": args.settle, "drain_limit_s": args.drain,
                    "llm_max_new_tokens": args.max_new_tokens,
                    "config": cfg.source, "clips": len(audio), "startup_s": round(load_s, 1)},
@@ -266,6 +307,8 @@ def main(argv=None) -> int:
     p.add_argument("--settle", type=float, default=5.0, help="idle seconds after that, before the leak check")
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--config", default="cpu")
+    p.add_argument("--callers-in-process", action="store_true",
+                   help="callers on a thread of the server's process (default: their own process)")
     p.add_argument("--out", default=None, help="result file name (default soak_<device>.json)")
     args = p.parse_args(argv)
     res = asyncio.run(soak(args))
