@@ -421,3 +421,35 @@ def test_fused_decode_path_matches_unfused():
             model.fuse_on_cpu = False
     assert plain.shape == fused.shape == (1, 200)
     assert torch.allclose(plain, fused, atol=1e-5, rtol=1e-4)
+
+
+def test_short_appends_run_as_one_decode_step():
+    """An append of a few tokens runs as one decode step of that many rows of the same sequence (the CUDA graph on a
+    GPU; the same static buffers eagerly here): same logits and continuation as the prefill path, also while
+    another session's greedy step is queued ahead."""
+    from llm.engine import DecodeGraphs
+
+    def engine(graphs):
+        eng = _tiny_engine(num_pages=64, page_size=4)
+        if graphs:
+            eng.graphs = DecodeGraphs(eng, max_batch=16, max_pages=32, capture=False)
+        else:
+            eng.graph_prefill_max = 0
+        return eng
+
+    ref, eng = engine(False), engine(True)
+    outs = {}
+    for e in (ref, eng):
+        a, b = e.new_session(), e.new_session()
+        a.append(list(range(3, 40)))  # longer than graph_prefill_max: the prefill path
+        b.append(list(range(50, 60)))  # 10 rows
+        ga = a.generate(12)
+        first = [next(ga) for _ in range(3)]  # a greedy step of `a` is now queued ahead (graphs)
+        lb = b.append([7, 8, 9, 10, 11], return_logits=True)  # 5 rows
+        rest = list(ga)
+        la = a.append([1, 2, 3, 4, 5, 6, 7, 8, 9], return_logits=True)
+        outs[e] = (first + rest, lb, la, list(b.generate(6)))
+    assert eng.n_graph_prefills == 3 and ref.n_graph_prefills == 0
+    assert outs[eng][0] == outs[ref][0] and outs[eng][3] == outs[ref][3]
+    assert torch.allclose(outs[eng][1], outs[ref][1], atol=1e-4) and torch.allclose(outs[eng][2], outs[ref][2],
+                                                                                      atol=1e-4)
