@@ -411,7 +411,7 @@ class Engine:
                 # queue the step after it before reading it back: the GPU never waits for the host
                 nxt = self._launch_ahead(reqs, offset=1)
                 logits, ids = graphs.harvest(spec.handle)
-                if nxt is not None:
+                if nxt is not None and nxt.fed is None:
                     nxt.fed = ids
                 self._finish_decode(reqs, ss, logits, ids)
                 return
@@ -429,7 +429,7 @@ class Engine:
             self._finish_decode(reqs, ss, logits, ids)
             if greedy:
                 nxt = self._launch_ahead(reqs, offset=0)
-                if nxt is not None:
+                if nxt is not None and nxt.fed is None:
                     nxt.fed = ids
             return
         self.n_eager_steps += 1
@@ -462,10 +462,18 @@ class Engine:
         the GPU does not wait for the host between steps; offset=0: the previous step was harvested. The next
         step() uses the result if nothing changed (same requests, each consumer took its token); otherwise it is
         dropped (its KV writes sit past n_cached and are overwritten). Not launched when a request is (or, after
-        the step in flight, will be) done, or is scripted (its fed token would not be the greedy id)."""
-        if not self.lookahead or any(r.done or r.sampling.script or r.n_generated + offset >= r.max_new
-                                     for r in reqs):
+        the step in flight, will be) done. A scripted request is fed its script's next token instead of the argmax."""
+        if not self.lookahead or any(r.done or r.n_generated + offset >= r.max_new for r in reqs):
             return None
+        fed = None  # greedy: fed by the argmax ids on the GPU
+        scripted = [r.sampling.script for r in reqs]
+        if any(scripted):
+            # a scripted reply (benchmarks) feeds its next token, known in advance: the token the step before
+            # emits (offset 1: still in flight) or emitted (offset 0)
+            k = [r.n_generated - 1 + offset for r in reqs]
+            if not all(scripted) or any(not 0 <= i < len(sc) for i, sc in zip(k, scripted)):
+                return None
+            fed = [sc[i] for i, sc in zip(k, scripted)]
         ss = [r.session for r in reqs]
         if max(s.n_cached for s in ss) + offset + 1 >= self.max_seq_len:
             return None
@@ -474,8 +482,8 @@ class Engine:
                 s._reserve(s.n_cached + offset + 1)
         except OutOfPages:
             return None
-        handle = self.graphs.launch([s.pages for s in ss], [s.n_cached + offset for s in ss], None)
-        self._spec = _Ahead(list(reqs), handle)
+        handle = self.graphs.launch([s.pages for s in ss], [s.n_cached + offset for s in ss], fed)
+        self._spec = _Ahead(list(reqs), handle, fed)
         return self._spec
 
     def _finish_decode(self, reqs, ss, logits, ids) -> None:

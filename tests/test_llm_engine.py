@@ -246,6 +246,18 @@ def test_scripted_tokens_are_emitted_and_fed():
     ref = eng.new_session()
     assert torch.allclose(s.append([], return_logits=True), ref.append([5, 6, 7, *script], return_logits=True),
                           atol=1e-5)
+    # with the decode graphs (their static buffers, eagerly here) steps are queued ahead, fed the script's tokens
+    from llm.engine import DecodeGraphs
+
+    eng.graphs = DecodeGraphs(eng, max_batch=8, max_pages=32, capture=False)
+    g = eng.new_session()
+    g.append([5, 6, 7])
+    long = tuple(range(20, 32))
+    assert list(g.generate(20, Sampling(script=long))) == list(long)
+    assert eng.n_ahead_hits >= 8 and eng.n_ahead_misses == 0
+    r2 = eng.new_session()
+    assert torch.allclose(g.append([], return_logits=True), r2.append([5, 6, 7, *long], return_logits=True),
+                          atol=1e-4)
 
 
 def test_random_ops_never_leak_pages():
