@@ -339,6 +339,9 @@ def run_fault(rt, clips, monkeypatch, fault, check_a=None, a_silence_s: float = 
 def test_hangup_mid_utterance_with_a_draft_in_flight(rt, clips, monkeypatch):
     """The caller pauses (pause-time ASR, KV prefill and a drafted first phrase on a fork start) and is gone.
     A sends its clip and only 0.4 s of silence, so the pause begins and the endpoint never comes."""
+    # the audio end-of-turn judge would end this finished sentence ~0.2 s into the silence, before a draft exists
+    monkeypatch.setattr(rt, "judge", None)
+
     async def fault(a, srv, s, lineage):
         await until(lambda: s.pause is not None and s.pause.draft is not None and s.pause.draft.llm is not None,
                     60, "a draft on a fork")
