@@ -13,7 +13,7 @@ from agent.turn_judge import SmartTurn, features, last_window
 from agent.vad import SileroVAD, speech_bounds
 
 PRE_ROLL_S = 0.3  # what the session keeps before the speech start
-TAIL_S = 0.1  # the judge runs once the silence counts as a pause (turn.pause_ms = 100)
+TAIL_S = 0.1  # the judge runs after [turn] judge_after_ms = 100 of silence
 
 
 @pytest.fixture(scope="module")
