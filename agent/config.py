@@ -22,6 +22,9 @@ class VADConfig:
     threshold: float = 0.5  # speech when P(speech) >= threshold ...
     neg_threshold: float = 0.35  # ... and silence again only below this (hysteresis)
     min_speech_ms: int = 96  # speech shorter than this does not start a turn
+    # many callers: every session's windows in one ONNX call per round, on a thread of its own (agent/vad.py
+    # VADBatcher) instead of one call per window on the event loop
+    batch: bool = False
 
 
 @dataclass

@@ -35,6 +35,7 @@ class Runtime:
     llm_pool: PriorityWorker = field(default_factory=lambda: PriorityWorker("qt-llm"))
     # the TTS thread, ordered the same way (first phrase urgent, later phrases paced by playback)
     tts_pool: PriorityWorker = field(default_factory=lambda: PriorityWorker("qt-tts"))
+    vad_batcher: object = None  # agent.vad.VADBatcher when [vad] batch
     judge: object = None  # agent.turn_judge.SmartTurn, the audio end-of-turn judge; None when [turn] judge = ""
     # its own thread: a pause's verdict never queues behind the ASR (or the LLM)
     judge_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-judge"))
@@ -94,6 +95,10 @@ class Runtime:
         rt = cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, judge=judge, startup_s=times, plan=meter.plan,
                  meter=meter)
         rt._warm = meter.cuda
+        if config.vad.batch:
+            from .vad import VADBatcher
+
+            rt.vad_batcher = VADBatcher(vad, max_batch=max(1, config.server.max_sessions))
         if judge is not None and config.turn.judge_workers > 1:
             rt.judge_pool.shutdown(wait=False)
             rt.judge_pool = cf.ThreadPoolExecutor(config.turn.judge_workers, "qt-judge")
@@ -155,6 +160,8 @@ class Runtime:
     def close(self) -> None:
         for pool in (self.asr_pool, self.llm_pool, self.tts_pool, self.judge_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.vad_batcher is not None:
+            self.vad_batcher.close()
 
 
 def load_vad(config: Config):

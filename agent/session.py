@@ -180,7 +180,11 @@ class Session:
             del self._arrivals[:2048]
         self._trim_buffer()
         self._update_speaking(now)
-        for prob in self.vad.feed(x):
+        batcher = self.rt.vad_batcher
+        probs = self.vad.feed(x) if batcher is None else await batcher.feed(self.vad, x)
+        if self.closed:
+            return
+        for prob in probs:
             self._vad_pos += self.rt.vad.window
             t_end = self._vad_pos / INTERNAL_RATE
             for d in self.turns.on_vad(t_end, self.rt.vad.window / INTERNAL_RATE, prob):

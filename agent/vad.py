@@ -47,17 +47,100 @@ class VADStream:
 
     def feed(self, audio: np.ndarray) -> list[float]:
         """Add audio; returns one probability per completed window, in order."""
+        probs = []
+        for frame in self.windows(audio):
+            x = np.concatenate([self.context, frame[None, :]], axis=1)
+            out, self.state = self.session.run(None, {"input": x, "state": self.state, "sr": self.sr})
+            self.context = x[:, -CONTEXT:]
+            probs.append(float(out[0, 0]))
+        return probs
+
+    def windows(self, audio: np.ndarray) -> list[np.ndarray]:
+        """Add audio; returns the windows it completed (not yet run: feed or a VADBatcher runs them)."""
         buf = np.concatenate([self.pending, audio.astype(np.float32, copy=False)])
         n = len(buf) // WINDOW
-        probs = []
-        for i in range(n):
-            frame = buf[i * WINDOW:(i + 1) * WINDOW][None, :]
-            x = np.concatenate([self.context, frame], axis=1)
-            out, self.state = self.session.run(None, {"input": x, "state": self.state, "sr": self.sr})
-            self.context = frame[:, -CONTEXT:]
-            probs.append(float(out[0, 0]))
         self.pending = buf[n * WINDOW:]
-        return probs
+        return [buf[i * WINDOW:(i + 1) * WINDOW] for i in range(n)]
+
+
+class VADBatcher:
+    """Many sessions' windows in one ONNX call, on its own thread. A server with many callers would otherwise run
+    one call per 32 ms window per caller on its event loop: 0.14 ms each (~7 ms of loop time per second of audio
+    per caller, measured here), vs 0.05 ms per window in a batch of 64 off the loop; the results are identical (the
+    batch rows are independent: the recurrent state is per row).
+
+        probs = await batcher.feed(stream, audio)    # what stream.feed(audio) returns
+    """
+
+    def __init__(self, vad: SileroVAD, max_batch: int = 64):
+        import concurrent.futures as cf
+
+        self.session, self.max_batch = vad.session, max_batch
+        self.sr = np.array(16_000, dtype=np.int64)
+        self.pool = cf.ThreadPoolExecutor(1, "qt-vad")
+        self._queue: list[tuple[VADStream, list[np.ndarray], object]] = []
+        self._running = False
+        self.calls = self.windows = 0
+
+    async def feed(self, stream: VADStream, audio: np.ndarray) -> list[float]:
+        import asyncio
+
+        frames = stream.windows(audio)
+        if not frames:
+            return []
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((stream, frames, fut))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain(), name="vad-batcher")
+        return await fut
+
+    async def _drain(self) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch, seen = [], set()
+                for item in self._queue[: self.max_batch]:  # one item per stream: its windows are sequential
+                    if id(item[0]) in seen:
+                        break
+                    seen.add(id(item[0]))
+                    batch.append(item)
+                self._queue = self._queue[len(batch):]
+                try:
+                    probs = await loop.run_in_executor(self.pool, self._run, [(s, f) for s, f, _ in batch])
+                except Exception as e:  # every waiting session hears it
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                for (_, _, fut), p in zip(batch, probs):
+                    if not fut.done():
+                        fut.set_result(p)
+        finally:
+            self._running = False
+
+    def _run(self, items: list[tuple[VADStream, list[np.ndarray]]]) -> list[list[float]]:
+        """Round r runs window r of every item that has one (a stream's windows are sequential)."""
+        out: list[list[float]] = [[] for _ in items]
+        for r in range(max(len(f) for _, f in items)):
+            rows = [i for i, (_, f) in enumerate(items) if r < len(f)]
+            streams = [items[i][0] for i in rows]
+            x = np.concatenate([np.concatenate([s.context, items[i][1][r][None, :]], axis=1)
+                                for i, s in zip(rows, streams)])
+            state = np.concatenate([s.state for s in streams], axis=1)
+            p, state = self.session.run(None, {"input": x, "state": state, "sr": self.sr})
+            self.calls += 1
+            self.windows += len(rows)
+            for j, (i, s) in enumerate(zip(rows, streams)):
+                s.state = np.ascontiguousarray(state[:, j:j + 1])
+                s.context = x[j:j + 1, -CONTEXT:]
+                out[i].append(float(p[j, 0]))
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def speech_bounds(vad: SileroVAD, audio: np.ndarray, threshold: float = 0.5) -> tuple[float, float] | None:
