@@ -55,6 +55,9 @@ class TurnConfig:
     judge_p_high: float = 0.95
     judge_draft_min_p: float = 0.5  # draft during a pause when the judge's P(complete) is at least this
     llm_p_end: bool = True  # also use the LLM's P(end-of-turn token) (False: synthetic weights; judge/silence only)
+    # draft at every pause as soon as its transcript is in, without waiting for a verdict (a GPU with time to spare:
+    # the draft is background work, thrown away if the user goes on)
+    draft_early: bool = False
 
 
 @dataclass

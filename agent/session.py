@@ -400,7 +400,7 @@ class Session:
                     pw.p_end = min(pw.p_end, t.p_low)
                 self.turns.on_end_probability(pw.p_end, pw.upto)
             p_audio = None
-            if self.judge_task is not None:  # done long before the transcript, normally
+            if self.judge_task is not None and not t.draft_early:  # done long before the transcript, normally
                 p_audio = await asyncio.shield(self.judge_task)
                 if self.p_audio is None or self.p_audio[1] < pw.upto - 1e-6:
                     p_audio = None  # a verdict on an earlier pause
@@ -408,7 +408,7 @@ class Session:
                 return
             llm_says = t.llm_p_end and pw.p_end is not None and pw.p_end >= t.draft_min_p
             judge_says = p_audio is not None and p_audio >= t.judge_draft_min_p
-            if t.draft and (llm_says or judge_says):
+            if t.draft and (llm_says or judge_says or t.draft_early):
                 pw.t["draft_start"] = time.monotonic()
                 pw.draft = Draft(text)
                 pw.draft.task = asyncio.create_task(self._make_draft(pw.draft))

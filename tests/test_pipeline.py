@@ -205,3 +205,25 @@ def test_audio_judge_without_llm_p_end_gives_the_endpoint(rt, speech):
     # a finished sentence ("Sunday is the best part of the week."): the judge hears it (measured 0.96-0.98)
     assert info["p_audio"] > t.judge_p_low and info["endpoint_delay_ms"] <= t.unknown_delay_ms
     asyncio.run(conv.session.close())
+
+
+def test_draft_early_drafts_without_any_verdict(rt, speech):
+    """[turn] draft_early (GPU configs): the pause drafts as soon as its transcript is in, without waiting for the
+    judge's or the LLM's verdict; with neither verdict (judge off, llm_p_end off) no draft is made otherwise.
+    Without verdicts the endpoint waits unknown_delay_ms, so the pause work has finished by then."""
+    t = rt.config.turn
+    judge, rt.judge = rt.judge, None
+    t.llm_p_end = False
+    clip = load_audio(speech / "speechbrain_harvard/spk1_snt5.wav")
+    try:
+        drafted = {}
+        for early in (False, True):
+            t.draft_early = early
+            conv = asyncio.run(converse(rt, [clip]))
+            turn = conv.turns[0]
+            assert turn.reply
+            drafted[early] = bool(turn.latency.info.get("drafted"))
+            asyncio.run(conv.session.close())
+    finally:
+        rt.judge, t.llm_p_end, t.draft_early = judge, True, False
+    assert drafted == {False: False, True: True}
