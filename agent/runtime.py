@@ -92,16 +92,13 @@ class Runtime:
         if log_fn is not None:  # the server log has it too
             log.info("memory plan:\n%s", meter.plan.table())
         judge = timed("judge", lambda: load_judge(config)) if config.turn.judge else None
-        rt = cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, judge=judge, startup_s=times, plan=meter.plan,
-                 meter=meter)
-        rt._warm = meter.cuda
-        if config.vad.batch:
-            from .vad import VADBatcher
+        from .vad import VADBatcher
 
-            rt.vad_batcher = VADBatcher(vad, max_batch=max(1, config.server.max_sessions))
-        if judge is not None and config.turn.judge_workers > 1:
-            rt.judge_pool.shutdown(wait=False)
-            rt.judge_pool = cf.ThreadPoolExecutor(config.turn.judge_workers, "qt-judge")
+        batcher = VADBatcher(vad, max_batch=max(1, config.server.max_sessions)) if config.vad.batch else None
+        rt = cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, judge=judge, startup_s=times, plan=meter.plan,
+                 meter=meter, vad_batcher=batcher,
+                 judge_pool=cf.ThreadPoolExecutor(max(1, config.turn.judge_workers), "qt-judge"))
+        rt._warm = meter.cuda
         return rt
 
     def warmup(self) -> None:

@@ -76,19 +76,24 @@ def time_generate(s, n):
     return (first - t0) * 1e3, (time.perf_counter() - t0) * 1e3
 
 
+def decode_tok_s(s, n: int = 128) -> float:
+    """One session's decode speed: 8 tokens of warm-up, then n timed (one token read back per step)."""
+    list(s.generate(8))
+    sync()
+    t0 = time.perf_counter()
+    list(s.generate(n))
+    sync()
+    return n / (time.perf_counter() - t0)
+
+
 def bench_ours(eng: Engine, vocab: int, trials=3) -> dict:
     r = {}
     prompt = rand_ids(CTX, vocab, 1)
     # single-session decode at 1,024 context
     s = eng.new_session()
     s.append(prompt)
-    list(s.generate(8))
-    sync()
     n = 128
-    t0 = time.perf_counter()
-    list(s.generate(n))
-    sync()
-    r["decode_tok_s"] = n / (time.perf_counter() - t0)
+    r["decode_tok_s"] = decode_tok_s(s, n)
     r["decode_ctx"] = CTX + 8 + n // 2
     s.free()
     # cold: 1,024-token prompt into an empty session
@@ -302,23 +307,10 @@ def check_vs_hf(eng: Engine, hf, vocab: int, hf32=None) -> dict:
 
 
 def time_graph(fn, reps=20) -> float:
-    """ms per call of fn() captured in a CUDA graph, median over reps replays."""
-    fn()
-    sync()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    sync()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return median(ts)
+    """ms per call of fn() captured in a CUDA graph, median over reps replays (bench/kernels.py's graph_us)."""
+    from bench.kernels import graph_us
+
+    return graph_us([fn], reps) / 1e3
 
 
 @torch.inference_mode()
@@ -374,13 +366,7 @@ def study_model(name: str, copy_tbps: float, out_dir: Path | None, fusion_sets: 
             eng.capture()
             s = eng.new_session()
             s.append(prompt)
-            list(s.generate(8))
-            sync()
-            n = 128
-            t0 = time.perf_counter()
-            list(s.generate(n))
-            sync()
-            res[label + ("" if look else " (no lookahead)")] = round(n / (time.perf_counter() - t0), 1)
+            res[label + ("" if look else " (no lookahead)")] = round(decode_tok_s(s), 1)
             if look and label in ("all", "none") and out_dir is not None:
                 from torch.profiler import ProfilerActivity, profile
 

@@ -47,11 +47,9 @@ def test_scripted_transcript_is_for_synthetic_weights_only():
 @pytest.fixture(scope="module")
 def llm():
     from agent.llm_adapter import ChatLLM
-    from llm.tokenizer import load_tokenizer
 
     cfg = LLMConfig(model="synthetic:smollm2-135m", tokenizer="smollm2-135m-instruct", script_reply=REPLY,
                     max_new_tokens=64, max_context_tokens=512)
-    load_tokenizer(models.require(cfg.tokenizer))  # the GGUF tokenizer, cached as a Hugging Face directory
     return ChatLLM.load(cfg, Path(cfg.model), max_sessions=2)
 
 
