@@ -36,6 +36,7 @@ class Runtime:
     # the TTS thread, ordered the same way (first phrase urgent, later phrases paced by playback)
     tts_pool: PriorityWorker = field(default_factory=lambda: PriorityWorker("qt-tts"))
     vad_batcher: object = None  # agent.vad.VADBatcher when [vad] batch
+    streams: dict = field(default_factory=dict)  # GPU worker -> priority of its own CUDA stream (own_streams)
     judge: object = None  # agent.turn_judge.SmartTurn, the audio end-of-turn judge; None when [turn] judge = ""
     # its own thread: a pause's verdict never queues behind the ASR (or the LLM)
     judge_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-judge"))
@@ -99,7 +100,37 @@ class Runtime:
                  meter=meter, vad_batcher=batcher,
                  judge_pool=cf.ThreadPoolExecutor(max(1, config.turn.judge_workers), "qt-judge"))
         rt._warm = meter.cuda
+        if meter.cuda:
+            rt.streams = rt.own_streams()
         return rt
+
+    def own_streams(self) -> dict[str, int]:
+        """Give each GPU worker thread a CUDA stream of its own (torch's current stream is per thread).
+
+        Otherwise the LLM, ASR and TTS threads all launch onto the device's legacy default stream: their kernels
+        run strictly one after another, and every read-back of one thread (the TTS's audio, the ASR's tokens)
+        also waits for whatever the others queued before it — with the LLM's decode step always queued one
+        ahead, each ASR token and TTS window waited for an 8B decode step. On streams of their own the three
+        overlap on the GPU and a thread's sync waits only for its own work. The ASR and TTS streams get the
+        higher priority: their kernels are small and on the caller's critical path, and the block scheduler
+        then slots them in between the LLM's. Returns {pool name: stream priority}."""
+        import torch
+
+        torch.cuda.synchronize()  # what loading and warm-up queued on the default stream is done
+        lo, hi = torch.cuda.Stream.priority_range()  # (lowest, highest): e.g. (0, -5)
+        out = {}
+        for name, pool, device, prio in (("asr", self.asr_pool, _asr_device(self.config), hi),
+                                         ("llm", self.llm_pool, self.config.llm.device, lo),
+                                         ("tts", self.tts_pool, _tts_device(self.config), hi)):
+            if not str(device).startswith("cuda") or not isinstance(pool, cf.Executor):
+                continue
+
+            def use(prio=prio, device=device):
+                torch.cuda.set_stream(torch.cuda.Stream(device=torch.device(device), priority=prio))
+                return torch.cuda.current_stream().priority
+
+            out[name] = pool.submit(use).result()
+        return out
 
     def warmup(self) -> None:
         """One tiny pass through each model so the first caller does not pay for lazy initialisation."""

@@ -402,6 +402,7 @@ async def bench(args) -> dict:
                         components={"asr": f"{cfg.asr.backend} on {cfg.asr.device}",
                                     "llm": f"quickturn engine on {cfg.llm.device} ({cfg.llm.dtype})",
                                     "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
+                        cuda_stream_priority=getattr(rt, "streams", {}),  # Runtime.own_streams
                         seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
                         frame_ms=args.frame_ms,
                         max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,

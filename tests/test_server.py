@@ -95,7 +95,8 @@ def test_oversized_frame_keeps_session_alive(rt, speech):
     clip = load_audio(speech / "pocketsphinx_cards/003.wav")
 
     async def scenario(url, srv):
-        async with connect(url) as ws:
+        async with connect(url) as ws:  # offers permessage-deflate (the client's default)
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers  # audio frames go uncompressed
             await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
             ready = json.loads(await ws.recv())
             await ws.send(b"\x00" * 20000)
