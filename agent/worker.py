@@ -74,6 +74,14 @@ def pick(items: list[Item], policy: str = "edf", ready=lambda item: False) -> in
     return min(range(len(items)), key=lambda i: order_key(items[i], policy))
 
 
+def _label(item: Item) -> str:
+    fn = item.fn
+    if fn is next and item.args:  # a generator step: name the generator
+        fn = item.args[0]
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    return f"{Priority(item.priority).name.lower()}:{name}"
+
+
 def urgent_deadline(now: float, budget_s: float = URGENT_BUDGET_S) -> float:
     return now + budget_s
 
@@ -103,6 +111,8 @@ class PriorityWorker(cf.Executor):
         self.missed = [0, 0]  # items that started after their deadline, of those with a finite deadline
         self.max_batch = 32
         self.batches = self.batched_items = 0  # coalesced batches (edf), and the items they ran
+        # per item label: [items, queue wait s, run s, max queue wait s] since reset_stats (where the time goes)
+        self.by_label: dict[str, list] = {}
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -181,6 +191,7 @@ class PriorityWorker(cf.Executor):
                     self._waits.append((t0, t0 - item.enqueued))
                 self._busy.append((t0, t1))
                 self._trim(t1)
+                self._count(_label(item), t0 - item.enqueued, t1 - t0)
 
     def _run_batch(self, items: list[Item]) -> None:
         items = [it for it in items if it.future.set_running_or_notify_cancel()]
@@ -206,8 +217,24 @@ class PriorityWorker(cf.Executor):
             for it in items:
                 if it.priority == Priority.URGENT:
                     self._waits.append((t0, t0 - it.enqueued))
+                self._count(f"{it.batch[0]}[batch]", t0 - it.enqueued, (t1 - t0) / len(items))
             self._busy.append((t0, t1))
             self._trim(t1)
+
+    def _count(self, label: str, wait: float, run: float) -> None:
+        c = self.by_label.get(label)
+        if c is None:
+            c = self.by_label[label] = [0, 0.0, 0.0, 0.0]
+        c[0] += 1
+        c[1] += wait
+        c[2] += run
+        c[3] = max(c[3], wait)
+
+    def label_stats(self) -> dict[str, dict]:
+        """Per item label since reset_stats: count, mean queue wait, mean run time, max queue wait (ms)."""
+        with self._cv:
+            return {k: {"n": n, "wait_ms": round(w / n * 1000, 2), "run_ms": round(r / n * 1000, 2),
+                        "max_wait_ms": round(m * 1000, 1)} for k, (n, w, r, m) in sorted(self.by_label.items())}
 
     def _trim(self, now: float) -> None:
         edge = now - self.window_s
@@ -233,6 +260,7 @@ class PriorityWorker(cf.Executor):
             self._waits.clear()
             self._busy.clear()
             self.missed = [0, 0]
+            self.by_label = {}
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._cv:

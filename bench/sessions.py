@@ -70,6 +70,7 @@ class TurnResult:
     underrun_ms: float = 0.0
     reply_s: float = 0.0  # seconds of reply audio received
     stages: dict = field(default_factory=dict)  # the server's stage times for the turn (ms after speech end)
+    info: dict = field(default_factory=dict)  # the server's turn info: endpoint delay, judge verdict, pause work
 
 
 @dataclass
@@ -177,6 +178,7 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                                 break
                             await send(silence)
                         res.stages = st["lat"][-1].get("ms") or {} if st["lat"] else {}
+                        res.info = st["lat"][-1].get("info") or {} if st["lat"] else {}
                         break
                     # let the reply play out, then pause before the next turn (like a person)
                     first_at = st["chunks"][0][0] if st["chunks"] else time.monotonic()
@@ -185,6 +187,7 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                         await send(silence)
                     if st["lat"]:  # sent just after reply_done
                         res.stages = st["lat"][-1].get("ms") or {}
+                        res.info = st["lat"][-1].get("info") or {}
             finally:
                 rx.cancel()
     except (ConnectionClosed, OSError, asyncio.TimeoutError) as e:
@@ -277,8 +280,18 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     while srv.hub.sessions:  # the previous run's sessions have closed
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)
-    for pool in (rt.llm_pool, rt.tts_pool):
-        pool.reset_stats()
+    for pool in (rt.llm_pool, rt.tts_pool, rt.asr_pool):
+        if hasattr(pool, "reset_stats"):
+            pool.reset_stats()
+    lags: list[float] = []
+
+    async def watch_loop():  # how late the server's event loop wakes up (a 10 ms sleep)
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append(time.monotonic() - t - 0.01)
+
+    watcher = asyncio.create_task(watch_loop())
     refusals0 = dict(rt.refusals)
     batches0 = (rt.asr_pool.batches, rt.asr_pool.batched_items) if hasattr(rt.asr_pool, "batches") else None
     busy_pools = {"asr": [], "tts": []}
@@ -302,7 +315,9 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
                 busy_pools[name].append(pool.load()["busy"])
         await asyncio.sleep(0.25)
     wall = time.monotonic() - t0
+    watcher.cancel()
     s = callers.join()
+    unsure = [t for t in s.turns if t.info.get("endpoint_delay_ms") is not None]
     lat = [t.latency_ms if t.latency_ms is not None else math.inf for t in s.turns]
     finite = [x for x in lat if math.isfinite(x)]
     miss = {name: list(pool.missed) for name, pool in (("llm", rt.llm_pool), ("tts", rt.tts_pool))}
@@ -327,6 +342,13 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         "stage_p95_ms": {k: _r(nearest_rank([t.stages[k] for t in s.turns if t.stages.get(k) is not None], 95))
                          for k in ("endpoint", "transcript", "llm_first_token", "first_phrase", "tts_first_audio",
                                    "audio_sent")},
+        "loop_lag_ms": {"p50": _r(nearest_rank([x * 1000 for x in lags], 50)),
+                        "p99": _r(nearest_rank([x * 1000 for x in lags], 99)),
+                        "max": _r(max(lags) * 1000 if lags else None)},
+        # turns whose endpoint needed >= 0.9 s of silence (the judge unsure or saying "not finished")
+        "long_endpoint_turns": sum(t.info["endpoint_delay_ms"] >= 900 for t in unsure), "of_turns_with_info": len(unsure),
+        "worker_items": {name: pool.label_stats() for name, pool in (("asr", rt.asr_pool), ("llm", rt.llm_pool),
+                                                                      ("tts", rt.tts_pool)) if hasattr(pool, "label_stats")},
         "errors": s.errors,
         "kv_pages_per_session": round((peak_used - idle_used) / max(peak_live, 1), 2),
         "gpu_mem_per_session_bytes": (None if idle_alloc is None else int((peak_alloc - idle_alloc) / max(peak_live, 1))),

@@ -217,3 +217,34 @@ def test_same_kind_items_run_as_one_batch_under_edf_only():
         assert [f.result(5) for f in futs] == [0, 10, 20, 30, 40]
         w.shutdown()
         assert calls == expect, policy
+
+
+def test_label_stats_say_where_the_time_goes():
+    """Per item label (priority:function, a generator step by its generator): count, queue wait and run time."""
+    w = PriorityWorker("t-stats")
+    try:
+        gate = threading.Event()
+
+        def slow(x):
+            gate.wait(1.0)
+            time.sleep(0.02)
+            return x
+
+        def gen():
+            yield 1
+            yield 2
+
+        g = gen()
+        first = w.submit_with(Priority.URGENT, slow, 1)  # holds the thread while the next two queue behind it
+        steps = [w.submit_with(Priority.PACED, next, g, None) for _ in range(2)]
+        gate.set()
+        assert first.result() == 1 and [f.result() for f in steps] == [1, 2]
+        st = w.label_stats()
+        assert st["urgent:test_label_stats_say_where_the_time_goes.<locals>.slow"]["n"] == 1
+        assert st["urgent:test_label_stats_say_where_the_time_goes.<locals>.slow"]["run_ms"] >= 15
+        paced = st["paced:test_label_stats_say_where_the_time_goes.<locals>.gen"]
+        assert paced["n"] == 2 and paced["max_wait_ms"] >= 15  # queued behind `slow`
+        w.reset_stats()
+        assert w.label_stats() == {}
+    finally:
+        w.shutdown()
