@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -63,6 +64,8 @@ class Runtime:
                                                         else ()):
             resolve_model(ref, role)  # every file is there before anything slow starts
         times: dict[str, float] = {}
+        if config.pipeline.gil_switch_ms > 0:  # process-wide: the runtime owns the process's threads' pacing
+            sys.setswitchinterval(config.pipeline.gil_switch_ms / 1000)
 
         def timed(name, fn):
             t0 = time.perf_counter()

@@ -51,6 +51,7 @@ FRAME_S = 0.02
 AUDIBLE = 0.02  # |sample| above this is "non-silent" (as bench/voice_to_voice.py)
 UNDERRUN_S = 0.02
 TARGET_MS = 500.0
+UNFINISHED = (",", ";", ":", "-")  # bench/voice_to_voice.py's fragment test
 T_START = time.monotonic()
 
 
@@ -89,7 +90,10 @@ def load_clips(n: int, max_s: float = 6.0) -> list[Clip]:
     from agent.vad import SileroVAD, speech_bounds
 
     vad = SileroVAD(models.require("silero-vad"))
-    rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= max_s]
+    # finished utterances only, as bench/voice_to_voice.py: an LJSpeech clip whose reference stops at a comma is a
+    # sentence cut mid-way, and a caller who stops there should not be answered within a second
+    rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= max_s
+            and not r["reference"].rstrip().endswith(UNFINISHED)]
     out = []
     for r in rows[:n]:
         audio = load_audio(SPEECH / r["file"])
@@ -379,7 +383,11 @@ async def bench(args) -> dict:
     elif args.admission == "on":
         cfg.memory.admit_load = True
     t = time.perf_counter()
+    if args.gil_switch_ms is not None:
+        cfg.pipeline.gil_switch_ms = args.gil_switch_ms
     rt = Runtime.load(cfg, log_fn=lambda m: print(f"  {m}", flush=True))
+    if args.gil_switch_ms is not None and args.gil_switch_ms > 0:
+        sys.setswitchinterval(args.gil_switch_ms / 1000)
     rt.warmup()
     startup_s = time.perf_counter() - t
     report0 = rt.memory_report()
@@ -425,6 +433,7 @@ async def bench(args) -> dict:
                                     "llm": f"quickturn engine on {cfg.llm.device} ({cfg.llm.dtype})",
                                     "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
                         cuda_stream_priority=getattr(rt, "streams", {}),  # Runtime.own_streams
+                        gil_switch_ms=round(sys.getswitchinterval() * 1000, 3),
                         seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
                         frame_ms=args.frame_ms,
                         max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,
@@ -491,6 +500,8 @@ def main(argv=None) -> int:
                     help="load-based admission control: as configured (on a GPU by default), forced on, or off")
     ap.add_argument("--callers-in-process", action="store_true",
                     help="run the simulated callers on a thread of the server's process (default: their own process)")
+    ap.add_argument("--gil-switch-ms", type=float, default=None,
+                    help="override [pipeline] gil_switch_ms (Python's default: 5)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, metavar="RESULT.json",
                     help="only redraw the PNG of an existing result (e.g. where the run had no matplotlib)")
