@@ -12,7 +12,7 @@ probability after a partial user message is the LLM's "the user is done" signal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _SYS, _USER, _REPLY = "\x01SYS\x01", "\x01USER\x01", "\x01REPLY\x01"  # markers that no template alters
 
@@ -27,6 +27,7 @@ class ChatFormat:
     system_tpl: tuple[str, str]  # text before / after the system content
     user_tpl: tuple[str, str]  # before / after the user content (the "after" ends with the assistant header)
     reply_end: str  # closes an assistant message
+    _fixed: dict = field(default_factory=dict, repr=False, compare=False)  # template piece -> its ids
 
     @classmethod
     def from_tokenizer(cls, tok) -> "ChatFormat":
@@ -53,24 +54,31 @@ class ChatFormat:
     def user_turn_ids(self, text: str) -> list[int]:
         return self._ids(self.user_tpl[0] + text + self.user_tpl[1])
 
+    def _piece(self, text: str) -> list[int]:
+        """A fixed template piece, tokenized once (these are asked for on every turn and every reply)."""
+        ids = self._fixed.get(text)
+        if ids is None:
+            ids = self._fixed[text] = self._ids(text)
+        return list(ids)
+
     def user_open_ids(self) -> list[int]:
         """The user header alone (for appending a user message while it is still being spoken)."""
-        return self._ids(self.user_tpl[0])
+        return self._piece(self.user_tpl[0])
 
     def user_close_ids(self) -> list[int]:
         """Closes a user message opened with user_open_ids and opens the assistant reply."""
-        return self._ids(self.user_tpl[1])
+        return self._piece(self.user_tpl[1])
 
     def end_of_reply_ids(self) -> list[int]:
-        return self._ids(self.reply_end)
+        return self._piece(self.reply_end)
 
     @property
     def end_of_turn_token_id(self) -> int:
-        return self._ids(self.user_tpl[1])[0]
+        return self._piece(self.user_tpl[1])[0]
 
     @property
     def stop_ids(self) -> list[int]:
-        ids = {self._ids(self.reply_end)[0]} if self.reply_end.strip() else set()
+        ids = {self._piece(self.reply_end)[0]} if self.reply_end.strip() else set()
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return sorted(ids)
