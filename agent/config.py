@@ -46,13 +46,16 @@ class TurnConfig:
     judge: str = ""
     judge_threads: int = 1
     judge_workers: int = 1  # pauses of different sessions judged at once (a GPU server with many callers: > 1)
-    # silence the judge hears before it runs: its P(complete) rises with trailing silence even on a voice cut
-    # mid-sentence, and separates finished from cut turns best at ~100 ms (measured: tests/test_turn_judge.py)
+    # silence the judge hears before it runs (once per silence inside a turn, also before the PAUSE when shorter than
+    # pause_ms): its P(complete) rises with trailing silence even on a voice cut mid-sentence, so it runs early
+    # (tests/test_turn_judge.py; bench/pause_judge.py replays the choice)
     judge_after_ms: int = 100
     # judge P(complete) at or below which max_delay_ms applies, at or above which min_delay_ms; in between the judge
     # alone is unsure (unknown_delay_ms); once the LLM's P(end) is known too, the less sure of the two decides
     judge_p_low: float = 0.5
     judge_p_high: float = 0.95
+    # True: the judge's verdict alone sets the endpoint delay once it is in (the LLM's P(end) only without one)
+    judge_alone: bool = False
     judge_draft_min_p: float = 0.5  # draft during a pause when the judge's P(complete) is at least this
     llm_p_end: bool = True  # also use the LLM's P(end-of-turn token) (False: synthetic weights; judge/silence only)
     # draft at every pause as soon as its transcript is in, without waiting for a verdict (a GPU with time to spare:

@@ -138,7 +138,7 @@ class Session:
             endpoint_silence_s=t.endpoint_silence_ms / 1000, unknown_delay_s=t.unknown_delay_ms / 1000,
             min_delay_s=t.min_delay_ms / 1000,
             max_delay_s=t.max_delay_ms / 1000, p_low=t.p_low, p_high=t.p_high,
-            judge_p_low=t.judge_p_low, judge_p_high=t.judge_p_high))
+            judge_p_low=t.judge_p_low, judge_p_high=t.judge_p_high, judge_alone=t.judge_alone))
         self.out_rate = rt.tts.sample_rate
         self.playback = Playback(self.out_rate)
         # audio since the last endpoint (16 kHz), and where it starts in the stream
@@ -157,7 +157,8 @@ class Session:
         self.pause: PauseWork | None = None  # the current pause's work, if any
         self.judge_task: asyncio.Task | None = None  # the audio end-of-turn judge on the current pause
         self.p_audio: tuple[float, float] | None = None  # its last verdict: (P(complete), speech end it saw)
-        self._judge_due: tuple[float, int, float] | None = None  # (stream s it runs at, audio start, speech end)
+        self._judged_upto = -1.0  # the speech end whose silence the judge last ran on (once per silence)
+        self._judge_at = 0.0  # time.monotonic() of the last verdict
         self.closed = False
 
     # ----------------------------------------------------------------------------------------------- input
@@ -189,11 +190,8 @@ class Session:
             t_end = self._vad_pos / INTERNAL_RATE
             for d in self.turns.on_vad(t_end, self.rt.vad.window / INTERNAL_RATE, prob):
                 await self._decide(d)
-            if self._judge_due is not None and t_end >= self._judge_due[0] - 1e-6:
-                _, a, upto = self._judge_due
-                self._judge_due = None
-                if self.turns.in_turn and self.turns.paused:
-                    self._run_judge(a, upto)
+            if self.rt.judge is not None:
+                self._maybe_judge(t_end)
 
     def audio_sent(self, n_samples: int) -> None:
         """The transport handed n reply samples (at `out_rate`) to the listener."""
@@ -263,6 +261,7 @@ class Session:
             trace.info["p_end"] = round(pause.p_end, 4)
         if self.p_audio is not None and self.p_audio[1] >= d.speech_end - 1e-6:
             trace.info["p_audio"] = round(self.p_audio[0], 4)
+            trace.info["judge_ms"] = round((self._judge_at - trace.t["speech_end"]) * 1000, 1)  # verdict in
         if pause is not None:  # the pause's timeline, ms after the end of speech (where it got to by now)
             t0 = trace.t["speech_end"]
             trace.info["pause_ms"] = {k: round((v - t0) * 1000, 1) for k, v in pause.t.items()}
@@ -341,12 +340,6 @@ class Session:
     def _start_pause(self, d: Decision) -> None:
         self._drop_pause()
         a = int(max(0.0, d.speech_start - PRE_ROLL_S) * INTERNAL_RATE)
-        if self.rt.judge is not None:  # the audio judge, once it has heard judge_after_ms of the silence
-            due = d.speech_end + self.cfg.turn.judge_after_ms / 1000
-            if d.t >= due - 1e-6:
-                self._run_judge(a, d.speech_end)
-            else:
-                self._judge_due = (due, a, d.speech_end)
         if self.llm is None or not self.auto_respond:
             return
         b = int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
@@ -355,6 +348,16 @@ class Session:
         pw.asr = asyncio.create_task(self._transcribe(self._slice(a, b)))
         pw.task = asyncio.create_task(self._pause_work(pw))
         self.pause = pw
+
+    def _maybe_judge(self, t: float) -> None:
+        """The audio judge, once per silence inside a turn, as soon as it has heard judge_after_ms of it — before
+        the PAUSE when judge_after_ms < pause_ms (the judge needs no transcript)."""
+        tt = self.turns
+        end = tt.last_speech
+        if not tt.in_turn or end == self._judged_upto or t - end < self.cfg.turn.judge_after_ms / 1000 - 1e-6:
+            return
+        self._judged_upto = end
+        self._run_judge(int(max(0.0, tt.turn_start - PRE_ROLL_S) * INTERNAL_RATE), end)
 
     def _run_judge(self, a: int, upto: float) -> None:
         """The audio judge on the turn's audio (from sample a up to now), on its own thread."""
@@ -373,6 +376,7 @@ class Session:
             log.exception("audio end-of-turn judge failed")  # the endpoint falls back to the LLM / silence
             return None
         self.p_audio = (p, upto)
+        self._judge_at = time.monotonic()
         self.turns.on_audio_end_probability(p, upto)
         return p
 
@@ -452,7 +456,6 @@ class Session:
                 pool.submit_with(Priority.URGENT, gen.close)
 
     def _drop_pause(self) -> None:
-        self._judge_due = None
         if self.pause is not None:
             self._drop(self.pause)
             self.pause = None

@@ -9,7 +9,8 @@ clearly finished, long mid-sentence, never longer than `max_delay_s`. Two judges
 the LLM's P(end-of-turn token) for the transcript so far (on_end_probability; needs the pause's ASR first, so on a
 slow CPU it comes late) and an audio model's P(complete) for the turn's audio (on_audio_end_probability; smart-turn,
 ~50-100 ms into a pause). Each maps to a confidence in [0, 1]; with both fresh, the lower one decides: the turn
-ends quickly only when both hear it finished (a mid-sentence hesitation can fool either one)."""
+ends quickly only when both hear it finished (a mid-sentence hesitation can fool either one) — or, with
+`judge_alone`, the audio judge's verdict decides by itself and the LLM's counts only when there is none."""
 
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ class TurnParams:
     # the LLM's verdict) and, with the LLM's verdict known, counts linearly
     judge_p_low: float = 0.5
     judge_p_high: float = 0.95
+    # True: once the audio judge has a verdict on the pause, it alone sets the delay (the LLM's P(end) counts only
+    # without one). Measured offline (bench/pause_judge.py): on Whisper tiny.en transcripts the LLM's P(end) lets
+    # more mid-sentence pauses through than it saves finished turns waiting
+    judge_alone: bool = False
 
 
 def llm_confidence(p: TurnParams, p_end: float) -> float:
@@ -82,6 +87,8 @@ def endpoint_delay(p: TurnParams, p_end: float | None, p_audio: float | None = N
     judge's P(complete) for the audio so far (None: not known yet)."""
     if not p.adaptive:
         return p.endpoint_silence_s
+    if p.judge_alone and p_audio is not None:
+        p_end = None
     if p_end is None and p_audio is not None and p.judge_p_low < p_audio < p.judge_p_high:
         return p.unknown_delay_s  # the audio judge is unsure: a mid-sentence hesitation sounds like this too
     xs = ([llm_confidence(p, p_end)] if p_end is not None else []) + \
@@ -114,6 +121,16 @@ class TurnTaker:
         self._last_speech: float = 0.0  # end time of the last speech frame
         self._turn_start = 0.0
         self._speech = False  # hysteresis state of the frame classifier
+
+    @property
+    def last_speech(self) -> float:
+        """End (stream s) of the last speech frame."""
+        return self._last_speech
+
+    @property
+    def turn_start(self) -> float:
+        """Start (stream s) of the current turn's speech."""
+        return self._turn_start
 
     def set_agent_speaking(self, speaking: bool) -> None:
         self.agent_speaking = speaking

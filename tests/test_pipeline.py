@@ -200,10 +200,31 @@ def test_audio_judge_without_llm_p_end_gives_the_endpoint(rt, speech):
     info = turn.latency.info
     assert "p_audio" in info and turn.reply, info
     params = TurnParams(min_delay_s=t.min_delay_ms / 1000, max_delay_s=t.max_delay_ms / 1000,
-                        judge_p_low=t.judge_p_low, judge_p_high=t.judge_p_high)
+                        unknown_delay_s=t.unknown_delay_ms / 1000, judge_p_low=t.judge_p_low,
+                        judge_p_high=t.judge_p_high, judge_alone=t.judge_alone)
     assert info["endpoint_delay_ms"] == round(endpoint_delay(params, None, info["p_audio"]) * 1000)
-    # a finished sentence ("Sunday is the best part of the week."): the judge hears it (measured 0.96-0.98)
+    # a finished sentence ("Sunday is the best part of the week."): the judge hears it (measured 0.94-0.98)
     assert info["p_audio"] > t.judge_p_low and info["endpoint_delay_ms"] <= t.unknown_delay_ms
+    asyncio.run(conv.session.close())
+
+
+def test_judge_runs_before_the_pause_when_judge_after_ms_is_shorter(rt, speech):
+    """[turn] judge_after_ms below pause_ms: the judge runs on the silence before any PAUSE (it needs no
+    transcript), so a sure verdict ends the turn before the pause-time work would even start. Here the PAUSE is
+    moved to 400 ms: the turn must end with the judge's verdict and without a pause."""
+    t = rt.config.turn
+    saved = t.pause_ms, t.judge_after_ms
+    t.pause_ms, t.judge_after_ms = 400, 32
+    try:
+        # "in being comparatively modern.": P(complete) 0.99 at every silence length (bench/pause_judge.py)
+        conv = asyncio.run(converse(rt, [load_audio(speech / "ljspeech/LJ001-0002.wav")]))
+    finally:
+        t.pause_ms, t.judge_after_ms = saved
+    info = conv.turns[0].latency.info
+    assert info.get("p_audio", 0) >= t.judge_p_high, info
+    assert "pause_ms" not in info and info["endpoint_delay_ms"] == t.min_delay_ms, info
+    assert 32 <= info["judge_ms"] < 400, info  # the verdict came from the silence's first frames
+    assert conv.turns[0].reply
     asyncio.run(conv.session.close())
 
 

@@ -174,3 +174,52 @@ def test_lead_silence_trims_only_the_quiet_start():
     assert k == 1500 - int(0.005 * rate) and np.abs(x[k:]).max() > 0.01
     assert lead_silence(np.zeros(100, np.float32), rate) == 0  # nothing loud: nothing trimmed
     assert lead_silence(np.full(100, 0.5, np.float32), rate) == 0
+
+
+def test_judge_alone_ignores_the_llm_once_the_judge_has_spoken():
+    """[turn] judge_alone: with a verdict of the audio judge, the LLM's P(end) changes nothing (sure, unsure and
+    low verdicts alike); without one, the LLM's P(end) sets the delay as before."""
+    p = TurnParams(judge_alone=True, judge_p_low=0.3, judge_p_high=0.95, min_delay_s=0.064, unknown_delay_s=0.8,
+                   max_delay_s=1.0)
+    both = TurnParams(judge_p_low=0.3, judge_p_high=0.95, min_delay_s=0.064, unknown_delay_s=0.8, max_delay_s=1.0)
+    for p_end in (1e-6, 0.01, 0.9):
+        assert endpoint_delay(p, p_end, 0.97) == p.min_delay_s
+        assert endpoint_delay(p, p_end, 0.6) == p.unknown_delay_s
+        assert endpoint_delay(p, p_end, 0.1) == p.max_delay_s
+    # the combined rule would have let a sure-ish LLM shorten an unsure judge's wait, or a doubtful one lengthen a
+    # sure judge's: judge_alone does neither
+    assert endpoint_delay(both, 0.9, 0.6) < p.unknown_delay_s and endpoint_delay(p, 0.9, 0.6) == p.unknown_delay_s
+    assert endpoint_delay(both, 1e-6, 0.97) == p.max_delay_s and endpoint_delay(p, 1e-6, 0.97) == p.min_delay_s
+    for p_end in (1e-6, 0.01, 0.9):  # no verdict from the judge: the LLM's alone
+        assert endpoint_delay(p, p_end, None) == endpoint_delay(both, p_end, None)
+    assert endpoint_delay(p, None, None) == p.unknown_delay_s
+
+
+def test_judge_alone_in_the_turn_taker_and_its_timing():
+    """The turn taker with judge_alone: a sure verdict ends the turn at the first frame after it (min_delay 64 ms),
+    an LLM verdict arriving afterwards does not undo an unsure verdict's wait, and stale verdicts count for
+    nothing. last_speech / turn_start (what the session's judge trigger reads) follow the speech."""
+    p = TurnParams(pause_s=0.064, judge_alone=True, judge_p_low=0.3, judge_p_high=0.95, min_delay_s=0.064,
+                   unknown_delay_s=0.8, max_delay_s=1.0)
+    tt = TurnTaker(p)
+    ds, t = run(tt, [0.0] * 5 + [0.9] * 20 + [0.1])  # 32 ms of silence: the session's judge would run now
+    assert kinds(ds) == [Kind.SPEECH_START]
+    assert abs(tt.last_speech - 25 * F) < 1e-9 and abs(tt.turn_start - 5 * F) < 1e-9
+    tt.on_audio_end_probability(0.97, upto=tt.last_speech)
+    ds, t = run(tt, [0.1], t)  # 64 ms: ends (the verdict came before the PAUSE)
+    assert kinds(ds) == [Kind.ENDPOINT] and ds[0].delay == p.min_delay_s
+    # unsure: 800 ms, even when the LLM then reads the words as finished
+    tt = TurnTaker(p)
+    ds, t = run(tt, [0.9] * 20 + [0.1])
+    tt.on_audio_end_probability(0.8, upto=tt.last_speech)
+    tt.on_end_probability(0.9, upto=tt.last_speech)
+    ds, t = run(tt, [0.1] * 23, t)  # 768 ms of silence
+    assert Kind.ENDPOINT not in kinds(ds)
+    ds, t = run(tt, [0.1], t)
+    assert kinds(ds) == [Kind.ENDPOINT] and ds[0].delay == p.unknown_delay_s
+    # a sure verdict on the silence before the user spoke again does not end the next one
+    tt = TurnTaker(p)
+    ds, t = run(tt, [0.9] * 20 + [0.1])
+    tt.on_audio_end_probability(0.99, upto=tt.last_speech)
+    ds, t = run(tt, [0.9] * 3 + [0.1] * 20, t)
+    assert Kind.ENDPOINT not in kinds(ds)
