@@ -130,3 +130,18 @@ def test_runtime_plan_from_measured_weights_and_a_clear_refusal():
     c.memory.total = 200 * MiB
     with pytest.raises(MemoryPlanError, match="do not fit.*largest item is LLM weights"):
         MemoryMeter(c).plan_pages(model, 16)
+
+
+def test_piper_warmup_sizes_its_arena_with_a_phrase_longer_than_any_the_runtime_sends():
+    """Issue 9: onnxruntime's CPU arena keeps the size of the largest call it has seen. Runtime.warmup speaks
+    Piper's WARMUP_TEXT (more words than [phrases] max_words) so the arena does not grow in steps while serving."""
+    from agent.config import PhraseConfig
+    from agent.runtime import _warm_tts
+    from tts.piper_onnx import PiperOnnxTTS
+
+    assert len(PiperOnnxTTS.WARMUP_TEXT.split()) > PhraseConfig().max_words
+    spoken = []
+    tts = PiperOnnxTTS.__new__(PiperOnnxTTS)  # no model: only what the warm-up asks it to say
+    tts.synthesize = lambda text: iter(spoken.append(text) or ())
+    _warm_tts(tts)
+    assert spoken.count(PiperOnnxTTS.WARMUP_TEXT) >= 2 and spoken[-1] == "Hello."
