@@ -10,6 +10,8 @@ A hypothesis is treated as silence when no_speech_prob > 0.6 and avg_logprob < -
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,6 +218,7 @@ class GreedyDecoder:
             if t + 1 < limit:
                 last = self.step(n, nxt[:, None], cur[:, None])
                 cur = cur + 1
+        self.launched_at = time.perf_counter()  # every step is queued; the read-back below waits for them
         out, sum_lp, no_speech = out[:, :steps].tolist(), sum_lp.tolist(), no_speech.tolist()
         hyps = []
         for i in range(n):

@@ -11,6 +11,7 @@ Batched API for a scheduler serving many sessions: `s.push(chunk)` only buffers;
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,9 @@ class TorchWhisperASR:
         self.gate = EnergyGate(energy_floor_dbfs)
         self.policy = StreamPolicy(partial_interval_s, SAMPLE_RATE)
         self.max_batch = max_batch
+        self.timing = False  # per-phase host/GPU times of recognize() into phase_stats (benchmarks)
+        self.phase_stats = dict.fromkeys(("calls", "items", "encode_host_s", "encode_gpu_s", "decode_launch_s",
+                                          "decode_wall_s", "decode_gpu_s"), 0)
         # benchmarks on synthetic weights: the words of the transcript come from this passage (see _scripted)
         self.script = script.split()
         if self.script and model_dir is not None:
@@ -76,16 +80,62 @@ class TorchWhisperASR:
         prefixes = prefixes or [[] for _ in audios]
         for i in range(0, len(audios), self.max_batch):
             chunk, pre = audios[i:i + self.max_batch], prefixes[i:i + self.max_batch]
+            marks = self._marks()
             mels = [self.mel(torch.as_tensor(a[:MAX_SAMPLES])) for a in chunk]
             self.decoder.encode(batch_features(mels, self.opts, window))
+            self._mark(marks)
             # a loop cannot run longer than speech could: <= tokens_per_s per second of audio (+ slack)
             limits = [max(4, int(self.tokens_per_s * len(a) / SAMPLE_RATE) + 8 - len(p)) for a, p in zip(chunk, pre)]
             hyps = self.decoder.decode(pre, max_new=max_new, stop_at_eot=stop_at_eot,
                                        limits=None if max_new else limits)
+            self._mark(marks)
+            self._account(marks, len(chunk))
             for h, p in zip(hyps, pre):
                 h.tokens = list(p) + strip_loop(h.tokens[len(p):])
             out += hyps
         return out
+
+    # ---- where a recognize() call's time goes (bench/sessions.py reports it): host time to queue each phase vs
+    # the GPU time between its CUDA events. Host launch time ~ GPU time: launch-bound; GPU time >> launch time: the
+    # kernels themselves (or the device) are slow; wall >> both: the thread waited (GIL, CPU) between launches.
+    def _marks(self):
+        if not self.timing:
+            return None
+        m = {"t": [time.perf_counter()], "e": []}
+        if self.device.type == "cuda":
+            m["e"].append(torch.cuda.Event(enable_timing=True))
+            m["e"][-1].record()
+        return m
+
+    def _mark(self, m) -> None:
+        if m is None:
+            return
+        m["t"].append(time.perf_counter())
+        if m["e"]:
+            m["e"].append(torch.cuda.Event(enable_timing=True))
+            m["e"][-1].record()
+
+    def _account(self, m, items: int) -> None:
+        if m is None:
+            return
+        t0, t_enc, t_end = m["t"]
+        st = self.phase_stats
+        st["calls"] += 1
+        st["items"] += items
+        st["encode_host_s"] += t_enc - t0  # mel + encoder queued (no sync in between)
+        st["decode_launch_s"] += getattr(self.decoder, "launched_at", t_end) - t_enc  # greedy steps queued
+        st["decode_wall_s"] += t_end - t_enc  # ... and read back
+        if m["e"]:
+            e0, e1, e2 = m["e"]
+            e2.synchronize()
+            st["encode_gpu_s"] += e0.elapsed_time(e1) / 1000
+            st["decode_gpu_s"] += e1.elapsed_time(e2) / 1000
+
+    def reset_phase_stats(self) -> dict:
+        """The accumulated phase times since the last reset (seconds; `timing` must be on), then zero them."""
+        old = dict(self.phase_stats)
+        self.phase_stats = dict.fromkeys(old, 0)
+        return old
 
     def warmup(self, batches: tuple[int, ...] = (1,), max_prefix: int = 96, seconds: float = 5.0) -> None:
         """Run every prefill width (multiples of 16 up to max_prefix) and decoder-graph bucket once, so the

@@ -288,6 +288,9 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         if hasattr(pool, "reset_stats"):
             pool.reset_stats()
     lags: list[float] = []
+    if hasattr(rt.asr, "reset_phase_stats"):  # torch Whisper: host vs GPU time per phase of each transcription
+        rt.asr.timing = True
+        rt.asr.reset_phase_stats()
 
     async def watch_loop():  # how late the server's event loop wakes up (a 10 ms sleep)
         while True:
@@ -351,6 +354,7 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
                         "max": _r(max(lags) * 1000 if lags else None)},
         # turns whose endpoint needed >= 0.9 s of silence (the judge unsure or saying "not finished")
         "long_endpoint_turns": sum(t.info["endpoint_delay_ms"] >= 900 for t in unsure), "of_turns_with_info": len(unsure),
+        "asr_phases": asr_phases(rt.asr),
         "llm_yielded": {"items": rt.llm_pool.yielded[0], "held_s": round(rt.llm_pool.yielded[1], 2)}
         if hasattr(rt.llm_pool, "yielded") else None,
         "worker_items": {name: pool.label_stats() for name, pool in (("asr", rt.asr_pool), ("llm", rt.llm_pool),
@@ -363,6 +367,17 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     p95 = nearest_rank(lat, 95)
     out["meets_500ms"] = bool(p95 is not None and p95 <= TARGET_MS and refused == 0)
     return out
+
+
+def asr_phases(asr) -> dict | None:
+    """Per recognize() call (ms): mel+encoder queued on the host and its GPU time; greedy steps queued, read back,
+    and their GPU time (asr/torch_backend.py)."""
+    if not hasattr(asr, "reset_phase_stats"):
+        return None
+    st = asr.reset_phase_stats()
+    n = max(1, st["calls"])
+    return {"calls": st["calls"], "items": st["items"],
+            **{k.replace("_s", "_ms"): round(v / n * 1000, 2) for k, v in st.items() if k.endswith("_s")}}
 
 
 def _r(x):

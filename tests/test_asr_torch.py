@@ -84,3 +84,22 @@ def test_batched_equals_single(asr, speech):
     both = asr.recognize([a, b])
     one = [asr.recognize([a])[0], asr.recognize([b])[0]]
     assert [h.tokens for h in both] == [h.tokens for h in one]
+
+
+def test_phase_times_only_when_asked_and_same_transcript(asr, speech):
+    """bench/sessions.py's per-phase times: off by default (nothing accumulates), on they count each recognize()
+    call and its items, and timing changes nothing in the result."""
+    a = load_audio(speech / CLIPS[1])[: 3 * 16000]
+    asr.reset_phase_stats()
+    plain = asr.recognize([a, a])
+    assert asr.reset_phase_stats()["calls"] == 0
+    asr.timing = True
+    try:
+        timed = asr.recognize([a, a])
+        st = asr.reset_phase_stats()
+    finally:
+        asr.timing = False
+    assert [h.tokens for h in timed] == [h.tokens for h in plain]
+    assert st["calls"] == 1 and st["items"] == 2
+    assert st["encode_host_s"] > 0 and st["decode_wall_s"] >= st["decode_launch_s"] > 0
+    assert st["encode_gpu_s"] == 0  # no CUDA events on the CPU
