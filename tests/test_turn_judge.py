@@ -13,7 +13,7 @@ from agent.turn_judge import SmartTurn, features, last_window
 from agent.vad import SileroVAD, speech_bounds
 
 PRE_ROLL_S = 0.3  # what the session keeps before the speech start
-TAIL_S = 0.1  # the judge runs after [turn] judge_after_ms = 100 of silence
+TAIL_S = 0.1  # s of silence the judge hears here ([turn] judge_after_ms is 32; bench/pause_judge.py: 32-640 ms)
 
 
 @pytest.fixture(scope="module")
