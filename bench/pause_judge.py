@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -205,18 +206,12 @@ def policy_grid(llm: bool):
                 (0.032, 0.128), (0.064, 0.128), (0.096, 0.16), (0.128, 0.192), (0.128, 0.256),
                 (0.064, 0.128, 0.192), (0.128, 0.32), (0.128, 0.256, 0.384)]
     for c in consults:
-        if True:
-            for hi in (0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99):
-                for lo in (0.1, 0.3, 0.5):
-                    if lo >= hi:
-                        continue
-                    for mn in (0.064, 0.15):
-                        for unk in (0.4, 0.5, 0.6, 0.7, 0.8, 1.0):
-                            for mx in (0.8, 1.0):
-                                if unk > mx:
-                                    continue
-                                for use_llm in ((False, True) if llm else (False,)):
-                                    yield Policy(c, lo, hi, mn, unk, mx, use_llm)
+        for hi, lo, mn, unk, mx in itertools.product((0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99), (0.1, 0.3, 0.5),
+                                                    (0.064, 0.15), (0.4, 0.5, 0.6, 0.7, 0.8, 1.0), (0.8, 1.0)):
+            if lo >= hi or unk > mx:
+                continue
+            for use_llm in ((False, True) if llm else (False,)):
+                yield Policy(c, lo, hi, mn, unk, mx, use_llm)
 
 
 def distance(m: dict, max_cut_rate: float, max_delay_ms: float) -> tuple:
@@ -276,10 +271,9 @@ def simulate(path: str, max_cut_rate: float, out_name: str | None, max_delay_ms:
         a, b = f["half0"], f["half1"]
         print(f"  {a['false_cutoff_rate']:.3f} {a['mean_endpoint_ms']:6.1f}  ->  {b['false_cutoff_rate']:.3f} "
               f"{b['mean_endpoint_ms']:6.1f}   {f['policy']}")
-    if True:  # timing sensitivity of the chosen one
-        pol = chosen
-        report["sensitivity"] = {f"judge_latency={jl},slowdown={sd}": evaluate(test, pol, jl, 0.064, sd)
-                                 for jl in (0.05, 0.08, 0.12, 0.16) for sd in (0.5, 0.7, 1.0)}
+    # how the chosen policy's held-out result moves with the timing model
+    report["sensitivity"] = {f"judge_latency={jl},slowdown={sd}": evaluate(test, chosen, jl, 0.064, sd)
+                             for jl in (0.05, 0.08, 0.12, 0.16) for sd in (0.5, 0.7, 1.0)}
     if out_name:
         print("->", write_result(out_name, report))
 
@@ -288,7 +282,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="cpu")
     # on the VAD's 32 ms frame grid: the session consults the judge at the first frame whose silence reaches
-    # judge_after_ms (100 ms -> 128 ms of silence heard)
+    # judge_after_ms (32 ms -> 32 ms, 100 ms -> 128 ms of silence, plus up to one 20 ms client chunk)
     ap.add_argument("--silences", default="0.032,0.064,0.096,0.128,0.16,0.192,0.224,0.256,0.32,0.384,0.448,0.512,0.64")
     ap.add_argument("--gaps", type=int, default=2, help="spliced pauses per long clip")
     ap.add_argument("--llm", action="store_true", help="also the pause's transcript and the LLM's P(end)")
