@@ -231,10 +231,12 @@ def test_judge_runs_before_the_pause_when_judge_after_ms_is_shorter(rt, speech):
 def test_draft_early_drafts_without_any_verdict(rt, speech):
     """[turn] draft_early (GPU configs): the pause drafts as soon as its transcript is in, without waiting for the
     judge's or the LLM's verdict; with neither verdict (judge off, llm_p_end off) no draft is made otherwise.
-    Without verdicts the endpoint waits unknown_delay_ms, so the pause work has finished by then."""
+    Without verdicts the endpoint waits unknown_delay_ms: 3 s here, so that the pause's transcript (on which the
+    draft starts) is in by then even on 2 loaded cores (with the configured 800 ms it sometimes was not)."""
     t = rt.config.turn
     judge, rt.judge = rt.judge, None
     t.llm_p_end = False
+    unknown, t.unknown_delay_ms = t.unknown_delay_ms, 3000
     clip = load_audio(speech / "speechbrain_harvard/spk1_snt5.wav")
     try:
         drafted = {}
@@ -246,5 +248,5 @@ def test_draft_early_drafts_without_any_verdict(rt, speech):
             drafted[early] = bool(turn.latency.info.get("drafted"))
             asyncio.run(conv.session.close())
     finally:
-        rt.judge, t.llm_p_end, t.draft_early = judge, True, False
+        rt.judge, t.llm_p_end, t.draft_early, t.unknown_delay_ms = judge, True, False, unknown
     assert drafted == {False: False, True: True}
