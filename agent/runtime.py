@@ -206,11 +206,21 @@ class Runtime:
     async def run(self, pool: cf.Executor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    def close(self) -> None:
-        for pool in (self.asr_pool, self.llm_pool, self.tts_pool, self.judge_pool):
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the worker threads: queued work is cancelled, and the item each thread is running is waited for
+        (up to timeout_s in all). A worker thread still inside onnxruntime, CTranslate2 or torch when the interpreter
+        exits is ended by pthread_exit, whose forced unwind through their C++ frames aborts the process
+        ("terminate called without an active exception": `quickturn demo` exited with SIGABRT now and then)."""
+        pools = (self.asr_pool, self.llm_pool, self.tts_pool, self.judge_pool)
+        for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)
         if self.vad_batcher is not None:
             self.vad_batcher.close()
+        end = time.monotonic() + timeout_s
+        for pool in pools + ((self.vad_batcher.pool,) if self.vad_batcher is not None else ()):
+            threads = [pool._thread] if isinstance(pool, PriorityWorker) else list(getattr(pool, "_threads", ()))
+            for t in threads:
+                t.join(max(0.0, end - time.monotonic()))
 
 
 def load_vad(config: Config):

@@ -303,3 +303,26 @@ def test_llm_worker_yields_to_urgent_gpu_work_of_another_worker():
     finally:
         asr.shutdown()
         llm.shutdown()
+
+
+def test_runtime_close_waits_for_the_running_items():
+    """Runtime.close cancels queued work and waits for what each worker thread is running, so no worker is inside
+    native code when the interpreter exits (that aborted `quickturn demo` with "terminate called ...")."""
+    from agent.config import Config
+    from agent.runtime import Runtime
+
+    rt = Runtime(config=Config.load("cpu"), vad=None, asr=None, llm=None, tts=None)
+    started, done = threading.Event(), []
+
+    def busy(tag, s=0.3):
+        started.set()
+        time.sleep(s)
+        done.append(tag)
+
+    rt.tts_pool.submit_with(Priority.URGENT, busy, "tts")
+    queued = rt.tts_pool.submit_with(Priority.PACED, busy, "never")
+    judge = rt.judge_pool.submit(busy, "judge", 0.2)
+    assert started.wait(2.0)
+    rt.close()
+    assert sorted(done) == ["judge", "tts"] and queued.cancelled() and judge.done()
+    assert not rt.tts_pool._thread.is_alive() and not rt.llm_pool._thread.is_alive()
