@@ -312,17 +312,17 @@ def test_runtime_close_waits_for_the_running_items():
     from agent.runtime import Runtime
 
     rt = Runtime(config=Config.load("cpu"), vad=None, asr=None, llm=None, tts=None)
-    started, done = threading.Event(), []
+    started, done = {"tts": threading.Event(), "judge": threading.Event(), "never": threading.Event()}, []
 
     def busy(tag, s=0.3):
-        started.set()
+        started[tag].set()
         time.sleep(s)
         done.append(tag)
 
     rt.tts_pool.submit_with(Priority.URGENT, busy, "tts")
     queued = rt.tts_pool.submit_with(Priority.PACED, busy, "never")
     judge = rt.judge_pool.submit(busy, "judge", 0.2)
-    assert started.wait(2.0)
+    assert started["tts"].wait(2.0) and started["judge"].wait(2.0)  # both running, "never" still queued
     rt.close()
     assert sorted(done) == ["judge", "tts"] and queued.cancelled() and judge.done()
     assert not rt.tts_pool._thread.is_alive() and not rt.llm_pool._thread.is_alive()
