@@ -252,10 +252,12 @@ def simulate(path: str, max_cut_rate: float, out_name: str | None, max_delay_ms:
                   f"natural pauses cut {m['natural_cut_rate']}")
         return {"policy": dataclasses.asdict(pol), "half0": a, "half1": b, "bench_clips": c}
 
-    report = {"source": str(path), "max_cut_rate": max_cut_rate, "max_mean_endpoint_ms": max_delay_ms,
-              "timing": {"judge_latency_s": JUDGE_LATENCY_S, "llm_slowdown": LLM_SLOWDOWN,
-                         "endpoint_overhead_s": ENDPOINT_OVERHEAD_S},
-              "n_policies": len(rows), "current": show("current", current)}
+    # device/commit/date of this replay, and which recorded run (its commit and device) it replays
+    report = result_header(source=str(path), records={k: data.get(k) for k in ("commit", "device", "date")},
+                           max_cut_rate=max_cut_rate, max_mean_endpoint_ms=max_delay_ms,
+                           timing={"judge_latency_s": JUDGE_LATENCY_S, "llm_slowdown": LLM_SLOWDOWN,
+                                   "endpoint_overhead_s": ENDPOINT_OVERHEAD_S},
+                           n_policies=len(rows), current=show("current", current))
     report["meeting_both_on_half0"] = sum(1 for _, m in rows if distance(m, max_cut_rate, max_delay_ms)[0] <= 1)
     print(f"meeting both targets on half 0: {report['meeting_both_on_half0']} of {len(rows)}")
     print("within the false cut-off budget on half 0, shortest mean endpoint first:")
