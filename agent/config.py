@@ -159,9 +159,6 @@ class PipelineConfig:
     # give the GIL up at every CUDA sync (each ASR token, each decode step, each TTS window) and then wait for it
     # up to the interval while the event loop holds it: with many callers that wait repeats per token.
     gil_switch_ms: float = 0.0
-    # one GPU: while the ASR or TTS runs urgent work, the LLM worker holds back paced/background decode for up to
-    # this long (agent/worker.py GpuGate); 0 = off. Only where the LLM and the ASR or TTS share a CUDA device.
-    llm_yield_ms: float = 0.0
 
 
 @dataclass

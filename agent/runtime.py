@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from . import models
 from .config import Config, resolve_model
 from .memory import MemoryPlanError, MiB, Plan, admission, kv_bytes_per_token, make_plan
-from .worker import GpuGate, PriorityWorker
+from .worker import PriorityWorker
 
 log = logging.getLogger("quickturn")
 
@@ -105,25 +105,7 @@ class Runtime:
         rt._warm = meter.cuda
         if meter.cuda:
             rt.streams = rt.own_streams()
-            rt.share_gpu(config.pipeline.llm_yield_ms / 1000)
         return rt
-
-    def share_gpu(self, max_yield_s: float) -> bool:
-        """The LLM worker yields to urgent ASR/TTS work on the same CUDA device (agent/worker.py GpuGate), holding
-        its paced and background items back for at most max_yield_s at a time; 0 turns it off."""
-        for pool in (self.asr_pool, self.tts_pool, self.llm_pool):
-            if not isinstance(pool, PriorityWorker):
-                return False
-        llm_dev = str(self.config.llm.device)
-        holders = [pool for pool, dev in ((self.asr_pool, _asr_device(self.config)),
-                                          (self.tts_pool, _tts_device(self.config)))
-                   if max_yield_s > 0 and llm_dev.startswith("cuda") and str(dev) == llm_dev]
-        gate = GpuGate() if holders else None
-        for pool in (self.asr_pool, self.tts_pool):
-            pool.holds = gate if pool in holders else None
-        self.llm_pool.yields_to = gate
-        self.llm_pool.max_yield_s = max_yield_s
-        return gate is not None
 
     def own_streams(self) -> dict[str, int]:
         """Give each GPU worker thread a CUDA stream of its own (torch's current stream is per thread).

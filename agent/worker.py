@@ -13,9 +13,6 @@ Work is never interrupted mid-item, so background work comes in small items (pre
 steps): an urgent item waits at most for the one item already running. Decode stays batched: the engine's step
 advances every generating session at once (llm/engine.py), and the `ready` items it leaves behind run first.
 
-On one GPU the workers also share the device: a `GpuGate` counts the ASR's and TTS's urgent items in progress, and
-the LLM worker (edf) holds back its paced and background items while any run, at most `max_yield_s` at a time.
-
 The worker also measures itself (`load()`): the recent p95 queue wait of urgent items and the busy fraction,
 which admission control reads (agent/memory.py `admission`)."""
 
@@ -96,34 +93,6 @@ def paced_deadline(now: float, playback_end: float, unsent_tokens: int, margin_s
     return max(now, playback_end) + unsent_tokens / tokens_per_s - margin_s
 
 
-class GpuGate:
-    """Urgent GPU work of the ASR and TTS threads, in progress (counted). The LLM's decode saturates the GPU's
-    memory bandwidth while it runs, and a chain of small dependent ASR/TTS kernels beside it waits for SM slots at
-    every kernel; so while urgent ASR/TTS work runs, the LLM worker holds back its paced and background items (for
-    at most its `max_yield_s` each time; its urgent items never wait)."""
-
-    def __init__(self):
-        self._n = 0
-        self._cv = threading.Condition()
-
-    def busy(self) -> bool:
-        return self._n > 0
-
-    def enter(self) -> None:
-        with self._cv:
-            self._n += 1
-
-    def exit(self) -> None:
-        with self._cv:
-            self._n -= 1
-            if self._n == 0:
-                self._cv.notify_all()
-
-    def wait_clear(self, timeout: float) -> bool:
-        with self._cv:
-            return self._cv.wait_for(lambda: self._n == 0, timeout)
-
-
 class PriorityWorker(cf.Executor):
     """A single-thread executor whose queue is ordered by the policy. `submit` (used by run_in_executor) is
     urgent; `submit_with` takes a priority, a deadline and a `ready` probe. `policy` may be changed at any time
@@ -144,11 +113,6 @@ class PriorityWorker(cf.Executor):
         self.batches = self.batched_items = 0  # coalesced batches (edf), and the items they ran
         # per item label: [items, queue wait s, run s, max queue wait s] since reset_stats (where the time goes)
         self.by_label: dict[str, list] = {}
-        self.holds: GpuGate | None = None  # this worker's urgent items count as urgent GPU work (ASR, TTS)
-        self.yields_to: GpuGate | None = None  # edf: paced/background items wait while that gate is busy (LLM)
-        self.max_yield_s = 0.05
-        self.yielded = [0, 0.0]  # items held back, seconds held (since reset_stats)
-        self._held_since: float | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -198,27 +162,7 @@ class PriorityWorker(cf.Executor):
                     self._cv.wait()
                 if self._stop and not self._items:
                     return
-                i = pick(self._items, self._policy, self._is_ready)
-                item = self._items[i]
-                gate = self.yields_to
-                if (gate is not None and self._policy == "edf" and item.priority != Priority.URGENT
-                        and gate.busy() and not self._is_ready(item)):
-                    now = time.monotonic()
-                    if self._held_since is None:
-                        self._held_since = now
-                        self.yielded[0] += 1
-                    left = self._held_since + self.max_yield_s - now
-                    if left > 0:
-                        self._cv.release()  # wait in short slices: an urgent item of our own may arrive
-                        try:
-                            gate.wait_clear(min(left, 0.002))
-                        finally:
-                            self._cv.acquire()
-                        continue
-                if self._held_since is not None:
-                    self.yielded[1] += time.monotonic() - self._held_since
-                    self._held_since = None
-                item = self._items.pop(i)
+                item = self._items.pop(pick(self._items, self._policy, self._is_ready))
                 group = []
                 if item.batch is not None and self._policy == "edf":
                     group = [it for it in self._items if it.batch is not None and it.batch[0] == item.batch[0]]
@@ -237,16 +181,10 @@ class PriorityWorker(cf.Executor):
             if item.deadline != math.inf and item.priority != Priority.BACKGROUND:
                 self.missed[1] += 1
                 self.missed[0] += t0 > item.deadline
-            hold = self.holds if item.priority == Priority.URGENT else None
-            if hold is not None:
-                hold.enter()
             try:
                 item.future.set_result(item.fn(*item.args))
             except BaseException as e:  # delivered to the awaiting coroutine
                 item.future.set_exception(e)
-            finally:
-                if hold is not None:
-                    hold.exit()
             t1 = time.monotonic()
             with self._cv:
                 if item.priority == Priority.URGENT:
@@ -266,9 +204,6 @@ class PriorityWorker(cf.Executor):
             if it.deadline != math.inf and it.priority != Priority.BACKGROUND:
                 self.missed[1] += 1
                 self.missed[0] += t0 > it.deadline
-        hold = self.holds if any(it.priority == Priority.URGENT for it in items) else None
-        if hold is not None:
-            hold.enter()
         try:
             results = items[0].batch[1]([it.args[0] for it in items])
             for it, r in zip(items, results):
@@ -277,9 +212,6 @@ class PriorityWorker(cf.Executor):
             for it in items:
                 if not it.future.done():
                     it.future.set_exception(e)
-        finally:
-            if hold is not None:
-                hold.exit()
         t1 = time.monotonic()
         with self._cv:
             for it in items:
@@ -329,7 +261,6 @@ class PriorityWorker(cf.Executor):
             self._busy.clear()
             self.missed = [0, 0]
             self.by_label = {}
-            self.yielded = [0, 0.0]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._cv:

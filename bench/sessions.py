@@ -355,8 +355,6 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         # turns whose endpoint needed >= 0.9 s of silence (the judge unsure or saying "not finished")
         "long_endpoint_turns": sum(t.info["endpoint_delay_ms"] >= 900 for t in unsure), "of_turns_with_info": len(unsure),
         "asr_phases": asr_phases(rt.asr),
-        "llm_yielded": {"items": rt.llm_pool.yielded[0], "held_s": round(rt.llm_pool.yielded[1], 2)}
-        if hasattr(rt.llm_pool, "yielded") else None,
         "worker_items": {name: pool.label_stats() for name, pool in (("asr", rt.asr_pool), ("llm", rt.llm_pool),
                                                                       ("tts", rt.tts_pool)) if hasattr(pool, "label_stats")},
         "errors": s.errors,
@@ -405,9 +403,6 @@ async def bench(args) -> dict:
     rt = Runtime.load(cfg, log_fn=lambda m: print(f"  {m}", flush=True))
     if args.gil_switch_ms is not None and args.gil_switch_ms > 0:
         sys.setswitchinterval(args.gil_switch_ms / 1000)
-    if args.llm_yield_ms is not None:
-        cfg.pipeline.llm_yield_ms = args.llm_yield_ms
-        rt.share_gpu(args.llm_yield_ms / 1000)
     rt.warmup()
     startup_s = time.perf_counter() - t
     report0 = rt.memory_report()
@@ -454,7 +449,6 @@ async def bench(args) -> dict:
                                     "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
                         cuda_stream_priority=getattr(rt, "streams", {}),  # Runtime.own_streams
                         gil_switch_ms=round(sys.getswitchinterval() * 1000, 3),
-                        llm_yield_ms=cfg.pipeline.llm_yield_ms if rt.llm_pool.yields_to is not None else 0,
                         seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
                         frame_ms=args.frame_ms,
                         max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,
@@ -523,8 +517,6 @@ def main(argv=None) -> int:
                     help="run the simulated callers on a thread of the server's process (default: their own process)")
     ap.add_argument("--gil-switch-ms", type=float, default=None,
                     help="override [pipeline] gil_switch_ms (Python's default: 5)")
-    ap.add_argument("--llm-yield-ms", type=float, default=None,
-                    help="override [pipeline] llm_yield_ms (0: the LLM never yields to urgent ASR/TTS work)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, metavar="RESULT.json",
                     help="only redraw the PNG of an existing result (e.g. where the run had no matplotlib)")

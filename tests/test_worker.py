@@ -250,61 +250,6 @@ def test_label_stats_say_where_the_time_goes():
         w.shutdown()
 
 
-def test_llm_worker_yields_to_urgent_gpu_work_of_another_worker():
-    """While the ASR (or TTS) worker runs an urgent item, the LLM worker holds back paced/background items (at most
-    max_yield_s), but not its urgent ones; under fifo (the baseline) it does not yield at all."""
-    from agent.worker import GpuGate
-
-    gate = GpuGate()
-    asr, llm = PriorityWorker("t-asr"), PriorityWorker("t-llm")
-    asr.holds, llm.yields_to, llm.max_yield_s = gate, gate, 5.0
-    try:
-        release = threading.Event()
-        started = threading.Event()
-
-        def transcribe():
-            started.set()
-            release.wait(5.0)
-            return time.monotonic()
-
-        ends: dict[str, float] = {}
-
-        def step(name):
-            ends[name] = time.monotonic()
-            return name
-
-        busy = asr.submit_with(Priority.URGENT, transcribe)
-        assert started.wait(5.0) and gate.busy()
-        paced = llm.submit_with(Priority.PACED, step, "paced", deadline=time.monotonic() + 1)
-        background = llm.submit_with(Priority.BACKGROUND, step, "background")
-        urgent = llm.submit_with(Priority.URGENT, step, "urgent")
-        assert urgent.result(timeout=2.0) == "urgent"  # urgent LLM work runs while the gate is busy
-        time.sleep(0.1)
-        assert not paced.done() and not background.done()  # held back
-        release.set()
-        asr_end = busy.result(timeout=5.0)
-        assert paced.result(timeout=2.0) == "paced" and background.result(timeout=2.0) == "background"
-        assert ends["paced"] >= asr_end and ends["background"] >= asr_end
-        assert not gate.busy() and llm.yielded[0] >= 1 and llm.yielded[1] > 0.05
-
-        # bounded: a gate that stays busy holds an item back for max_yield_s, then it runs anyway
-        llm.max_yield_s = 0.3
-        gate.enter()
-        try:
-            t0 = time.monotonic()
-            assert llm.submit_with(Priority.PACED, step, "late").result(timeout=3.0) == "late"
-            assert 0.28 <= time.monotonic() - t0 < 2.0
-            llm.policy = "fifo"  # the baseline does not yield
-            t0 = time.monotonic()
-            assert llm.submit_with(Priority.BACKGROUND, step, "fifo").result(timeout=2.0) == "fifo"
-            assert time.monotonic() - t0 < 0.2
-        finally:
-            gate.exit()
-    finally:
-        asr.shutdown()
-        llm.shutdown()
-
-
 def test_runtime_close_waits_for_the_running_items():
     """Runtime.close cancels queued work and waits for what each worker thread is running, so no worker is inside
     native code when the interpreter exits (that aborted `quickturn demo` with "terminate called ...")."""
