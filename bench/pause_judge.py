@@ -49,10 +49,9 @@ from agent.session import PRE_ROLL_S, POST_ROLL_S, trails_off  # noqa: E402
 from agent.turn import Kind, TurnParams, TurnTaker, endpoint_delay  # noqa: E402
 from agent.vad import speech_bounds  # noqa: E402
 
-from speechdata import SPEECH, dev_set  # noqa: E402
+from speechdata import SPEECH, dev_set, finished  # noqa: E402
 
 SPLICE_S = 0.6
-UNFINISHED = (",", ";", ":", "-")
 TAIL_S = 1.5  # silence after each clip (the caller stays silent)
 
 
@@ -324,7 +323,7 @@ def main() -> None:
     long_rows = [r for r in dev_set() if len(r["reference"].split()) >= 7 and float(r["duration_s"]) <= 10]
     bench_spliced = []
     bench_turns = [r["file"] for r in dev_set() if 1.5 <= float(r["duration_s"]) <= 6.5
-                   and not r["reference"].rstrip().endswith(UNFINISHED)][:args.bench_turns]
+                   and finished(r)][:args.bench_turns]
     for r in long_rows:
         if len(bench_spliced) < args.bench_spliced and word_gaps(wm, load_audio(SPEECH / r["file"]), 1):
             bench_spliced.append(r["file"])
@@ -337,7 +336,7 @@ def main() -> None:
         bounds = speech_bounds(vad, audio)
         if bounds is None:
             continue
-        finished = not r["reference"].rstrip().endswith(UNFINISHED)
+        is_finished = finished(r)
         streams = [("plain", None, np.concatenate([audio, pad]))]
         if len(r["reference"].split()) >= 7 and float(r["duration_s"]) <= 10:
             for g, cut_s in enumerate(word_gaps(wm, audio, args.gaps)):
@@ -353,14 +352,14 @@ def main() -> None:
                 if splice is not None and splice[0] - 0.15 <= p["speech_end"] <= splice[1]:
                     kind = "splice"
                 elif last and p["silence"] is None:
-                    if name == "plain" and not finished:
+                    if name == "plain" and not is_finished:
                         continue  # a fragment's end: neither a turn end nor a splice
                     kind = "end" if name == "plain" else "end_spliced"
                 else:
                     if not args.natural:
                         continue
                     kind = "natural"
-                if kind == "end_spliced" and not finished:
+                if kind == "end_spliced" and not is_finished:
                     continue
                 a = int(max(0.0, p["turn_start"] - PRE_ROLL_S) * INTERNAL_RATE)
                 e = p["speech_end"]

@@ -51,7 +51,6 @@ FRAME_S = 0.02
 AUDIBLE = 0.02  # |sample| above this is "non-silent" (as bench/voice_to_voice.py)
 UNDERRUN_S = 0.02
 TARGET_MS = 500.0
-UNFINISHED = (",", ";", ":", "-")  # bench/voice_to_voice.py's fragment test
 T_START = time.monotonic()
 
 
@@ -83,7 +82,7 @@ class RunStats:
 
 
 def load_clips(n: int, max_s: float = 6.0) -> list[Clip]:
-    from speechdata import SPEECH, dev_set
+    from speechdata import SPEECH, dev_set, finished
 
     from agent import models
     from agent.audio import load_audio
@@ -92,8 +91,7 @@ def load_clips(n: int, max_s: float = 6.0) -> list[Clip]:
     vad = SileroVAD(models.require("silero-vad"))
     # finished utterances only, as bench/voice_to_voice.py: an LJSpeech clip whose reference stops at a comma is a
     # sentence cut mid-way, and a caller who stops there should not be answered within a second
-    rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= max_s
-            and not r["reference"].rstrip().endswith(UNFINISHED)]
+    rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= max_s and finished(r)]
     out = []
     for r in rows[:n]:
         audio = load_audio(SPEECH / r["file"])

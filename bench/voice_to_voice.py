@@ -38,13 +38,12 @@ from agent.server import start_server  # noqa: E402
 from agent.vad import SileroVAD, speech_bounds  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
-from speechdata import SPEECH  # noqa: E402  ($QUICKTURN_SPEECH, default ../shared/speech)
+from speechdata import SPEECH, UNFINISHED, finished  # noqa: E402  ($QUICKTURN_SPEECH, default ../shared/speech)
 
 SPLICE_POINTS = REPO / "bench" / "splice_points.json"  # word-gap cuts found by faster-whisper, for GPU runs
 FRAME_S = 0.02
 SPLICE_S = 0.6  # a mid-sentence hesitation: longer than a 500 ms fixed endpoint, shorter than our max delay
 AUDIBLE = 0.02  # |sample| above this is "non-silent"
-UNFINISHED = (",", ";", ":", "-")  # a reference ending so is a sentence fragment, not a finished turn
 
 
 @dataclass
@@ -141,8 +140,7 @@ def build_segments(rt: Runtime, n_sessions: int, n_turns: int, n_spliced: int):
     vad = SileroVAD(models.require("silero-vad"))
     # a turn is a finished utterance: clips whose reference stops at a comma, semicolon or colon are LJSpeech
     # fragments cut mid-sentence (e.g. "... the true printed book,"), the case the spliced clips test
-    rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= 6.5
-            and not r["reference"].rstrip().endswith(UNFINISHED)]
+    rows = [r for r in dev_set() if 1.5 <= float(r["duration_s"]) <= 6.5 and finished(r)]
     sessions = []
     for s in range(n_sessions):
         segs = []

@@ -14,6 +14,14 @@ def speech_rows(kind: str = "utterance") -> list[dict]:
     return [r for r in rows if r["kind"] == kind]
 
 
+UNFINISHED = (",", ";", ":", "-")  # a reference ending so is a sentence fragment (LJSpeech cuts), not a finished turn
+
+
+def finished(row: dict) -> bool:
+    """The utterance is a finished turn: its reference does not stop mid-sentence."""
+    return not row["reference"].rstrip().endswith(UNFINISHED)
+
+
 def dev_set() -> list[dict]:
     """Utterances whose reference came from the source, not from an ASR (see shared/speech/README.md)."""
     return [r for r in speech_rows() if "unverified" not in r["note"] and "ASR-derived" not in r["reference_source"]]
