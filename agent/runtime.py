@@ -200,8 +200,8 @@ class Runtime:
             self.vad_batcher.close()
         end = time.monotonic() + timeout_s
         for pool in pools + ((self.vad_batcher.pool,) if self.vad_batcher is not None else ()):
-            threads = [pool._thread] if isinstance(pool, PriorityWorker) else list(getattr(pool, "_threads", ()))
-            for t in threads:
+            # a ThreadPoolExecutor's threads (judge, VAD) have no public join of their own
+            for t in [pool] if isinstance(pool, PriorityWorker) else list(getattr(pool, "_threads", ())):
                 t.join(max(0.0, end - time.monotonic()))
 
 

@@ -262,6 +262,10 @@ class PriorityWorker(cf.Executor):
             self.missed = [0, 0]
             self.by_label = {}
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the worker thread to end (after shutdown)."""
+        self._thread.join(timeout)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._cv:
             self._stop = True
