@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from .audio import INTERNAL_RATE, float_to_pcm16, load_audio, write_wav
 
@@ -60,11 +61,23 @@ async def stream_file(url: str, audio: np.ndarray, rate: int = INTERNAL_RATE, re
     res.speech_end_s = speech_end
     frame = int(rate * FRAME_S)
     async with connect(url, max_size=None) as ws:
-        await ws.send(json.dumps(start_msg or {"type": "start", "sample_rate": rate, "encoding": "pcm_s16le"}))
+        try:
+            await ws.send(json.dumps(start_msg or {"type": "start", "sample_rate": rate, "encoding": "pcm_s16le"}))
+        except ConnectionClosed:
+            pass  # refused (server_full / server_busy): its error frame is still read below, the loop ends at once
         done = asyncio.Event()
         t0: list[float] = []
 
         async def receive():
+            try:
+                await _receive()
+            except ConnectionClosed as e:  # closed without a clean close frame: say so unless an error said why
+                if not any(x.get("fatal") for x in res.errors):
+                    res.errors.append({"type": "error", "code": "connection_closed", "fatal": True,
+                                       "message": f"the connection closed: {e}"})
+            done.set()
+
+        async def _receive():
             async for msg in ws:
                 if isinstance(msg, bytes):
                     if res.latency_ms is None and t0:
@@ -112,6 +125,11 @@ async def stream_file(url: str, audio: np.ndarray, rate: int = INTERNAL_RATE, re
                 break
         try:
             await ws.send(json.dumps({"type": "stop"}))
+        except ConnectionClosed:  # the server hung up (a refusal, a fatal error): read what it sent before that
+            try:
+                await asyncio.wait_for(asyncio.shield(rx), 2.0)
+            except asyncio.TimeoutError:
+                pass
         except Exception:
             pass
         rx.cancel()

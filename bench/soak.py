@@ -286,6 +286,9 @@ async def soak(args) -> dict:
             "errors": callers.errors,
             "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat else None,
             "latency_ms_p90": round(float(np.percentile(lat, 90)), 1) if lat else None,
+            "refused_by_server": srv.refused,  # admission control (server_busy) or the session cap (server_full)
+            "live_sessions_mean": round(float(np.mean([s["live_sessions"] for s in samples])), 1),
+            "live_sessions_max": max(s["live_sessions"] for s in samples),
             "max_kv_pages_used": max(s["kv_pages_used"] for s in samples),
             "rss_mb_first": float(rss[0]), "rss_mb_last": float(final["rss_mb"]),
             "load_avg_1m_mean": round(float(np.mean(loads)), 2), "load_avg_1m_max": round(float(np.max(loads)), 2),

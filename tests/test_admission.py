@@ -111,3 +111,51 @@ def test_kv_rule_on_the_real_pool(llm_runtime):
     finally:
         rt.llm.quota_tokens = 256
         rt.config.memory.admit_load = True
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_client_reports_a_refusal_instead_of_raising(llm_runtime, monkeypatch, late):
+    """agent.client.stream_file against a server at its cap: the refusal comes back as the server's error (code and
+    reason), not as a ConnectionClosedError out of the client (the soak counted refusals as dropped calls). `late`:
+    the client only gets to send its start after the server's close has arrived (what a loaded client loop sees)."""
+    import contextlib
+
+    import numpy as np
+
+    import agent.client
+    from agent.client import stream_file
+    from agent.server import start_server
+
+    if late:
+        real_connect = agent.client.connect
+
+        @contextlib.asynccontextmanager
+        async def slow_connect(url, **kw):
+            async with real_connect(url, **kw) as ws:
+                await asyncio.wait_for(ws.wait_closed(), 10)
+                yield ws
+
+        monkeypatch.setattr(agent.client, "connect", slow_connect)
+
+    rt = llm_runtime
+    saved = rt.config.server.max_sessions, rt.config.memory.admit_load
+    rt.config.server.max_sessions, rt.config.memory.admit_load = 0, False
+
+    async def scenario():
+        server, srv = await start_server(rt, "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}/"
+        try:
+            tone = (0.1 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 220)).astype(np.float32)
+            return await asyncio.wait_for(stream_file(url, tone, tail_s=1.0), 20), srv.refused
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    try:
+        res, refused = asyncio.run(scenario())
+    finally:
+        rt.config.server.max_sessions, rt.config.memory.admit_load = saved
+    assert refused == 1
+    assert [e["code"] for e in res.errors] == ["server_full"]
+    assert "limit of 0" in res.errors[0]["message"] and res.errors[0]["fatal"]
+    assert not res.of("reply_done") and not res.audio
