@@ -176,6 +176,9 @@ class MemoryConfig:
     admit_wait_p95_ms: float = 150.0
     admit_busy: float = 0.9  # ... or when it was busy more than this fraction of the last window
     admit_load: bool | None = None  # the two load rules above; None: on a GPU only (a CPU worker is always busy)
+    # every this many seconds give freed heap memory back to the OS (glibc malloc_trim, agent/heap.py); 0: never.
+    # Without it RSS creeps up call after call while the bytes in use stay flat (issue 9 soak)
+    trim_s: float = 30.0
 
 
 @dataclass

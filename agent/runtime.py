@@ -44,6 +44,7 @@ class Runtime:
     plan: Plan | None = None  # the device memory plan (agent/memory.py), made at load
     meter: "MemoryMeter | None" = None  # what was measured for it
     refusals: dict = field(default_factory=dict)  # admission refusals by reason kind
+    trimmer: object = None  # agent.heap.HeapTrimmer: freed heap memory back to the OS every [memory] trim_s
 
     def __post_init__(self):
         self.set_scheduler(self.config.pipeline.scheduler)
@@ -103,6 +104,9 @@ class Runtime:
                  meter=meter, vad_batcher=batcher,
                  judge_pool=cf.ThreadPoolExecutor(max(1, config.turn.judge_workers), "qt-judge"))
         rt._warm = meter.cuda
+        from .heap import HeapTrimmer
+
+        rt.trimmer = HeapTrimmer.start(config.memory.trim_s)
         if meter.cuda:
             rt.streams = rt.own_streams()
         return rt
@@ -193,6 +197,8 @@ class Runtime:
         (up to timeout_s in all). A worker thread still inside onnxruntime, CTranslate2 or torch when the interpreter
         exits is ended by pthread_exit, whose forced unwind through their C++ frames aborts the process
         ("terminate called without an active exception": `quickturn demo` exited with SIGABRT now and then)."""
+        if self.trimmer is not None:
+            self.trimmer.close()
         pools = (self.asr_pool, self.llm_pool, self.tts_pool, self.judge_pool)
         for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -40,11 +40,15 @@ class _Mallinfo2(ctypes.Structure):
                  "keepcost")]
 
 
+_LIBC = []
+
+
 def mallinfo() -> dict:
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _Mallinfo2
-        m = libc.mallinfo2()
+        if not _LIBC:  # one handle: a CDLL per call is itself a (small) leak in a long soak
+            _LIBC.append(ctypes.CDLL("libc.so.6"))
+            _LIBC[0].mallinfo2.restype = _Mallinfo2
+        m = _LIBC[0].mallinfo2()
         return {"arena_mb": m.arena / 2**20, "mmap_mb": m.hblkhd / 2**20, "in_use_mb": m.uordblks / 2**20,
                 "free_mb": m.fordblks / 2**20}
     except Exception:
@@ -111,7 +115,14 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=float, default=5)
     p.add_argument("--config", default="cpu")
     p.add_argument("--json", default=None)
+    p.add_argument("--trim-every", type=float, default=0, help="call glibc's malloc_trim(0) every this many s")
+    p.add_argument("--mmap-threshold", type=int, default=0,
+                   help="mallopt(M_MMAP_THRESHOLD, N) at start (fixed: glibc stops raising it to the largest freed "
+                        "block, so large buffers are mmapped and returned)")
     args = p.parse_args(argv)
+    libc = ctypes.CDLL("libc.so.6")
+    if args.mmap_threshold:
+        assert libc.mallopt(-3, args.mmap_threshold) == 1  # M_MMAP_THRESHOLD
     from agent.config import Config
     from bench.soak import clips
 
@@ -126,10 +137,14 @@ def main(argv=None) -> int:
     counts = {n: 0 for n in names}
     stop = threading.Event()
 
+    busy = {n: 0.0 for n in names}
+
     def loop(n):
         f = runners[n]
         while not stop.is_set():
+            t = time.perf_counter()
             f()
+            busy[n] += time.perf_counter() - t
             counts[n] += 1
 
     threads = [threading.Thread(target=loop, args=(n,), name=f"qt-{n}", daemon=True) for n in names]
@@ -137,9 +152,14 @@ def main(argv=None) -> int:
     for t in threads:
         t.start()
     samples = []
+    next_trim = t0 + args.trim_every
     while time.monotonic() - t0 < args.seconds:
+        if args.trim_every and time.monotonic() >= next_trim:
+            libc.malloc_trim(0)
+            next_trim += args.trim_every
         s = {"t_s": round(time.monotonic() - t0, 1), "rss_mb": round(rss(), 1), **{k: round(v, 1) for k, v in
-             mallinfo().items()}, "calls": dict(counts)}
+             mallinfo().items()}, "calls": dict(counts),
+             "ms_per_call": {n: round(1000 * busy[n] / max(counts[n], 1), 1) for n in names}}
         samples.append(s)
         print(json.dumps(s), flush=True)
         time.sleep(args.every)

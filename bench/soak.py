@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import csv
 import os
 import sys
@@ -36,6 +37,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import gpu_tag, result_header, write_result  # noqa: E402
+from bench.mem_components import mallinfo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = Path(os.environ.get("QUICKTURN_SPEECH", REPO.parent / "shared" / "speech"))
@@ -162,6 +164,21 @@ def _callers_process(url, n, audio, until, queue, progress) -> None:
         queue.put((c.calls, c.replies, c.failed, c.errors, c.latency_ms))
 
 
+def object_counts() -> collections.Counter:
+    """Live objects tracked by the GC, by type name (a Python-level leak shows as a type that only grows)."""
+    import gc
+
+    return collections.Counter(type(o).__name__ for o in gc.get_objects())
+
+
+def object_growth(at: dict) -> list | None:
+    if "warm" not in at or "end" not in at:
+        return None
+    d = at["end"].copy()
+    d.subtract(at["warm"])
+    return [(k, at["warm"][k], at["end"][k]) for k, v in d.most_common(25) if v > 0]
+
+
 def growth_pct(t: np.ndarray, v: np.ndarray, warmup_s: float, window_s: float = 60.0) -> float | None:
     """Mean over [warmup, warmup + window) -> mean over the last window, in percent of the first."""
     a = v[(t >= warmup_s) & (t < warmup_s + window_s)]
@@ -186,6 +203,8 @@ async def soak(args) -> dict:
     cfg = Config.load(args.config)
     cfg.llm.max_new_tokens = args.max_new_tokens
     cfg.server.max_sessions = max(cfg.server.max_sessions, args.sessions)
+    if args.trim_s is not None:
+        cfg.memory.trim_s = args.trim_s
     t_load = time.perf_counter()
     rt = Runtime.load(cfg)
     rt.warmup()
@@ -215,6 +234,8 @@ async def soak(args) -> dict:
              "tasks": len(loop_tasks()), "kv_pages_used": engine.pool.num_pages - engine.free_pages,
              "engine_sessions": len(engine.sessions), "live_sessions": len(srv.hub.sessions),
              "threads": threading.active_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+        if args.diag:  # glibc's view: heaps (in use + free) and mmapped chunks, MB
+            s.update({k: round(v, 1) for k, v in mallinfo().items()})
         samples.append(s)
         return s
 
@@ -225,8 +246,13 @@ async def soak(args) -> dict:
     print(f"soak: {args.sessions} callers x {args.minutes} min on {url}; {len(audio)} clips; "
           f"baseline {base['tasks']} tasks, {base['free_pages']} free pages", flush=True)
     next_print = 0.0
+    objects_at: dict[str, collections.Counter] = {}
     while callers.is_alive():
         s = sample()
+        if args.diag and "warm" not in objects_at and s["t_s"] >= args.warmup:
+            objects_at["warm"] = object_counts()
+        if args.diag and s["t_s"] >= duration - 2 * args.interval and "end" not in objects_at:
+            objects_at["end"] = object_counts()  # still under load, as the warm-up one
         if s["t_s"] >= next_print:
             print(f"  t={s['t_s']:7.1f}s rss={s['rss_mb']:.0f}MB tasks={s['tasks']} kv_used={s['kv_pages_used']} "
                   f"live={s['live_sessions']} calls={callers.calls} replies={callers.replies} "
@@ -262,7 +288,7 @@ async def soak(args) -> dict:
         "config": {"sessions": args.sessions, "minutes": args.minutes, "interval_s": args.interval,
                    "callers": "a thread of the server's process" if args.callers_in_process else "a separate process",
                    "warmup_s": warm, "settle_s": args.settle, "drain_limit_s": args.drain,
-                   "llm_max_new_tokens": args.max_new_tokens,
+                   "llm_max_new_tokens": args.max_new_tokens, "trim_s": cfg.memory.trim_s,
                    "config": cfg.source, "clips": len(audio), "startup_s": round(load_s, 1)},
         "method": ("growth = mean of the samples in the first 60 s after warm-up -> mean over the last 60 s; "
                    "leaked_* = after the callers stopped, every server session closed (at most drain_limit_s) and "
@@ -286,6 +312,7 @@ async def soak(args) -> dict:
             "errors": callers.errors,
             "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat else None,
             "latency_ms_p90": round(float(np.percentile(lat, 90)), 1) if lat else None,
+            "heap_trims": None if rt.trimmer is None else rt.trimmer.stats(),  # [memory] trim_s (agent/heap.py)
             "refused_by_server": srv.refused,  # admission control (server_busy) or the session cap (server_full)
             "live_sessions_mean": round(float(np.mean([s["live_sessions"] for s in samples])), 1),
             "live_sessions_max": max(s["live_sessions"] for s in samples),
@@ -295,6 +322,7 @@ async def soak(args) -> dict:
             "cpu_count": os.cpu_count(),
         },
         "baseline": base, "end": end,
+        **({"diag": {"objects_grew": object_growth(objects_at)}} if args.diag else {}),
         "loop_blocks": dog.blocks[:500],
         "samples": samples,
     }
@@ -312,6 +340,11 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="cpu")
     p.add_argument("--callers-in-process", action="store_true",
                    help="callers on a thread of the server's process (default: their own process)")
+    p.add_argument("--trim-s", type=float, default=None,
+                   help="override [memory] trim_s (0: never give freed heap memory back; agent/heap.py)")
+    p.add_argument("--diag", action="store_true",
+                   help="also sample glibc's malloc statistics and count live objects by type after the warm-up and "
+                        "at the end (finding what grows; the two counts block the server loop briefly)")
     p.add_argument("--out", default=None, help="result file name (default soak_<device>.json)")
     args = p.parse_args(argv)
     res = asyncio.run(soak(args))
