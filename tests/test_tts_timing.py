@@ -163,3 +163,23 @@ def test_barge_in_keeps_the_words_played(tts, whisper):
         assert abs(len(heard) - len(kept)) <= 1, (heard, kept)
         n = min(len(heard), len(kept)) - 1  # the last, cut word may come out garbled
         assert heard[:n] == kept[:n], (heard, kept)
+
+
+def test_espeak_voice_is_loaded_once(phonemizer, monkeypatch):
+    """espeak-ng leaks ~1.3 KB per espeak_SetVoiceByName (issue 9's soak growth at many callers: a phrase on the
+    alignment path set it once per word). The phonemizer sets it only when it changes."""
+    from piper import espeakbridge
+
+    import tts.phonemize as P
+
+    phonemizer("Warm up, please.")  # the voice is loaded by now
+    calls = []
+    real = espeakbridge.set_voice
+    monkeypatch.setattr(espeakbridge, "set_voice", lambda v: (calls.append(v), real(v))[1])
+    for text in ("Dr. Smith paid $5 for a cup of the tea at 10:30.", "Of the three, it is the one I like.") * 5:
+        out = phonemizer(text)
+        assert out.n_ids > 0
+    assert calls == []
+    P._VOICE.clear()  # as if another voice had been set meanwhile: it is set again, once
+    phonemizer("Of the three.")
+    assert calls == [phonemizer.voice]

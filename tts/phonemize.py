@@ -23,6 +23,9 @@ from pathlib import Path
 
 _LOCK = threading.Lock()  # espeak-ng is a process-wide singleton
 _READY = False
+_VOICE: list[str] = []  # the voice espeak-ng has loaded: set again only when it changes — every espeak_SetVoiceByName
+# leaks ~1.3 KB inside espeak-ng (measured: 2,000 calls +2.6 MB of glibc in-use bytes, 0 with the voice set once),
+# and one phrase called it ~20 times (once per word on the alignment path): issue 9's soak growth at many callers
 
 BOS, EOS, PAD = "^", "$", "_"
 _PUNCT = set(".,;:!?¡¿—…\"«»“”()'-") | {" "}
@@ -52,7 +55,9 @@ def _espeak(voice: str, text: str) -> list[tuple[str, str, bool]]:
         if not _READY:
             espeakbridge.initialize(str(Path(espeakbridge.__file__).parent / "espeak-ng-data"))
             _READY = True
-        espeakbridge.set_voice(voice)
+        if _VOICE != [voice]:
+            espeakbridge.set_voice(voice)
+            _VOICE[:] = [voice]
         return espeakbridge.get_phonemes(text)
 
 
