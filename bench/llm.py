@@ -396,7 +396,7 @@ def study_model(name: str, copy_tbps: float, out_dir: Path | None, fusion_sets: 
     return res
 
 
-def study(out_dir: Path | None):
+def study(out_dir: Path | None, parts: set = frozenset({"gemv", "argmax", "fusions", "check"})):
     from llm.llama import FUSABLE
 
     copy = copy_bandwidth_TBps()
@@ -408,14 +408,16 @@ def study(out_dir: Path | None):
               ("1b qkv", (3072, 2048), "norm"), ("1b wo", (2048, 2048), None), ("1b w13", (16384, 2048), "norm"),
               ("1b w2", (2048, 8192), "silu"), ("1b head", (128256, 2048), "norm")]
     t0 = time.perf_counter()
-    result["gemv"] = study_gemv(shapes, configs, copy)
-    print("gemv sweep s", time.perf_counter() - t0, flush=True)
-    for r in result["gemv"]:
-        print(*r, flush=True)
+    if "gemv" in parts:
+        result["gemv"] = study_gemv(shapes, configs, copy)
+        print("gemv sweep s", time.perf_counter() - t0, flush=True)
+        for r in result["gemv"]:
+            print(*r, flush=True)
+        write_result(f"llm_study_{gpu_tag()}.json", result, out_dir)
     # argmax over the vocabulary: torch vs the split Triton pass
     from kernels.sampling import argmax_triton
 
-    for b in (1, 64):
+    for b in ((1, 64) if "argmax" in parts else ()):
         lg = torch.randn(b, 128256, device="cuda", dtype=torch.bfloat16)
         result[f"argmax_b{b}_us"] = {"torch": time_graph(lambda: lg.argmax(-1)) * 1e3,
                                      "triton": time_graph(lambda: argmax_triton(lg)) * 1e3}
@@ -423,9 +425,12 @@ def study(out_dir: Path | None):
     sets = {"all": FUSABLE, "none": set()}
     for f in sorted(FUSABLE):
         sets["all but " + f] = FUSABLE - {f}
-    for name in ("llama-3.2-1b", "llama-3.1-8b"):
+    for name in (("llama-3.2-1b", "llama-3.1-8b") if "fusions" in parts else ()):
         result[name] = study_model(name, copy, out_dir, sets)
         write_result(f"llm_study_{gpu_tag()}.json", result, out_dir)
+    if "check" not in parts:
+        write_result(f"llm_study_{gpu_tag()}.json", result, out_dir)
+        return
     # correctness with the new rounding, and how much of what is left comes from the decode attention kernel
     model = load_model("synthetic:llama-3.2-1b", device="cuda", dtype=torch.bfloat16, max_seq_len=4096)
     hf = build_hf(model)
@@ -503,10 +508,14 @@ def main():
     ap.add_argument("--models", default="llama-3.2-1b,llama-3.1-8b")
     ap.add_argument("--out", default=None)
     ap.add_argument("--study", action="store_true", help="GEMV sweep + fused-op ablation + per-kernel profiles")
+    ap.add_argument("--study-parts", default="gemv,argmax,fusions,check",
+                    help="with --study: which parts (the GEMV tile sweep alone is ~1 min of a device call)")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench/llm.py needs a GPU"
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)  # a directory (profiles are written beside the JSON)
     if args.study:
-        return study(Path(args.out) if args.out else None)
+        return study(Path(args.out) if args.out else None, set(args.study_parts.split(",")))
     copy = copy_bandwidth_TBps()
     result = result_header(copy_TBps=copy, torch=torch.__version__, synthetic_weights=True)
     try:
