@@ -37,6 +37,7 @@ class FakeTwilio:
         self.marks_sent: list[str] = []  # marks the server sent
         self.marks_echoed: list[str] = []
         self.clears: list[float] = []
+        self.buffered_at_clear: list[float] = []
         self.pending: list[asyncio.TimerHandle] = []
         self.pending_names: dict[asyncio.TimerHandle, str] = {}
 
@@ -76,6 +77,7 @@ class FakeTwilio:
                 self.pending.append(h)
             elif m["event"] == "clear":
                 self.clears.append(now)
+                self.buffered_at_clear.append(max(0.0, self.play_end - now))  # s of audio still to play
                 self.play_end = now
                 for h in self.pending:
                     if not h.cancelled() and h.when() > loop.time():
@@ -138,7 +140,11 @@ def test_twilio_call_with_barge_in(rt, speech):
     # what the history keeps was heard: the truncation point is not past what the marks had confirmed by then
     confirmed = [s for t, s in filter(None, map(parse_mark, tw.marks_echoed)) if t == 1]
     sent_turn1 = max(s for t, s in filter(None, map(parse_mark, tw.marks_sent)) if t == 1)
-    assert trunc[0].played_samples < sent_turn1  # the clear came while audio was still buffered
+    if tw.buffered_at_clear[0] > 0.05:  # the clear came while audio was still buffered: cut at what was heard
+        assert trunc[0].played_samples < sent_turn1
+    else:  # the barge-in was confirmed after the buffer had run dry (slow ASR on a loaded 2-core box): all of it
+        # was heard (within the last 0.1 s of the reply, 16 kHz samples)
+        assert sent_turn1 - 1600 <= trunc[0].played_samples <= sent_turn1
     assert confirmed and all(a <= b for a, b in zip(confirmed, confirmed[1:]))  # echoed in playback order
     # the second reply arrived whole, in 20 ms frames, and says what the LLM wrote
     done = [e for e in seen if isinstance(e, ev.ReplyDone)]
