@@ -25,7 +25,8 @@ _LOCK = threading.Lock()  # espeak-ng is a process-wide singleton
 _READY = False
 _VOICE: list[str] = []  # the voice espeak-ng has loaded: set again only when it changes — every espeak_SetVoiceByName
 # leaks ~1.3 KB inside espeak-ng (measured: 2,000 calls +2.6 MB of glibc in-use bytes, 0 with the voice set once),
-# and one phrase called it ~20 times (once per word on the alignment path): issue 9's soak growth at many callers
+# and a phrase called it once per clause plus once per word on the alignment path (~3.5 times on average for random
+# 1-24-word phrases: 4.56 KB a phrase): part of issue 9's soak growth at many callers
 
 BOS, EOS, PAD = "^", "$", "_"
 _PUNCT = set(".,;:!?¡¿—…\"«»“”()'-") | {" "}
