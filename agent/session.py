@@ -642,7 +642,7 @@ class Session:
                 it = iter(ready) if ready is not None else await self._tts(r, p, rt.tts.synthesize, p.text)
                 while not r.cancelled:
                     chunk = next(it, None) if ready is not None else await self._tts(r, p, next, it, None)
-                    if chunk is None:
+                    if chunk is None or r.cancelled:  # a barge-in while the TTS ran: its audio is not sent
                         break
                     audio = chunk.audio
                     if not r.samples and len(audio):  # the reply's first audio: leading silence is only latency
@@ -694,13 +694,15 @@ class Session:
             return
         played = self.playback.played() if played is None else played
         r.cancelled = r.interrupted = True
+        # the client stops playing now; the reply task ends after its current LLM step / TTS call and the KV
+        # bookkeeping (hundreds of ms on a CPU), and emits no audio after this (_speak checks `cancelled`)
+        self._emit(ev.Flush(r.turn, played))
+        self.playback.reset()
         if r.task is not None:
             try:
                 await r.task
             except BaseException:
                 pass
-        self._emit(ev.Flush(r.turn, played))
-        self.playback.reset()
         if r.words:  # word granularity, from the TTS's word timings: words played to their end
             n_words = sum(1 for _, _, _, end in r.words if end <= played)
             text = " ".join(w for w, _, _, _ in r.words[:n_words])

@@ -129,6 +129,13 @@ def test_barge_in_keeps_only_what_was_played(rt, speech):
         rt.config.llm.max_new_tokens = 40
     flush = [e for e in got if isinstance(e, ev.Flush)]
     assert len(flush) == 1
+    # the flush goes out at the barge-in, not after the reply task has wound down (its current LLM step / TTS call,
+    # the KV bookkeeping: ~0.25 s on a 2-core box), and no audio of that reply follows it
+    k = got.index(flush[0])
+    done1 = next(e for e in got if isinstance(e, ev.ReplyDone) and e.turn == 1)
+    if done1.interrupted:  # the reply task was still running at the barge-in (else it had ended before it)
+        assert k < got.index(done1)
+    assert not [e for e in got[k:] if isinstance(e, ev.ReplyAudio) and e.turn == 1]
     full = [e for e in got if isinstance(e, ev.ReplyDone)][0]
     first = [e for e in got if isinstance(e, ev.ReplyTruncated)][0]
     assert first.turn == full.turn == 1

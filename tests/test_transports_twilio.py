@@ -137,6 +137,12 @@ def test_twilio_call_with_barge_in(rt, speech):
     assert tw.clears and tw.clears[0] > barge_at
     trunc = [e for e in seen if isinstance(e, ev.ReplyTruncated)]
     assert trunc and trunc[0].turn == 1
+    # the reply was still being generated when the caller barged in: the flush (Twilio's clear) went out at once,
+    # not after the reply task wound down, and none of that reply's audio followed it
+    k = next(i for i, e in enumerate(seen) if isinstance(e, ev.Flush))
+    done1 = next(i for i, e in enumerate(seen) if isinstance(e, ev.ReplyDone) and e.turn == 1)
+    assert seen[done1].interrupted and k < done1
+    assert not [e for e in seen[k:] if isinstance(e, ev.ReplyAudio) and e.turn == 1]
     # what the history keeps was heard: the truncation point is not past what the marks had confirmed by then
     confirmed = [s for t, s in filter(None, map(parse_mark, tw.marks_echoed)) if t == 1]
     sent_turn1 = max(s for t, s in filter(None, map(parse_mark, tw.marks_sent)) if t == 1)
