@@ -159,6 +159,9 @@ class PipelineConfig:
     # give the GIL up at every CUDA sync (each ASR token, each decode step, each TTS window) and then wait for it
     # up to the interval while the event loop holds it: with many callers that wait repeats per token.
     gil_switch_ms: float = 0.0
+    # how a GPU worker thread waits for the device (agent/cuda_sync.py): "auto" (CUDA's default: spin while cores
+    # are free), "spin", "yield" or "blocking" (sleep until the GPU's interrupt)
+    cuda_sync: str = "auto"
 
 
 @dataclass
@@ -222,6 +225,10 @@ class Config:
                 if key not in known:
                     raise ConfigError(f"unknown key {key!r} in [{section}] (known: {', '.join(sorted(known))})")
                 setattr(target, key, value)
+        from .cuda_sync import MODES
+
+        if cfg.pipeline.cuda_sync not in MODES:
+            raise ConfigError(f"[pipeline] cuda_sync must be one of {', '.join(MODES)}, not {cfg.pipeline.cuda_sync!r}")
         return cfg
 
 

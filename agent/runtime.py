@@ -37,6 +37,7 @@ class Runtime:
     # the TTS thread, ordered the same way (first phrase urgent, later phrases paced by playback)
     tts_pool: PriorityWorker = field(default_factory=lambda: PriorityWorker("qt-tts"))
     vad_batcher: object = None  # agent.vad.VADBatcher when [vad] batch
+    cuda_sync: str = ""  # how threads wait for the GPU, as the driver reports it (agent/cuda_sync.py)
     streams: dict = field(default_factory=dict)  # GPU worker -> priority of its own CUDA stream (own_streams)
     judge: object = None  # agent.turn_judge.SmartTurn, the audio end-of-turn judge; None when [turn] judge = ""
     # its own thread: a pause's verdict never queues behind the ASR (or the LLM)
@@ -109,6 +110,14 @@ class Runtime:
         rt.trimmer = HeapTrimmer.start(config.memory.trim_s)
         if meter.cuda:
             rt.streams = rt.own_streams()
+            from .cuda_sync import set_cuda_sync
+
+            try:
+                rt.cuda_sync = set_cuda_sync(config.pipeline.cuda_sync)
+            except (OSError, AttributeError, RuntimeError) as e:  # no libcuda symbol / driver refused: keep the default
+                rt.cuda_sync = f"unchanged ({type(e).__name__}: {e})"
+                log.warning("could not set cuda_sync=%s: %s", config.pipeline.cuda_sync, e)
+            say(f"GPU waits: {rt.cuda_sync}")
         return rt
 
     def own_streams(self) -> dict[str, int]:

@@ -477,7 +477,10 @@ def run_model(name: str, copy_tbps: float, check: bool) -> dict:
     capture_s = time.perf_counter() - t0
     out = {"weights": "synthetic (seed 0, N(0, 0.02))", "dtype": "bfloat16", "load_s": load_s,
            "graph_capture_s": capture_s, "graph_buckets": eng.graphs.buckets, "backends": ops.BACKENDS,
-           "decode_fusions_batch1": sorted(model.decode_fusions) if ops.HAVE_FUSED_DECODE else []}
+           "decode_fusions_batch1": sorted(model.decode_fusions) if ops.HAVE_FUSED_DECODE else [],
+           # per projection: Triton GEMV tile chosen over cuBLAS by llm/tune.py at capture (absent = cuBLAS)
+           "decode_gemv_batch1": {k: list(v) for k, v in (model.decode_gemv or {}).items()},
+           "decode_gemv_times_us": getattr(model, "decode_gemv_times", None)}
     hf = build_hf(model)
     if check:
         hf32 = build_hf(model, torch.float32)
@@ -486,6 +489,17 @@ def run_model(name: str, copy_tbps: float, check: bool) -> dict:
         torch.cuda.empty_cache()
         print(name, out["check_vs_hf"], flush=True)
     out.update(bench_ours(eng, cfg.vocab_size))
+    if model.decode_gemv:  # the same one-session decode with every projection on cuBLAS: what the tuning buys
+        saved, model.decode_gemv = model.decode_gemv, {}
+        e1 = Engine(model, num_pages=160, page_size=16, max_batch=1, prefill_chunk=2048, max_seq_len=4096)
+        e1.capture()
+        s1 = e1.new_session()
+        s1.append(rand_ids(CTX, cfg.vocab_size, 1))
+        out["decode_tok_s_all_cublas"] = decode_tok_s(s1)
+        s1.free()
+        del e1
+        torch.cuda.empty_cache()
+        model.decode_gemv = saved
     print(name, {k: v for k, v in out.items() if k not in ("backends", "profile")}, flush=True)
     out.update(bench_hf(hf, cfg.vocab_size))
     kv_per_tok = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2

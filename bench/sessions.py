@@ -398,6 +398,8 @@ async def bench(args) -> dict:
     t = time.perf_counter()
     if args.gil_switch_ms is not None:
         cfg.pipeline.gil_switch_ms = args.gil_switch_ms
+    if args.cuda_sync:
+        cfg.pipeline.cuda_sync = args.cuda_sync
     rt = Runtime.load(cfg, log_fn=lambda m: print(f"  {m}", flush=True))
     if args.gil_switch_ms is not None and args.gil_switch_ms > 0:
         sys.setswitchinterval(args.gil_switch_ms / 1000)
@@ -447,6 +449,7 @@ async def bench(args) -> dict:
                                     "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
                         cuda_stream_priority=getattr(rt, "streams", {}),  # Runtime.own_streams
                         gil_switch_ms=round(sys.getswitchinterval() * 1000, 3),
+                        cuda_sync=getattr(rt, "cuda_sync", ""),
                         seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
                         frame_ms=args.frame_ms,
                         max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,
@@ -515,6 +518,8 @@ def main(argv=None) -> int:
                     help="run the simulated callers on a thread of the server's process (default: their own process)")
     ap.add_argument("--gil-switch-ms", type=float, default=None,
                     help="override [pipeline] gil_switch_ms (Python's default: 5)")
+    ap.add_argument("--cuda-sync", choices=("auto", "spin", "yield", "blocking"), default=None,
+                    help="override [pipeline] cuda_sync: how GPU worker threads wait for the device")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, metavar="RESULT.json",
                     help="only redraw the PNG of an existing result (e.g. where the run had no matplotlib)")

@@ -23,6 +23,7 @@ Everything here is synchronous and single-threaded (the pipeline calls it from o
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from torch import Tensor
 
 from llm import ops
 from llm.llama import AttnMeta, Llama
+
+log = logging.getLogger("quickturn.llm")
 
 
 class OutOfPages(RuntimeError):
@@ -294,6 +297,7 @@ class Engine:
         self.max_seq_len = min(max_seq_len or model.max_seq_len, model.max_seq_len)
         self.graphs: DecodeGraphs | None = None
         self._want_graphs = cuda_graphs and self.device.type == "cuda"
+        self.tune_gemv = True  # time cuBLAS vs the Triton GEMV per projection before the first capture
         self.max_batch = max_batch
         self.n_graph_steps = self.n_eager_steps = self.n_ahead_hits = self.n_ahead_misses = 0
         # appends of at most this many tokens run as one decode step of that many rows (a CUDA graph replay when
@@ -312,8 +316,13 @@ class Engine:
         self._spec = None
 
     def capture(self) -> "DecodeGraphs | None":
-        """Capture the decode CUDA graphs now (otherwise done on the first decode step)."""
+        """Capture the decode CUDA graphs now (otherwise done on the first decode step). Before the first capture
+        the one-token projections pick cuBLAS or a Triton GEMV tile by timing both on this GPU (llm/tune.py)."""
         if self._want_graphs and self.graphs is None:
+            if self.tune_gemv and self.model.decode_gemv is None and ops.HAVE_FUSED_DECODE:
+                from .tune import tune_decode_gemv
+
+                tune_decode_gemv(self.model, log=log.info)
             self.graphs = DecodeGraphs(self, self.max_batch, -(-self.max_seq_len // self.page_size))
         return self.graphs
 

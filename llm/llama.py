@@ -70,6 +70,9 @@ class Llama(nn.Module):
         self.scale = cfg.head_dim ** -0.5
         # one-token CUDA forward (the batch-1 decode graph): which ops run as fused GEMV kernels (kernels/gemv.py)
         self.decode_fusions: frozenset[str] = DECODE_FUSIONS
+        # ...and which of the other projections run as the plain Triton GEMV at a given tile instead of cuBLAS
+        # ({op: (BLOCK_N, BLOCK_K, warps)}; None = not tuned yet: Engine.capture times them, llm/tune.py)
+        self.decode_gemv: dict | None = None
         self.fuse_on_cpu = False  # tests: the fused path's wiring, with the kernels' torch references
         self.max_seq_len = min(max_seq_len or cfg.max_position, cfg.max_position)
         self.init_rope()
@@ -93,25 +96,28 @@ class Llama(nn.Module):
         # one token on CUDA: RMSNorm (+ residual add) fused into the next GEMV, SiLU·mul into the down projection
         one = tokens.shape[0] == 1 and (tokens.is_cuda and ops.HAVE_FUSED_DECODE or self.fuse_on_cpu)
         f = self.decode_fusions if one else ()
+        g = (self.decode_gemv or {}) if one else {}
         x = self.embed(tokens)  # [T, hidden]
         residual = None
         for layer, (k_cache, v_cache) in zip(self.layers, kv):
-            qkv, residual = ops.rmsnorm_linear(x, layer.attn_norm, cfg.rms_eps, layer.wqkv, residual, "qkv" in f)
+            qkv, residual = ops.rmsnorm_linear(x, layer.attn_norm, cfg.rms_eps, layer.wqkv, residual, "qkv" in f,
+                                                 g.get("qkv"))
             residual = x if residual is None else residual  # first layer: the stream is the embedding
             q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
             q, k, v = q.view(-1, H, D), k.view(-1, Hkv, D), v.view(-1, Hkv, D)
             q = ops.rope_write_kv(q, k, v, positions, self.cos, self.sin, k_cache, v_cache, meta.slot_mapping)
             o = self._attention(q, k_cache, v_cache, meta)  # [T, H, D]
-            x = ops.linear(o.reshape(-1, H * D), layer.wo, "wo" in f)
-            gu, residual = ops.rmsnorm_linear(x, layer.ffn_norm, cfg.rms_eps, layer.w13, residual, "w13" in f)
-            x = ops.silu_linear(gu, layer.w2, "w2" in f)
+            x = ops.linear(o.reshape(-1, H * D), layer.wo, "wo" in f, g.get("wo"))
+            gu, residual = ops.rmsnorm_linear(x, layer.ffn_norm, cfg.rms_eps, layer.w13, residual, "w13" in f,
+                                                g.get("w13"))
+            x = ops.silu_linear(gu, layer.w2, "w2" in f, g.get("w2"))
         if "head" in f:  # final residual add + norm + LM head in one kernel
             return ops.rmsnorm_head(x, self.norm, cfg.rms_eps, self.head_weight(), residual)
         x = x + residual
         if meta.logits_idx is not None:
             x = x.index_select(0, meta.logits_idx)
         x = ops.rmsnorm(x, self.norm, cfg.rms_eps)
-        return F.linear(x, self.head_weight())
+        return ops.linear_w(x, self.head_weight(), g.get("head"))
 
     def _attention(self, q, k_cache, v_cache, meta: AttnMeta) -> Tensor:
         if meta.prefill is None:

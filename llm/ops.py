@@ -150,14 +150,16 @@ except ImportError:
     HAVE_FUSED_DECODE = False
 
 
-def rmsnorm_linear(x, norm_w, eps, lin, residual=None, fuse=False):
-    """(rmsnorm(x (+ residual)) @ lin.weight.T (+ bias), new residual or None); fused into one kernel if asked."""
+def rmsnorm_linear(x, norm_w, eps, lin, residual=None, fuse=False, gemv=None):
+    """(rmsnorm(x (+ residual)) @ lin.weight.T (+ bias), new residual or None); fused into one kernel if asked,
+    else the norm and then the projection (the Triton GEMV at tile `gemv` if given, else cuBLAS)."""
     if fuse:
         return _gemv.rmsnorm_gemv(x, norm_w, eps, lin.weight, residual, lin.bias)
     if residual is None:
-        return lin(rmsnorm(x, norm_w, eps)), None
-    h, residual = rmsnorm(x, norm_w, eps, residual)
-    return lin(h), residual
+        h = rmsnorm(x, norm_w, eps)
+    else:
+        h, residual = rmsnorm(x, norm_w, eps, residual)
+    return linear(h, lin, False, gemv), residual
 
 
 def rmsnorm_head(x, norm_w, eps, head_w, residual):
@@ -165,12 +167,22 @@ def rmsnorm_head(x, norm_w, eps, head_w, residual):
     return _gemv.rmsnorm_gemv(x, norm_w, eps, head_w, residual)[0]
 
 
-def linear(x, lin, fuse=False):
-    return _gemv.gemv(x, lin.weight, lin.bias) if fuse else lin(x)
+def linear(x, lin, fuse=False, gemv=None):
+    """lin(x); one row on CUDA may run as the Triton GEMV (default tile if fuse, tile `gemv` if given)."""
+    if fuse or gemv:
+        return _gemv.gemv(x.contiguous(), lin.weight, lin.bias, config=gemv)
+    return lin(x)
 
 
-def silu_linear(gu, lin, fuse=False):
-    return _gemv.silu_gemv(gu, lin.weight) if fuse else lin(silu_and_mul(gu))
+def linear_w(x, w, gemv=None):
+    """x @ w.T, as the Triton GEMV at tile `gemv` if given (one row on CUDA), else cuBLAS."""
+    return _gemv.gemv(x.contiguous(), w, config=gemv) if gemv else F.linear(x, w)
+
+
+def silu_linear(gu, lin, fuse=False, gemv=None):
+    if fuse:
+        return _gemv.silu_gemv(gu, lin.weight)
+    return linear(silu_and_mul(gu), lin, False, gemv)
 
 
 def argmax(logits, fuse=False):

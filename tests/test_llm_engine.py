@@ -409,13 +409,19 @@ def test_safetensors_dir_roundtrip(tmp_path):
     assert torch.equal(a, b)
 
 
-def test_fused_decode_path_matches_unfused():
-    """The one-token path with RMSNorm/SiLU fused into the GEMVs (on CPU: the kernels' torch references) gives the
-    same logits as the unfused ops: checks its residual plumbing (first layer, final norm, tied LM head)."""
+@pytest.mark.parametrize("variant", ["fused", "tuned_gemv"])
+def test_fused_decode_path_matches_unfused(variant):
+    """The one-token path with RMSNorm/SiLU fused into the GEMVs, or with every projection on the plain GEMV at a
+    tuned tile (llm/tune.py; on CPU: the kernels' torch references), gives the same logits as the unfused ops:
+    checks its residual plumbing (first layer, final norm, tied LM head)."""
     from llm.llama import FUSABLE, AttnMeta
 
     model = init_synthetic(Llama(tiny(vocab_size=200)), seed=2).eval()
-    model.decode_fusions = FUSABLE
+    if variant == "fused":
+        model.decode_fusions = FUSABLE
+    else:
+        model.decode_fusions = frozenset()
+        model.decode_gemv = dict.fromkeys(("qkv", "wo", "w13", "w2", "head"), (4, 512, 4))
     eng = Engine(model, num_pages=16, page_size=4)
     s = eng.new_session()
     s.append(list(range(9)))

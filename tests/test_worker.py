@@ -271,3 +271,22 @@ def test_runtime_close_waits_for_the_running_items():
     rt.close()
     assert sorted(done) == ["judge", "tts"] and queued.cancelled() and judge.done()
     assert not rt.tts_pool._thread.is_alive() and not rt.llm_pool._thread.is_alive()
+
+
+def test_cuda_sync_mode_is_checked_when_the_config_loads():
+    """[pipeline] cuda_sync (how GPU threads wait, agent/cuda_sync.py) accepts the four CUDA modes only, and on a
+    machine without CUDA setting it is a no-op that says so."""
+    import pytest
+
+    from agent.config import Config, ConfigError
+    from agent.cuda_sync import set_cuda_sync
+
+    assert Config.from_dict({"pipeline": {"cuda_sync": "blocking"}}).pipeline.cuda_sync == "blocking"
+    with pytest.raises(ConfigError, match="cuda_sync must be one of"):
+        Config.from_dict({"pipeline": {"cuda_sync": "sleep"}})
+    with pytest.raises(ValueError):
+        set_cuda_sync("sleep")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert set_cuda_sync("blocking") == "no CUDA device"

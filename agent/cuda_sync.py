@@ -1,0 +1,50 @@
+"""How a CPU thread waits for the GPU: spin, yield, or sleep until an interrupt (CUDA's scheduling flags).
+
+Every GPU worker thread waits for the device many times a second: the ASR at each greedy token, the LLM at each
+decode step, the TTS at each audio window. CUDA's default (`auto`) spins when the machine has more cores than
+active contexts, i.e. always here: a waiting thread busy-polls the driver. With three worker threads polling, the
+thread that wants to *launch* (the ASR's encoder: ~200 kernels queued from Python) shares the driver and the cores
+with them. `blocking` makes a wait sleep on an interrupt instead (a few tens of microseconds later wake-up).
+
+The flags belong to the device's primary context, so one call per process is enough, and the driver API sets them
+on a context that is already active (cuDevicePrimaryCtxSetFlags_v2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+# CU_CTX_SCHED_*: the low three bits of a context's flags
+MODES = {"auto": 0, "spin": 1, "yield": 2, "blocking": 4}
+_SCHED_MASK = 0x07
+
+
+def set_cuda_sync(mode: str, device: int | None = None) -> str:
+    """Set how threads wait for `device` (default: torch's current CUDA device). Returns the mode now in force,
+    read back from the driver. "auto" leaves the flags as they are. Raises ValueError on an unknown mode and
+    RuntimeError when the driver refuses."""
+    if mode not in MODES:
+        raise ValueError(f"cuda_sync must be one of {sorted(MODES)}, not {mode!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    torch.cuda.init()
+    index = torch.cuda.current_device() if device is None else device
+    cu = ctypes.CDLL("libcuda.so.1")
+    dev = ctypes.c_int()
+    _check(cu.cuDeviceGet(ctypes.byref(dev), ctypes.c_int(index)), "cuDeviceGet")
+    flags, active = ctypes.c_uint(), ctypes.c_int()
+    _check(cu.cuDevicePrimaryCtxGetState(dev, ctypes.byref(flags), ctypes.byref(active)), "cuDevicePrimaryCtxGetState")
+    if mode != "auto":
+        new = (flags.value & ~_SCHED_MASK) | MODES[mode]
+        _check(cu.cuDevicePrimaryCtxSetFlags_v2(dev, ctypes.c_uint(new)), "cuDevicePrimaryCtxSetFlags_v2")
+        _check(cu.cuDevicePrimaryCtxGetState(dev, ctypes.byref(flags), ctypes.byref(active)),
+               "cuDevicePrimaryCtxGetState")
+    names = {v: k for k, v in MODES.items()}
+    return names.get(flags.value & _SCHED_MASK, f"flags {flags.value:#x}")
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"{what} failed with CUDA driver error {rc}")
