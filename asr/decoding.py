@@ -126,6 +126,7 @@ class GreedyDecoder:
         begin[[i for i in opts.suppress_ids_begin if 0 <= i < v]] = float("-inf")
         self.suppress, self.suppress_begin = sup, begin
         self.graphs: dict[int, tuple] = {}
+        self.enc_graphs: dict[int, tuple] = {}  # 30 s window: encoder + cross k/v projection, one graph per bucket
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
 
     # ---- the hot step: a pure function of (tokens, pos) over the rows' cache ----
@@ -133,9 +134,7 @@ class GreedyDecoder:
         return self.model.decoder(tokens, pos, cache)[:, -1].float()  # (B, V)
 
     def _graphed_step(self, b: int):
-        bucket = next(x for x in self.BUCKETS if x >= b)
-        if bucket > self.cache.batch:
-            bucket = self.cache.batch
+        bucket = self._bucket(b)
         if bucket not in self.graphs:
             cache = self.cache.narrow(bucket)
             tokens = torch.zeros(bucket, 1, dtype=torch.long, device=self.device)
@@ -165,13 +164,46 @@ class GreedyDecoder:
         graph.replay()
         return logits[:n]
 
+    def _bucket(self, b: int) -> int:
+        return min(next(x for x in self.BUCKETS if x >= b), self.cache.batch)
+
+    def _encode(self, cache: KVCache, mel: torch.Tensor) -> torch.Tensor:
+        audio = self.model.encoder(mel)
+        valid = torch.ones(audio.shape[:2], dtype=torch.bool, device=self.device)
+        self.model.decoder.set_cross(cache, audio, valid)
+        return audio
+
+    def _graphed_encoder(self, b: int):
+        """The encoder over the 30 s window (fixed shape) as one CUDA graph per batch bucket: one replay instead of
+        ~150 kernel launches from Python, which under load (other threads busy in Python and in CUDA calls) cost
+        ~50 ms of host time per call on the H200 against ~6 ms of GPU work (bench/results/sessions_probe32_*)."""
+        bucket = self._bucket(b)
+        if bucket not in self.enc_graphs:
+            cache = self.cache.narrow(bucket)
+            mel = torch.zeros(bucket, self.model.dims.n_mels, FRAMES_30S, dtype=self.dtype, device=self.device)
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s), torch.no_grad():
+                self._encode(cache, mel)  # warm up outside the graph (cuBLAS/cuDNN algorithm choice)
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            pool = next(iter(self.enc_graphs.values()))[2].pool() if self.enc_graphs else None
+            with torch.cuda.graph(graph, pool=pool), torch.no_grad():
+                audio = self._encode(cache, mel)
+            self.enc_graphs[bucket] = (mel, audio, graph)
+        return self.enc_graphs[bucket]
+
     @torch.no_grad()
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
-        """(B, n_mels, F) features -> encoder output, stored as the cross k/v of cache rows 0..B-1."""
-        audio = self.model.encoder(mel.to(self.dtype))
-        valid = torch.ones(audio.shape[:2], dtype=torch.bool, device=self.device)
-        self.model.decoder.set_cross(self.cache, audio, valid)
-        return audio
+        """(B, n_mels, F) features -> encoder output, stored as the cross k/v of cache rows 0..B-1. The 30 s window
+        runs as a CUDA graph when graphs are on (rows B..bucket-1 are encoded too, into unused cache rows)."""
+        b = mel.shape[0]
+        if self.use_graphs and mel.shape[-1] == FRAMES_30S:
+            buf, audio, graph = self._graphed_encoder(b)
+            buf[:b].copy_(mel)
+            graph.replay()
+            return audio[:b]
+        return self._encode(self.cache.narrow(b), mel.to(self.dtype))
 
     @torch.no_grad()
     def decode(self, prefixes: list[list[int]] | None = None, n: int | None = None, max_new: int | None = None,

@@ -137,8 +137,10 @@ def correctness(device) -> dict:
             asr.decoder.encode(batch_features([asr.mel(torch.as_tensor(a))], asr.opts))
             enc = asr.model.encoder(batch_features([asr.mel(torch.as_tensor(a))], asr.opts).to(asr.decoder.dtype))
         h = asr.recognize([a, a[: 3 * SR]], max_new=12, stop_at_eot=False)
-        runs[name] = ([x.tokens for x in h], enc.float().cpu())
+        runs[name] = ([x.tokens for x in h], enc.float().cpu(), asr.decoder.cache.cross_k[:, :2].float().cpu())
     res["graphs_equal_eager_tokens"] = runs["cuda_graphs"][0] == runs["cuda_eager"][0]
+    # the graphed encoder (30 s window) writes the same cross-attention keys as the eager one
+    res["graphed_encoder_cross_k_max_abs_diff"] = float((runs["cuda_graphs"][2] - runs["cuda_eager"][2]).abs().max())
     ref = runs["cpu_fp32"][1]
     res["encoder_rel_err_fp16_vs_cpu_fp32"] = float((runs["cuda_eager"][1] - ref).norm() / ref.norm())
     res["first_token_agrees_cpu_fp32"] = [g[0] == c[0] for g, c in zip(runs["cuda_eager"][0], runs["cpu_fp32"][0])]
