@@ -233,7 +233,8 @@ def load_asr(config: Config):
         from asr.fw import FasterWhisperASR
 
         return FasterWhisperASR(path, compute_type=c.compute_type, beam_size=c.beam_size, language=c.language,
-                                cpu_threads=c.threads, partial_interval_s=c.partial_interval_ms / 1000)
+                                cpu_threads=c.threads, partial_interval_s=c.partial_interval_ms / 1000,
+                                window=c.window)
     if c.backend == "torch":
         from asr.torch_backend import TorchWhisperASR
 
