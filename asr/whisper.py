@@ -164,13 +164,17 @@ class TextDecoder(nn.Module):
         """Project encoder output audio (b, S, D) into the cross k/v of cache rows `rows` (default: first b);
         valid (b, S) marks real encoder positions."""
         b, s, _ = audio.shape
-        rows = torch.arange(b, device=audio.device) if rows is None else rows
+        # the first b rows as a slice: plain copies and a fill, nothing from the host (capturable in a CUDA graph)
+        sel = slice(0, b) if rows is None else rows
         for i, block in enumerate(self.blocks):
             c = block.cross_attn
-            cache.cross_k[i, rows, :, :s] = c.heads(c.key(audio))
-            cache.cross_v[i, rows, :, :s] = c.heads(c.value(audio))
-        cache.cross_valid[rows] = False
-        cache.cross_valid[rows, :s] = valid
+            cache.cross_k[i, sel, :, :s] = c.heads(c.key(audio))
+            cache.cross_v[i, sel, :, :s] = c.heads(c.value(audio))
+        if rows is None:
+            cache.cross_valid[:b].fill_(False)
+        else:
+            cache.cross_valid[rows] = False
+        cache.cross_valid[sel, :s] = valid
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         # tokens, pos (B, T) -> logits (B, T, V). Each query attends to cached keys at positions <= its own.
