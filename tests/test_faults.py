@@ -339,8 +339,14 @@ def run_fault(rt, clips, monkeypatch, fault, check_a=None, a_silence_s: float = 
 def test_hangup_mid_utterance_with_a_draft_in_flight(rt, clips, monkeypatch):
     """The caller pauses (pause-time ASR, KV prefill and a drafted first phrase on a fork start) and is gone.
     A sends its clip and only 0.4 s of silence, so the pause begins and the endpoint never comes."""
-    # the audio end-of-turn judge would end this finished sentence ~0.2 s into the silence, before a draft exists
+    # the audio end-of-turn judge would end this finished sentence ~0.2 s into the silence, before a draft exists;
+    # so could the LLM's P(end) once the pause-time transcript is in (~0.1 s on the short ASR window): no silence
+    # shorter than 5 s ends this turn, and the draft starts whatever P(end) says ("7 of clubs" without a final
+    # period scores under draft_min_p), so the pause stays a pause with its draft running
     monkeypatch.setattr(rt, "judge", None)
+    monkeypatch.setattr(rt.config.turn, "min_delay_ms", 5000)
+    monkeypatch.setattr(rt.config.turn, "max_delay_ms", 5000)
+    monkeypatch.setattr(rt.config.turn, "draft_min_p", 0.0)
 
     async def fault(a, srv, s, lineage):
         await until(lambda: s.pause is not None and s.pause.draft is not None and s.pause.draft.llm is not None,
