@@ -322,7 +322,12 @@ class Engine:
             if self.tune_gemv and self.model.decode_gemv is None and ops.HAVE_FUSED_DECODE:
                 from .tune import tune_decode_gemv
 
-                tune_decode_gemv(self.model, log=log.info)
+                try:
+                    tune_decode_gemv(self.model, log=log.info)
+                except Exception as e:  # noqa: BLE001 - tuning is an optimisation: never a reason not to start
+                    log.warning("decode GEMV tuning failed (%s: %s); every projection stays on cuBLAS",
+                                type(e).__name__, e)
+                    self.model.decode_gemv = {}
             self.graphs = DecodeGraphs(self, self.max_batch, -(-self.max_seq_len // self.page_size))
         return self.graphs
 
