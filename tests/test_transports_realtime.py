@@ -155,7 +155,8 @@ def test_sdk_manual_turns_ulaw_text_and_truncate(rt, speech):
             done1 = next((e for e in events[n:] if e.type == "response.done"), None)
             # a typed message, then a normal response
             await conn.conversation.item.create(item={"type": "message", "role": "user",
-                                                      "content": [{"type": "input_text", "text": "Say hello."}]})
+                                                      "content": [{"type": "input_text",
+                                                                  "text": "Say hello and introduce yourself."}]})
             await conn.response.create()
             done2 = await collect(conn, events, lambda e: e.type == "response.done", 60)
             # a bad event gets an error and the session stays usable
