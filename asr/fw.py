@@ -3,7 +3,7 @@
 Whisper's encoder is trained on 30 s windows, and faster-whisper always pads an utterance to 30 s: on a 2-core CPU
 that encoder pass is ~330-530 ms of the ~460-700 ms a short utterance takes, whatever its length. CTranslate2 runs
 the encoder on a shorter input too, and tiny.en stays as accurate when the window is at least 10 s: on the 45 dev
-clips (1-11 s; `bench/asr_window.py`, `bench/results/asr_window_cpu.json`) WER 6.7 % at 10 s and 6.3 % at 15 s vs
+clips (1-11 s; `bench/asr_window.py`, `bench/results/asr_window_cpu.json`) WER 6.5 % at 10 s and 6.3 % at 15 s vs
 7.1 % at 30 s, while shorter windows break down (8 s: loops; utterance + 2 s: 299 %). So `window="short"` (default)
 feeds the encoder the smallest of 10/15/20/30 s that holds the utterance + 1 s, and decodes it directly
 (greedy, no temperature fallback, a token cap proportional to the duration, trailing loops cut); `"pad30"` is

@@ -8,6 +8,8 @@ Variants, all greedy without timestamps:
                                        what asr/fw.py ran before, `window="pad30"` - the baseline
   fw_short                           : asr/fw.py `window="short"` (VAD filter, the shortest of 10/15/20/30 s that
                                        holds the utterance + 1 s, token cap, loops cut) - the default now
+  *_phone                            : the last two on the clips after a phone-line round trip (8 kHz mu-law, as
+                                       the Twilio transport hears a caller)
 Writes bench/results/asr_window_cpu.json (WER, encoder ms p50, total ms p50, clips whose text equals pad30's).
 
     python bench/asr_window.py
@@ -25,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from agent.audio import load_audio  # noqa: E402
+from agent.audio import load_audio, resample, ulaw_decode, ulaw_encode  # noqa: E402
 from agent.models import require  # noqa: E402
 from asr.wer import wer  # noqa: E402
 from bench.common import result_header, write_result  # noqa: E402
@@ -61,9 +63,13 @@ def main() -> int:
             hyps.append(tok.decode([i for i in r[0].sequences_ids[0] if i < tok.eot]).strip())
         return hyps, enc_t, tot_t
 
-    def whole(asr):
+    def phone(audio):
+        return resample(ulaw_decode(ulaw_encode(resample(audio, 16000, 8000))), 8000, 16000)
+
+    def whole(asr, via=lambda a: a):
         hyps, tot_t = [], []
         for audio, _ in clips:
+            audio = via(audio)
             t0 = time.perf_counter()
             hyps.append(asr.transcribe(audio))
             tot_t.append(time.perf_counter() - t0)
@@ -79,6 +85,8 @@ def main() -> int:
         "utt+5s": lambda: direct(lambda n: even(n) + 500),
         "fw_transcribe": lambda: whole(pad30),
         "fw_short": lambda: whole(short),
+        "fw_transcribe_phone": lambda: whole(pad30, phone),
+        "fw_short_phone": lambda: whole(short, phone),
     }
     refs = [r for _, r in clips]
     res, base = {}, None
@@ -97,6 +105,8 @@ def main() -> int:
                            baseline="fw_transcribe (faster-whisper's transcribe, 30 s window) in the same run"),
            "variants": res,
            "metrics": {"wer_pct_short": res["fw_short"]["wer_pct"], "wer_pct_baseline": res["fw_transcribe"]["wer_pct"],
+                       "wer_pct_short_phone": res["fw_short_phone"]["wer_pct"],
+                       "wer_pct_baseline_phone": res["fw_transcribe_phone"]["wer_pct"],
                        "speedup_total_p50": round(res["fw_transcribe"]["total_ms_p50"] / res["fw_short"]["total_ms_p50"], 2)}}
     print(write_result("asr_window_cpu.json", out))
     return 0
