@@ -105,6 +105,22 @@ def batch_features(mels: list[torch.Tensor], opts: DecodeOptions, window: str | 
     return out
 
 
+def capture(fn, share_pool_with=None, warmups: int = 1):
+    """Run fn `warmups` times on a side stream (kernel loading, cuBLAS/cuDNN algorithm choice), then capture it in a
+    CUDA graph, in the memory pool of graph `share_pool_with` if given -> (graph, fn's output, static)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.no_grad():
+        for _ in range(warmups):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    pool = share_pool_with.pool() if share_pool_with is not None else None
+    with torch.cuda.graph(graph, pool=pool), torch.no_grad():
+        out = fn()
+    return graph, out
+
+
 class GreedyDecoder:
     """Greedy decoding of up to `max_batch` rows at once. The per-token step can be captured in CUDA graphs
     (one per batch bucket, sharing one memory pool) — the model itself knows nothing about graphs."""
@@ -139,16 +155,8 @@ class GreedyDecoder:
             cache = self.cache.narrow(bucket)
             tokens = torch.zeros(bucket, 1, dtype=torch.long, device=self.device)
             pos = torch.zeros(bucket, 1, dtype=torch.long, device=self.device)
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s), torch.no_grad():
-                for _ in range(2):  # warm up outside the graph
-                    self._step(cache, tokens, pos)
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            pool = next(iter(self.graphs.values()))[4].pool() if self.graphs else None
-            with torch.cuda.graph(graph, pool=pool), torch.no_grad():
-                logits = self._step(cache, tokens, pos)
+            graph, logits = capture(lambda: self._step(cache, tokens, pos),
+                                    next(iter(self.graphs.values()))[4] if self.graphs else None, warmups=2)
             self.graphs[bucket] = (tokens, pos, logits, bucket, graph)
         return self.graphs[bucket]
 
@@ -181,15 +189,8 @@ class GreedyDecoder:
         if bucket not in self.enc_graphs:
             cache = self.cache.narrow(bucket)
             mel = torch.zeros(bucket, self.model.dims.n_mels, FRAMES_30S, dtype=self.dtype, device=self.device)
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s), torch.no_grad():
-                self._encode(cache, mel)  # warm up outside the graph (cuBLAS/cuDNN algorithm choice)
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            pool = next(iter(self.enc_graphs.values()))[2].pool() if self.enc_graphs else None
-            with torch.cuda.graph(graph, pool=pool), torch.no_grad():
-                audio = self._encode(cache, mel)
+            graph, audio = capture(lambda: self._encode(cache, mel),
+                                   next(iter(self.enc_graphs.values()))[2] if self.enc_graphs else None)
             self.enc_graphs[bucket] = (mel, audio, graph)
         return self.enc_graphs[bucket]
 

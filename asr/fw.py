@@ -56,12 +56,13 @@ class FasterWhisperASR:
     def transcribe(self, audio: np.ndarray) -> str:
         if audio.size < SAMPLE_RATE // 10:
             return ""
+        audio = audio.astype(np.float32, copy=False)
         if self.window == "short":
-            text = self._transcribe_short(audio.astype(np.float32, copy=False))
+            text = self._transcribe_short(audio)
             if text is not None:
                 return text
         segments, _ = self.model.transcribe(
-            audio.astype(np.float32, copy=False), language=self.language, beam_size=self.beam_size,
+            audio, language=self.language, beam_size=self.beam_size,
             vad_filter=True,  # Silero gate: silence and noise give no segments instead of hallucinations
             condition_on_previous_text=False, without_timestamps=True,
         )

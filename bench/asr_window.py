@@ -91,8 +91,7 @@ def main() -> int:
     refs = [r for _, r in clips]
     res, base = {}, None
     for name, run in variants.items():
-        whole_set = run()
-        hyps, enc_t, tot_t = whole_set
+        hyps, enc_t, tot_t = run()
         base = base or hyps
         res[name] = {"wer_pct": round(100 * wer(refs, hyps), 2),
                      "encoder_ms_p50": None if enc_t is None else round(1000 * float(np.median(enc_t)), 1),

@@ -52,27 +52,9 @@ def bench_ms(fn, warmup=10, rep=40) -> float:
 def graph_us(calls, replays: int = 10) -> float:
     """Per-call GPU time of `calls` (each on its own inputs) captured back to back in one CUDA graph: no launch
     overhead, as in the engine's decode graphs. Inputs rotate over >= 128 MB where they are small (see copies())."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # warm-up / compile outside the capture
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2] * 1e3 / len(calls)
+    from llm.tune import graph_us as one_graph_us
+
+    return one_graph_us(lambda: [c() for c in calls], replays) / len(calls)
 
 
 def copies(nbytes: int) -> int:

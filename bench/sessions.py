@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from agent.cuda_sync import MODES as CUDA_SYNC_MODES  # noqa: E402
 from bench.common import gpu_tag, result_header, write_result  # noqa: E402
 
 FRAME_S = 0.02
@@ -518,7 +519,7 @@ def main(argv=None) -> int:
                     help="run the simulated callers on a thread of the server's process (default: their own process)")
     ap.add_argument("--gil-switch-ms", type=float, default=None,
                     help="override [pipeline] gil_switch_ms (Python's default: 5)")
-    ap.add_argument("--cuda-sync", choices=("auto", "spin", "yield", "blocking"), default=None,
+    ap.add_argument("--cuda-sync", choices=tuple(CUDA_SYNC_MODES), default=None,
                     help="override [pipeline] cuda_sync: how GPU worker threads wait for the device")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, metavar="RESULT.json",

@@ -297,7 +297,6 @@ class Engine:
         self.max_seq_len = min(max_seq_len or model.max_seq_len, model.max_seq_len)
         self.graphs: DecodeGraphs | None = None
         self._want_graphs = cuda_graphs and self.device.type == "cuda"
-        self.tune_gemv = True  # time cuBLAS vs the Triton GEMV per projection before the first capture
         self.max_batch = max_batch
         self.n_graph_steps = self.n_eager_steps = self.n_ahead_hits = self.n_ahead_misses = 0
         # appends of at most this many tokens run as one decode step of that many rows (a CUDA graph replay when
@@ -319,7 +318,7 @@ class Engine:
         """Capture the decode CUDA graphs now (otherwise done on the first decode step). Before the first capture
         the one-token projections pick cuBLAS or a Triton GEMV tile by timing both on this GPU (llm/tune.py)."""
         if self._want_graphs and self.graphs is None:
-            if self.tune_gemv and self.model.decode_gemv is None and ops.HAVE_FUSED_DECODE:
+            if self.model.decode_gemv is None and ops.HAVE_FUSED_DECODE:
                 from .tune import tune_decode_gemv
 
                 try:

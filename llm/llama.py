@@ -117,7 +117,7 @@ class Llama(nn.Module):
         if meta.logits_idx is not None:
             x = x.index_select(0, meta.logits_idx)
         x = ops.rmsnorm(x, self.norm, cfg.rms_eps)
-        return ops.linear_w(x, self.head_weight(), g.get("head"))
+        return ops.linear_w(x, self.head_weight(), gemv=g.get("head"))
 
     def _attention(self, q, k_cache, v_cache, meta: AttnMeta) -> Tensor:
         if meta.prefill is None:

@@ -167,16 +167,16 @@ def rmsnorm_head(x, norm_w, eps, head_w, residual):
     return _gemv.rmsnorm_gemv(x, norm_w, eps, head_w, residual)[0]
 
 
+def linear_w(x, w, bias=None, gemv=None):
+    """x @ w.T (+ bias), as the Triton GEMV at tile `gemv` if given (one row on CUDA), else cuBLAS."""
+    return _gemv.gemv(x.contiguous(), w, bias, config=gemv) if gemv else F.linear(x, w, bias)
+
+
 def linear(x, lin, fuse=False, gemv=None):
-    """lin(x); one row on CUDA may run as the Triton GEMV (default tile if fuse, tile `gemv` if given)."""
-    if fuse or gemv:
-        return _gemv.gemv(x.contiguous(), lin.weight, lin.bias, config=gemv)
-    return lin(x)
-
-
-def linear_w(x, w, gemv=None):
-    """x @ w.T, as the Triton GEMV at tile `gemv` if given (one row on CUDA), else cuBLAS."""
-    return _gemv.gemv(x.contiguous(), w, config=gemv) if gemv else F.linear(x, w)
+    """lin(x); one row on CUDA may run as the Triton GEMV (its default tile if fuse, tile `gemv` if given)."""
+    if fuse:
+        return _gemv.gemv(x.contiguous(), lin.weight, lin.bias)
+    return linear_w(x, lin.weight, lin.bias, gemv)
 
 
 def silu_linear(gu, lin, fuse=False, gemv=None):

@@ -21,35 +21,37 @@ MIN_GAIN = 0.02  # the Triton GEMV must beat cuBLAS by 2 % to replace it (noise 
 
 def choose(times_us: dict, min_gain: float = MIN_GAIN):
     """times_us {None (cuBLAS) or tile: us} -> the tile to use, or None for cuBLAS."""
-    base = times_us.get(None)
-    best = min((t, c) for c, t in times_us.items() if c is not None and t is not None) if any(
-        c is not None and t is not None for c, t in times_us.items()) else None
-    if best is None:
+    tiles = [(t, c) for c, t in times_us.items() if c is not None and t is not None]
+    if not tiles:
         return None
-    if base is None or best[0] < base * (1 - min_gain):
-        return best[1]
-    return None
+    t, tile = min(tiles)
+    base = times_us.get(None)
+    return tile if base is None or t < base * (1 - min_gain) else None
 
 
-def _graph_us(fn, replays: int = 10) -> float:
+def graph_us(fn, replays: int = 10) -> float:
+    """GPU time (us) of one call of fn captured in a CUDA graph: no host launch cost in it, as in the engine's decode
+    graphs. Median of `replays` timed replays after an untimed one; fn runs once before the capture (compile,
+    cuBLAS algorithm choice)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        fn()  # compile / pick the cuBLAS algorithm outside the capture
+        fn()
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
+    g.replay()
+    torch.cuda.synchronize()
     times = []
-    for _ in range(replays + 1):
+    for _ in range(replays):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         g.replay()
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
-    del g
-    return sorted(times[1:])[replays // 2] * 1e3
+    return sorted(times)[replays // 2] * 1e3
 
 
 def op_weights(model) -> dict:
@@ -71,10 +73,10 @@ def tune_decode_gemv(model, candidates=CANDIDATES, log=None) -> dict:
     chosen, report = {}, {}
     for op, (ws, k) in op_weights(model).items():
         x = torch.randn(1, k, device=ws[0].device, dtype=ws[0].dtype)
-        times: dict = {None: _graph_us(lambda: [F.linear(x, w) for w in ws]) / len(ws)}
+        times: dict = {None: graph_us(lambda: [F.linear(x, w) for w in ws]) / len(ws)}
         for c in candidates:
             try:
-                times[c] = _graph_us(lambda c=c: [G.gemv(x, w, config=c) for w in ws]) / len(ws)
+                times[c] = graph_us(lambda c=c: [G.gemv(x, w, config=c) for w in ws]) / len(ws)
             except Exception:  # noqa: BLE001 - a tile this GPU/Triton cannot run is simply not a candidate
                 times[c] = None
         pick = choose(times)
