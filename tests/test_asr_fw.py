@@ -47,7 +47,11 @@ def test_short_window_rejects_silence_and_noise_and_falls_back_when_long(both, s
     assert short.transcribe(load_audio(speech / "alsa/Noise.wav")) == ""
     jfk = load_audio(speech / "jfk/jfk.flac")
     long = np.concatenate([jfk, jfk, jfk])  # 33 s of speech: beyond the short windows
+    assert short._transcribe_short(long) is None  # so the 30 s path (faster-whisper's transcribe) takes it
+    # how much of the repeated clip that path keeps varies from run to run (its temperature fallback samples):
+    # one run of a fresh clone kept a single copy where others kept two or more, so only "it transcribed the
+    # speech" is checked here
     text = short.transcribe(long)
-    assert normalize(text).count("country") >= 4, text
+    assert "country" in normalize(text), text
     with pytest.raises(ValueError):
         type(short)(require("whisper-tiny.en"), window="trunc")
