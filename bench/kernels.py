@@ -201,8 +201,14 @@ def bench_attention(copy_gbps):
                                                                       **kw) for i in range(c)]
 
                 tg = graph_us(calls())
+                # the split-K merge by a second kernel (the old way) vs in the split kernel (default), and its result
+                merge2 = paged_decode_attention_triton(q, kc, vc, bt, lens, scale, merge=False) if splits > 1 else got
+                err2 = rel_err(merge2, paged_decode_attention_ref(q, kc, vc, bt, lens, scale))
                 r = row(copy_gbps, nbytes, t, tr, tg, model=name, B=b, ctx=ctx, num_splits=splits, rel_err=err,
-                        ok=err < 1e-2)
+                        ok=err < 1e-2 and err2 < 1e-2)
+                if splits > 1:
+                    r["merge_kernel_graph_us"] = round(graph_us(calls(merge=False)), 2)
+                    r["merge_kernel_rel_err"] = err2
                 r["no_split_us"] = round(t1 * 1e3, 2)
                 if (b, ctx) in SWEEP:  # tuning sweep, graph-timed, same inputs
                     r["sweep_graph_us"] = sweep = {}
@@ -271,8 +277,16 @@ def main():
                         "host launch gaps where the host is slower than the GPU; graph_us: per call in a CUDA graph "
                         "of calls over rotating inputs (>=128 MB together, or 64 sets); torch = eager references",
                         bytes="fewest bytes each op must move: inputs read once, outputs written once")
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernels", default=None, help="comma list of the kernels to run (default: all)")
+    ap.add_argument("--out-name", default=None, help="result file name (default kernels_<gpu>.json)")
+    args = ap.parse_args()
     for name, fn in [("rmsnorm_residual", bench_rmsnorm), ("silu_and_mul", bench_silu), ("rope_write_kv", bench_rope),
                      ("paged_decode_attention", bench_attention), ("sampling", bench_sampling)]:
+        if args.kernels and name not in args.kernels.split(","):
+            continue
         t1 = time.time()
         try:
             res[name] = fn(copy)
@@ -281,7 +295,7 @@ def main():
             res[name] = {"error": repr(e)}
         print(f"{name}: {time.time() - t1:.1f}s", flush=True)
         res["wall_s"] = round(time.time() - t0, 1)
-        path = write_result(f"kernels_{gpu_tag()}.json", res)  # after each kernel: a timeout keeps the rest
+        path = write_result(args.out_name or f"kernels_{gpu_tag()}.json", res)  # after each kernel: a timeout keeps the rest
     print(f"wrote {path}")
     for name, rows in res.items():
         if isinstance(rows, list):

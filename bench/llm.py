@@ -198,11 +198,11 @@ def profile_warm(eng, prompt, vocab) -> str:
 # ---- transformers ----------------------------------------------------------------------------------------------
 
 
-def build_hf(model, dtype=torch.bfloat16):
+def build_hf(model, dtype=torch.bfloat16, attn="sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hcfg = LlamaConfig(**model.cfg.hf_dict())
-    hcfg._attn_implementation = "sdpa"
+    hcfg._attn_implementation = attn
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # like from_pretrained(dtype=bf16): rotary inv_freq stays fp32
     try:
@@ -280,7 +280,7 @@ def rel_errs(a, b):
 
 
 @torch.inference_mode()
-def check_vs_hf(eng: Engine, hf, vocab: int, hf32=None) -> dict:
+def check_vs_hf(eng: Engine, hf, vocab: int, hf32=None, hf_eager=None) -> dict:
     """Prefill logits and 8 decode steps (CUDA graphs) against transformers on the same tokens."""
     ids = rand_ids(200, vocab, 7)
     s = eng.new_session()
@@ -298,6 +298,10 @@ def check_vs_hf(eng: Engine, hf, vocab: int, hf32=None) -> dict:
         ref32 = hf_logits_along(hf32, ids, toks[:8])
         extra = {"ours_bf16_vs_hf_fp32_max": max(rel_errs(ours, ref32)),
                  "hf_bf16_vs_hf_fp32_max": max(rel_errs(ref, ref32))}
+    if hf_eager is not None:  # two transformers bf16 models that differ only in the attention kernel
+        ref_e = hf_logits_along(hf_eager, ids, toks[:8])
+        extra["hf_eager_vs_hf_sdpa_bf16_max"] = max(rel_errs(ref_e, ref))
+        extra["ours_vs_hf_eager_bf16_max"] = max(rel_errs(ours, ref_e))
     s.free()
     return {"logits_rel_err_max": max(rel), "logits_rel_err": rel,
             "greedy_tokens_match_hf": sum(a == b for a, b in zip(toks[1:9], hf_tokens)), "of": 8, **extra}
@@ -483,9 +487,9 @@ def run_model(name: str, copy_tbps: float, check: bool) -> dict:
            "decode_gemv_times_us": getattr(model, "decode_gemv_times", None)}
     hf = build_hf(model)
     if check:
-        hf32 = build_hf(model, torch.float32)
-        out["check_vs_hf"] = check_vs_hf(eng, hf, cfg.vocab_size, hf32)
-        del hf32
+        hf32, hf_eager = build_hf(model, torch.float32), build_hf(model, attn="eager")
+        out["check_vs_hf"] = check_vs_hf(eng, hf, cfg.vocab_size, hf32, hf_eager)
+        del hf32, hf_eager
         torch.cuda.empty_cache()
         print(name, out["check_vs_hf"], flush=True)
     out.update(bench_ours(eng, cfg.vocab_size))

@@ -112,7 +112,7 @@ class Llama(nn.Module):
                                                 g.get("w13"))
             x = ops.silu_linear(gu, layer.w2, "w2" in f, g.get("w2"))
         if "head" in f:  # final residual add + norm + LM head in one kernel
-            return ops.rmsnorm_head(x, self.norm, cfg.rms_eps, self.head_weight(), residual)
+            return ops.rmsnorm_head(x, self.norm, cfg.rms_eps, self.head_weight(), residual, g.get("head"))
         x = x + residual
         if meta.logits_idx is not None:
             x = x.index_select(0, meta.logits_idx)

@@ -151,10 +151,11 @@ except ImportError:
 
 
 def rmsnorm_linear(x, norm_w, eps, lin, residual=None, fuse=False, gemv=None):
-    """(rmsnorm(x (+ residual)) @ lin.weight.T (+ bias), new residual or None); fused into one kernel if asked,
-    else the norm and then the projection (the Triton GEMV at tile `gemv` if given, else cuBLAS)."""
+    """(rmsnorm(x (+ residual)) @ lin.weight.T (+ bias), new residual or None); fused into one kernel if asked
+    (at tile `gemv`, or the kernel's default tile), else the norm and then the projection (the Triton GEMV at tile
+    `gemv` if given, else cuBLAS)."""
     if fuse:
-        return _gemv.rmsnorm_gemv(x, norm_w, eps, lin.weight, residual, lin.bias)
+        return _gemv.rmsnorm_gemv(x, norm_w, eps, lin.weight, residual, lin.bias, config=gemv)
     if residual is None:
         h = rmsnorm(x, norm_w, eps)
     else:
@@ -162,9 +163,9 @@ def rmsnorm_linear(x, norm_w, eps, lin, residual=None, fuse=False, gemv=None):
     return linear(h, lin, False, gemv), residual
 
 
-def rmsnorm_head(x, norm_w, eps, head_w, residual):
-    """One token: logits = rmsnorm(x + residual) @ head_w.T in one fused kernel."""
-    return _gemv.rmsnorm_gemv(x, norm_w, eps, head_w, residual)[0]
+def rmsnorm_head(x, norm_w, eps, head_w, residual, gemv=None):
+    """One token: logits = rmsnorm(x + residual) @ head_w.T in one fused kernel (at tile `gemv` if given)."""
+    return _gemv.rmsnorm_gemv(x, norm_w, eps, head_w, residual, config=gemv)[0]
 
 
 def linear_w(x, w, bias=None, gemv=None):
@@ -175,13 +176,13 @@ def linear_w(x, w, bias=None, gemv=None):
 def linear(x, lin, fuse=False, gemv=None):
     """lin(x); one row on CUDA may run as the Triton GEMV (its default tile if fuse, tile `gemv` if given)."""
     if fuse:
-        return _gemv.gemv(x.contiguous(), lin.weight, lin.bias)
+        return _gemv.gemv(x.contiguous(), lin.weight, lin.bias, config=gemv)
     return linear_w(x, lin.weight, lin.bias, gemv)
 
 
 def silu_linear(gu, lin, fuse=False, gemv=None):
     if fuse:
-        return _gemv.silu_gemv(gu, lin.weight)
+        return _gemv.silu_gemv(gu, lin.weight, config=gemv)
     return linear(silu_and_mul(gu), lin, False, gemv)
 
 

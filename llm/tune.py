@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 
 # (BLOCK_N, BLOCK_K, num_warps) tiles of kernels/gemv.py worth trying (the sweep's winners on H200 shapes)
-CANDIDATES: tuple[tuple[int, int, int], ...] = ((4, 512, 4), (8, 1024, 8), (16, 512, 4), (8, 512, 4))
+CANDIDATES: tuple[tuple[int, int, int], ...] = ((4, 512, 4), (8, 1024, 8), (16, 512, 4), (8, 512, 4), (4, 1024, 8),
+                                                (2, 1024, 4))
 MIN_GAIN = 0.02  # the Triton GEMV must beat cuBLAS by 2 % to replace it (noise of a 10-replay median)
 
 
 def choose(times_us: dict, min_gain: float = MIN_GAIN):
-    """times_us {None (cuBLAS) or tile: us} -> the tile to use, or None for cuBLAS."""
+    """times_us {None (the cuBLAS baseline) or a candidate: us} -> the fastest candidate if it beats the baseline
+    by min_gain, else None (a time of None: that candidate could not run)."""
     tiles = [(t, c) for c, t in times_us.items() if c is not None and t is not None]
     if not tiles:
         return None
@@ -54,37 +56,78 @@ def graph_us(fn, replays: int = 10) -> float:
     return sorted(times)[replays // 2] * 1e3
 
 
+PROLOGUE_OPS = {"qkv": "norm", "w13": "norm", "head": "norm", "w2": "silu"}  # the op before each projection
+
+
 def op_weights(model) -> dict:
-    """{op: (weights of every layer, input width)} for the projections of one decode step."""
-    layers = model.layers
-    return {"qkv": ([l.wqkv.weight for l in layers], model.cfg.hidden_size),
-            "wo": ([l.wo.weight for l in layers], layers[0].wo.weight.shape[1]),
-            "w13": ([l.w13.weight for l in layers], model.cfg.hidden_size),
-            "w2": ([l.w2.weight for l in layers], layers[0].w2.weight.shape[1]),
-            "head": ([model.head_weight()], model.cfg.hidden_size)}
+    """{op: (weights of every layer, their biases, their RMSNorm weights or None, input width)} for the
+    projections of one decode step."""
+    layers, cfg = model.layers, model.cfg
+    return {"qkv": ([l.wqkv.weight for l in layers], [l.wqkv.bias for l in layers], [l.attn_norm for l in layers],
+                    cfg.hidden_size),
+            "wo": ([l.wo.weight for l in layers], [None] * len(layers), None, layers[0].wo.weight.shape[1]),
+            "w13": ([l.w13.weight for l in layers], [None] * len(layers), [l.ffn_norm for l in layers],
+                    cfg.hidden_size),
+            "w2": ([l.w2.weight for l in layers], [None] * len(layers), None, layers[0].w2.weight.shape[1]),
+            "head": ([model.head_weight()], [None], [model.norm], cfg.hidden_size)}
+
+
+def variants(op, ws, bs, norms, x, res, eps, candidates) -> dict:
+    """{key: fn running the op over every layer's weight}: key None = the op before it as its own kernel, then
+    cuBLAS (the baseline); (tile, False) = that, then the Triton GEMV at tile; (tile, True) = one Triton kernel with
+    the op before it fused into the GEMV's prologue (kernels/gemv.py), at tile."""
+    from kernels import gemv as G
+    from llm import ops
+
+    kind = PROLOGUE_OPS.get(op)
+    if kind == "norm":
+        def pre(i):
+            return ops.rmsnorm(x, norms[i], eps, res)[0]
+    elif kind == "silu":
+        def pre(i):
+            return ops.silu_and_mul(x)
+    else:
+        def pre(i):
+            return x
+    out = {None: lambda: [F.linear(pre(i), w, b) for i, (w, b) in enumerate(zip(ws, bs))]}
+    for c in candidates:
+        out[(c, False)] = lambda c=c: [G.gemv(pre(i), w, b, config=c) for i, (w, b) in enumerate(zip(ws, bs))]
+        if kind == "norm":
+            out[(c, True)] = lambda c=c: [G.rmsnorm_gemv(x, norms[i], eps, w, res, b, config=c)[0]
+                                          for i, (w, b) in enumerate(zip(ws, bs))]
+        elif kind == "silu":
+            out[(c, True)] = lambda c=c: [G.silu_gemv(x, w, config=c) for w in ws]
+    return out
 
 
 @torch.inference_mode()
 def tune_decode_gemv(model, candidates=CANDIDATES, log=None) -> dict:
-    """Time cuBLAS and each Triton tile per op on the model's weights; set and return model.decode_gemv
-    ({op: tile} for the ops where the Triton GEMV won) and model.decode_gemv_times ({op: {label: us per layer}})."""
-    from kernels import gemv as G
-
-    chosen, report = {}, {}
-    for op, (ws, k) in op_weights(model).items():
-        x = torch.randn(1, k, device=ws[0].device, dtype=ws[0].dtype)
-        times: dict = {None: graph_us(lambda: [F.linear(x, w) for w in ws]) / len(ws)}
-        for c in candidates:
+    """Time, per projection of the one-token decode step, cuBLAS and each Triton tile, plain and with the op before
+    it fused in, on the model's weights; keep the fastest. Sets model.decode_gemv ({op: tile} where a Triton kernel
+    won), model.decode_fusions (the ops whose fused kernel won, plus the untuned fusions such as "argmax") and
+    model.decode_gemv_times ({op: {label: us per layer}}); returns model.decode_gemv."""
+    chosen, fused, report = {}, set(), {}
+    eps = model.cfg.rms_eps
+    for op, (ws, bs, norms, k) in op_weights(model).items():
+        dev, dt = ws[0].device, ws[0].dtype
+        x = torch.randn(1, 2 * k if op == "w2" else k, device=dev, dtype=dt)
+        res = torch.randn(1, k, device=dev, dtype=dt)
+        times: dict = {}
+        for key, fn in variants(op, ws, bs, norms, x, res, eps, candidates).items():
             try:
-                times[c] = graph_us(lambda c=c: [G.gemv(x, w, config=c) for w in ws]) / len(ws)
+                times[key] = graph_us(fn) / len(ws)
             except Exception:  # noqa: BLE001 - a tile this GPU/Triton cannot run is simply not a candidate
-                times[c] = None
+                times[key] = None
         pick = choose(times)
         if pick is not None:
-            chosen[op] = pick
-        report[op] = {("cublas" if c is None else str(c)): (None if t is None else round(t, 2))
-                      for c, t in times.items()}
+            chosen[op] = pick[0]
+            if pick[1]:
+                fused.add(op)
+        report[op] = {("cublas" if c is None else f"{c[0]}{' fused' if c[1] else ''}"):
+                      (None if t is None else round(t, 2)) for c, t in times.items()}
         if log:
-            log(f"decode GEMV {op}: {'cuBLAS' if pick is None else f'Triton {pick}'} {report[op]}")
+            what = "cuBLAS" if pick is None else f"Triton {pick[0]}{' fused' if pick[1] else ''}"
+            log(f"decode GEMV {op}: {what} {report[op]}")
     model.decode_gemv, model.decode_gemv_times = chosen, report
+    model.decode_fusions = frozenset(model.decode_fusions - set(op_weights(model)) | fused)
     return chosen
