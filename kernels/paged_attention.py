@@ -7,9 +7,7 @@ Triton plan (memory bound: every K/V byte of the context is read once):
   pass 1, grid (B, Hkv, S): program (b, kvh, s) takes the G query heads of kv head `kvh` (padded to 16 rows so
     the scores are one tensor-core dot) over the s-th of S equal slices of the sequence, with an online softmax;
     it writes its partial output (already divided by its own sum) and its log-sum-exp (base 2).
-  merge: out = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max), done by the last of the S programs of
-    (b, kvh) to finish (an atomic arrival counter), so a decode step costs one kernel per layer, not two (or, with
-    merge=False, by a second kernel over grid (B, H)).
+  pass 2, grid (B, H): merges the S partials: out = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max).
   With S == 1 pass 1 writes the output directly and pass 2 is skipped.
 S is chosen on the host from B, Hkv and the capacity of the block table (max_pages * page_size), never from
 seq_lens (that would need a device->host sync and would break CUDA-graph capture); slices are cut per sequence
@@ -56,10 +54,9 @@ def paged_decode_attention_ref(q, k_cache, v_cache, block_table, seq_lens, scale
 @triton.jit
 def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, lens_ptr, part_ptr, lse_ptr, out_ptr, qk_scale,
                        stride_qb, stride_qh, stride_bt, stride_page, stride_tok, stride_pb, stride_ph, stride_ps,
-                       stride_lb, stride_lh, stride_ob, stride_oh, num_splits, cnt_ptr,
+                       stride_lb, stride_lh, stride_ob, stride_oh, num_splits,
                        G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr,
-                       BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr,
-                       MERGE: tl.constexpr, BLOCK_S: tl.constexpr):
+                       BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     sp = tl.program_id(2)
@@ -106,28 +103,6 @@ def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, bt_ptr, lens_ptr, part_ptr, lse_pt
         tl.store(part_ptr + base[:, None] + d[None, :], o, mask=omask)
         lse = tl.where(l > 0, m + tl.log2(tl.where(l > 0, l, 1.0)), float("-inf"))
         tl.store(lse_ptr + b * stride_lb + heads * stride_lh + sp, lse, mask=gmask)
-        if MERGE:
-            # the last of the num_splits programs of (b, kvh) to finish merges their partials (no second kernel):
-            # every thread's stores are done (barrier) before one thread's release-acquire increment of the counter
-            tl.debug_barrier()
-            done = tl.atomic_add(cnt_ptr + b * tl.num_programs(1) + kvh, 1, sem="acq_rel")
-            if done == num_splits - 1:
-                tl.store(cnt_ptr + b * tl.num_programs(1) + kvh, 0)  # ready for the next call (same stream)
-                ss = tl.arange(0, BLOCK_S)
-                smask = ss < num_splits
-                for gi in tl.static_range(G):
-                    h = kvh * G + gi
-                    lrow = tl.load(lse_ptr + b * stride_lb + h * stride_lh + ss, mask=smask, other=float("-inf"),
-                                   cache_modifier=".cg")
-                    mx = tl.max(lrow, axis=0)
-                    mx = tl.where(mx == float("-inf"), 0.0, mx)
-                    w = tl.exp2(lrow - mx)  # [BLOCK_S], 0 for empty slices
-                    tot = tl.sum(w, axis=0)
-                    pt = tl.load(part_ptr + b * stride_pb + h * stride_ph + ss[:, None] * stride_ps + d[None, :],
-                                 mask=smask[:, None] & dmask[None, :], other=0.0, cache_modifier=".cg")
-                    oh = tl.sum(w[:, None] * pt, axis=0) / tl.where(tot > 0, tot, 1.0)
-                    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, oh.to(out_ptr.dtype.element_ty),
-                             mask=dmask)
 
 
 @triton.jit
@@ -151,23 +126,6 @@ def _attn_merge_kernel(part_ptr, lse_ptr, out_ptr, stride_pb, stride_ph, stride_
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, o.to(out_ptr.dtype.element_ty), mask=d < D)
 
 
-# Split-K merge: by the last split program of each (sequence, kv head) inside the split kernel (True), or by a
-# second kernel (False). One kernel less per layer and decode step; the second kernel stays for comparison.
-MERGE_IN_SPLIT_KERNEL = True
-_COUNTERS: dict = {}  # (device type, index) -> [buffers], newest last
-
-
-def _counters(device, n: int) -> torch.Tensor:
-    """Zeroed int32 arrival counters, >= n of them, kept per device and never freed (CUDA graphs hold their
-    address; the engine's graph warm-up runs before capture, so the buffer is made outside it). The merging program
-    sets its counter back to 0, so calls that follow each other on one stream share them; kernels running at the
-    same time on two streams must not (the engine decodes on one stream)."""
-    bufs = _COUNTERS.setdefault((device.type, device.index), [])
-    if not bufs or bufs[-1].numel() < n:
-        bufs.append(torch.zeros(max(1024, next_pow2(n)), dtype=torch.int32, device=device))
-    return bufs[-1]
-
-
 @functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -183,7 +141,7 @@ def choose_num_splits(batch: int, n_kv_heads: int, max_len: int, num_sms: int = 
 
 def paged_decode_attention_triton(q, k_cache, v_cache, block_table, seq_lens, scale, num_splits=None, *,
                                   out=None, block_n: int | None = None, num_warps: int = 4,
-                                  num_stages: int | None = None, merge: bool | None = None):
+                                  num_stages: int | None = None):
     b, h, d = q.shape
     _, page, hkv, dk = k_cache.shape
     assert dk == d and h % hkv == 0 and v_cache.shape == k_cache.shape
@@ -206,10 +164,8 @@ def paged_decode_attention_triton(q, k_cache, v_cache, block_table, seq_lens, sc
         _attn_split_kernel[(b, hkv, 1)](q, k_cache, v_cache, block_table, seq_lens, out, out, out, qk_scale,
                                         q.stride(0), q.stride(1), block_table.stride(0), k_cache.stride(0),
                                         k_cache.stride(1), 0, 0, 0, 0, 0, out.stride(0), out.stride(1), 1,
-                                        seq_lens, DIRECT=True, MERGE=False, BLOCK_S=1, **meta)
+                                        DIRECT=True, **meta)
         return out
-    if merge is None:
-        merge = MERGE_IN_SPLIT_KERNEL
     # partials [B, H, S, BLOCK_D] fp32 (each normalised by its own sum), lse [B, H, S] fp32 (base 2)
     part = torch.empty((b, h, num_splits, block_d), dtype=torch.float32, device=q.device)
     lse = torch.empty((b, h, num_splits), dtype=torch.float32, device=q.device)
@@ -217,10 +173,7 @@ def paged_decode_attention_triton(q, k_cache, v_cache, block_table, seq_lens, sc
                                              q.stride(0), q.stride(1), block_table.stride(0), k_cache.stride(0),
                                              k_cache.stride(1), part.stride(0), part.stride(1), part.stride(2),
                                              lse.stride(0), lse.stride(1), out.stride(0), out.stride(1), num_splits,
-                                             _counters(q.device, b * hkv) if merge else seq_lens, DIRECT=False,
-                                             MERGE=merge, BLOCK_S=next_pow2(num_splits), **meta)
-    if merge:
-        return out
+                                             DIRECT=False, **meta)
     _attn_merge_kernel[(b, h)](part, lse, out, part.stride(0), part.stride(1), part.stride(2), lse.stride(0),
                                lse.stride(1), out.stride(0), out.stride(1), num_splits, D=d,
                                BLOCK_S=next_pow2(num_splits), BLOCK_D=block_d, num_warps=4)

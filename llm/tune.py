@@ -7,6 +7,11 @@ q|k|v on some tiles; on the 1B shapes the winners differ again). So instead of a
 each candidate on the model's own weights when it captures its decode graphs: every layer's weight in turn (so the
 weights come from HBM, not from L2, as in a real step), inside a CUDA graph (so the Triton launch cost on the host
 is not what is measured), and keeps the fastest. `choose()` is the pure part (unit-tested).
+
+Each projection is timed with the op before it (RMSNorm + residual add before q|k|v, gate|up and the LM head;
+SiLU·mul before down), because that op can also be folded into the Triton GEMV's prologue (kernels/gemv.py): one
+kernel instead of two per op per layer. So the candidates are: that op then cuBLAS (the baseline), that op then
+the plain GEMV at each tile, and the fused GEMV at each tile. A 2 us kernel removed per layer is ~2 % of an 8B step.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch.nn.functional as F
 
 # (BLOCK_N, BLOCK_K, num_warps) tiles of kernels/gemv.py worth trying (the sweep's winners on H200 shapes)
 CANDIDATES: tuple[tuple[int, int, int], ...] = ((4, 512, 4), (8, 1024, 8), (16, 512, 4), (8, 512, 4), (4, 1024, 8),
-                                                (2, 1024, 4))
+                                                (2, 1024, 4), (1, 1024, 4), (2, 2048, 8), (1, 2048, 8))
 MIN_GAIN = 0.02  # the Triton GEMV must beat cuBLAS by 2 % to replace it (noise of a 10-replay median)
 
 

@@ -50,33 +50,17 @@ def test_choose_num_splits():
 
 
 @needs_interpreter
-@pytest.mark.parametrize("merge", [True, False], ids=["merge_in_split", "merge_kernel"])
 @pytest.mark.parametrize("num_splits", [1, 3, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_triton_matches_reference(num_splits, dtype, merge):
+def test_triton_matches_reference(num_splits, dtype):
     # seq 0 has 1 token (most slices empty), seq 3 is a padding row (length 0 -> output 0)
     q, kc, vc, bt, lens = make([1, 37, 50, 0], h=8, hkv=2, d=16, page=4, dtype=dtype, seed=num_splits)
     out = poison(torch.empty_like(q))
-    got = paged_decode_attention_triton(q, kc, vc, bt, lens, 16 ** -0.5, num_splits, out=out, block_n=16,
-                                        merge=merge)
+    got = paged_decode_attention_triton(q, kc, vc, bt, lens, 16 ** -0.5, num_splits, out=out, block_n=16)
     want = paged_decode_attention_ref(q, kc, vc, bt, lens, 16 ** -0.5)
     assert got is out
     assert rel_err(got, want) < (1e-5 if dtype == torch.float32 else 3e-3)
     assert torch.equal(got[3], torch.zeros_like(got[3]))
-
-
-@needs_interpreter
-def test_merge_in_split_kernel_resets_its_counters():
-    """The last split program merges and sets its arrival counter back to 0: a second call on the same
-    counters (as every layer of a decode step makes) is right again, and the counters end at 0."""
-    from kernels.paged_attention import _counters
-
-    q, kc, vc, bt, lens = make([37, 50, 5], h=8, hkv=2, d=16, page=4, dtype=torch.float32, seed=11)
-    want = paged_decode_attention_ref(q, kc, vc, bt, lens, 0.25)
-    for _ in range(2):
-        got = paged_decode_attention_triton(q, kc, vc, bt, lens, 0.25, 4, block_n=16, merge=True)
-        assert rel_err(got, want) < 1e-5
-    assert int(_counters(q.device, 6)[:6].abs().sum()) == 0
 
 
 @needs_interpreter
