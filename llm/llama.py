@@ -39,9 +39,9 @@ class AttnMeta:
 # ops that can be fused on the one-token CUDA path: "qkv" attn-norm+q|k|v, "wo" o_proj as a Triton GEMV, "w13"
 # ffn-norm+gate|up, "w2" silu·mul+down, "head" final norm+LM head, "argmax" (in the decode graph) split argmax.
 FUSABLE = frozenset({"qkv", "wo", "w13", "w2", "head", "argmax"})
-# Default: only the argmax. With all of them (H200, 2026-12-02, bench/results/llm_h200.json) the Triton GEMV with
-# its default tile streamed the weights at 74 % (8B) / 54 % (1B) of the copy bandwidth, below cuBLAS (~91 % on the
-# 8B shapes, H100 run); the fused GEMVs stay opt-in until their tiles are tuned (bench/llm.py --study sweeps them).
+# Default before tuning: only the argmax. On CUDA, Engine.capture runs llm/tune.py, which times every projection
+# as cuBLAS, the plain Triton GEMV and the fused one at several tiles and adds the fused ops that won (H100,
+# bench/results/llm_h100.json: fused q|k|v and down on the 1B shape, none on the 8B).
 DECODE_FUSIONS = frozenset({"argmax"})
 
 
