@@ -163,7 +163,7 @@ class PipelineConfig:
     # up to the interval while the event loop holds it: with many callers that wait repeats per token.
     gil_switch_ms: float = 0.0
     # how a GPU worker thread waits for the device (agent/cuda_sync.py): "auto" (CUDA's default: spin while cores
-    # are free), "spin", "yield" or "blocking" (sleep until the GPU's interrupt)
+    # are free), "spin" or "yield" (CUDA's blocking sync stalled the pipeline on an H100 and is refused)
     cuda_sync: str = "auto"
 
 

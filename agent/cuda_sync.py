@@ -4,7 +4,8 @@ Every GPU worker thread waits for the device many times a second: the ASR at eac
 decode step, the TTS at each audio window. CUDA's default (`auto`) spins when the machine has more cores than
 active contexts, i.e. always here: a waiting thread busy-polls the driver. With three worker threads polling, the
 thread that wants to *launch* (the ASR's encoder: ~200 kernels queued from Python) shares the driver and the cores
-with them. `blocking` makes a wait sleep on an interrupt instead (a few tens of microseconds later wake-up).
+with them. `yield` makes a waiting thread yield its core between polls. (CUDA's blocking-sync mode, which sleeps on
+an interrupt, stalled the pipeline when tried and is not offered; see MODES.)
 
 The flags belong to the device's primary context, so one call per process is enough, and the driver API sets them
 on a context that is already active (cuDevicePrimaryCtxSetFlags_v2).
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import ctypes
 
-# CU_CTX_SCHED_*: the low three bits of a context's flags
-MODES = {"auto": 0, "spin": 1, "yield": 2, "blocking": 4}
+# CU_CTX_SCHED_*: the low three bits of a context's flags. CU_CTX_SCHED_BLOCKING_SYNC (4) is not offered: on the
+# H100 (3671256, the N = 32 sessions probe) it stalled the pipeline: 32 of 36 turns got no reply within 10 s and
+# the GPU workers were busy 5 % of the time (4-30 % with "auto"). Not yet understood; see docs/perf-notes.md.
+MODES = {"auto": 0, "spin": 1, "yield": 2}
 _SCHED_MASK = 0x07
 
 

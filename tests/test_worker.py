@@ -274,19 +274,21 @@ def test_runtime_close_waits_for_the_running_items():
 
 
 def test_cuda_sync_mode_is_checked_when_the_config_loads():
-    """[pipeline] cuda_sync (how GPU threads wait, agent/cuda_sync.py) accepts the four CUDA modes only, and on a
-    machine without CUDA setting it is a no-op that says so."""
+    """[pipeline] cuda_sync (how GPU threads wait, agent/cuda_sync.py) accepts auto / spin / yield only ("blocking"
+    stalled the pipeline on an H100 and is refused with the list of choices), and on a machine without CUDA setting
+    it is a no-op that says so."""
     import pytest
 
     from agent.config import Config, ConfigError
     from agent.cuda_sync import set_cuda_sync
 
-    assert Config.from_dict({"pipeline": {"cuda_sync": "blocking"}}).pipeline.cuda_sync == "blocking"
-    with pytest.raises(ConfigError, match="cuda_sync must be one of"):
-        Config.from_dict({"pipeline": {"cuda_sync": "sleep"}})
-    with pytest.raises(ValueError):
-        set_cuda_sync("sleep")
+    assert Config.from_dict({"pipeline": {"cuda_sync": "yield"}}).pipeline.cuda_sync == "yield"
+    for bad in ("sleep", "blocking"):
+        with pytest.raises(ConfigError, match="cuda_sync must be one of auto, spin, yield"):
+            Config.from_dict({"pipeline": {"cuda_sync": bad}})
+        with pytest.raises(ValueError):
+            set_cuda_sync(bad)
     import torch
 
     if not torch.cuda.is_available():
-        assert set_cuda_sync("blocking") == "no CUDA device"
+        assert set_cuda_sync("yield") == "no CUDA device"
