@@ -143,7 +143,12 @@ class GreedyDecoder:
         self.suppress, self.suppress_begin = sup, begin
         self.graphs: dict[int, tuple] = {}
         self.enc_graphs: dict[int, tuple] = {}  # 30 s window: encoder + cross k/v projection, one graph per bucket
+        self.chunk_graphs: dict[int, tuple] = {}  # CHUNK greedy tokens (choice + decoder step) per replay
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        # greedy decoding in chunks of CHUNK tokens per host round trip (see _chunk); on CUDA with graphs by default,
+        # tests force it on the CPU (eagerly) to check it against the token-at-a-time loop
+        self.chunked = self.use_graphs
+        self.no_eot = torch.zeros(v, device=self.device)  # added to the masks: -inf at EOT when stop_at_eot=False
 
     # ---- the hot step: a pure function of (tokens, pos) over the rows' cache ----
     def _step(self, cache: KVCache, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -171,6 +176,80 @@ class GreedyDecoder:
             p[n:].zero_()
         graph.replay()
         return logits[:n]
+
+    # ---- chunked greedy decoding: CHUNK tokens per replay, one host read per chunk ----
+    CHUNK = 8
+
+    def _chunk_state(self, b: int) -> dict:
+        """Static per-bucket state of the chunked loop (the graph reads and updates these in place)."""
+        dev, v, ctx = self.device, self.model.dims.n_vocab, self.model.dims.n_text_ctx
+        long = dict(dtype=torch.long, device=dev)
+        return {"last": torch.zeros(b, v, device=dev), "out": torch.zeros(b, ctx + self.CHUNK, **long),
+                "sum_lp": torch.zeros(b, device=dev), "done": torch.ones(b, dtype=torch.bool, device=dev),
+                "cur": torch.zeros(b, **long), "cap": torch.zeros(b, **long), "t": torch.zeros(1, **long)}
+
+    def _chunk(self, cache: KVCache, st: dict) -> None:
+        """CHUNK greedy tokens for every row of `st`, all on the device: the same choice as decode()'s loop (suppress
+        masks, EOT, log-prob sum, per-row caps), then the decoder step for the chosen token. A row that is done keeps
+        emitting EOT; a chunk may run past the last useful token (decode() reads only what it needs)."""
+        eot, b = self.tok.eot, st["out"].shape[0]
+        max_pos = self.model.dims.n_text_ctx - 1
+        last = st["last"]
+        for _ in range(self.CHUNK):
+            t = st["t"]
+            mask = torch.where(t == 0, self.suppress_begin, self.suppress) + self.no_eot
+            masked = last + mask
+            nxt = masked.argmax(-1)
+            lp = masked.log_softmax(-1).gather(1, nxt[:, None])[:, 0]
+            st["sum_lp"].add_(torch.where(st["done"], 0.0, lp))
+            nxt = torch.where(st["done"], eot, nxt)
+            st["out"].scatter_(1, t.view(1, 1).expand(b, 1), nxt[:, None])
+            st["done"].logical_or_((nxt == eot) | (st["cap"] <= t + 1))
+            t.add_(1)
+            last = self._step(cache, nxt[:, None], st["cur"].clamp(max=max_pos)[:, None])
+            st["cur"].add_(1)
+        st["last"].copy_(last)
+
+    def _graphed_chunk(self, b: int):
+        bucket = self._bucket(b)
+        if bucket not in self.chunk_graphs:
+            cache, st = self.cache.narrow(bucket), self._chunk_state(bucket)
+            pools = list(self.chunk_graphs.values()) or list(self.graphs.values())
+            graph, _ = capture(lambda: self._chunk(cache, st), pools[0][-1] if pools else None)
+            self.chunk_graphs[bucket] = (st, graph)
+        return self.chunk_graphs[bucket]
+
+    def _decode_chunked(self, n: int, last: torch.Tensor, lens: torch.Tensor, cap: torch.Tensor, limit: int,
+                        stop_at_eot: bool):
+        """Greedy tokens for rows 0..n-1 from the prefill's last logits, CHUNK per replay (graphed on CUDA) with one
+        host read of `done` per chunk -> (tokens (n, steps), sum_lp (n,)) on the device."""
+        self.no_eot.zero_()
+        if not stop_at_eot:
+            self.no_eot[self.tok.eot] = float("-inf")
+        if self.use_graphs:
+            st, graph = self._graphed_chunk(n)
+            run = graph.replay
+        else:
+            st, cache = self._chunk_state(n), self.cache.narrow(n)
+
+            def run():
+                self._chunk(cache, st)
+        st["last"][:n].copy_(last)
+        st["sum_lp"].zero_()
+        st["done"].fill_(True)  # rows n..bucket-1 are idle: done from the start
+        st["done"][:n] = False
+        st["cur"].zero_()
+        st["cur"][:n].copy_(lens)
+        st["cap"][:n].copy_(cap)
+        st["t"].zero_()
+        steps = 0
+        while steps < limit:
+            run()
+            steps += self.CHUNK
+            if stop_at_eot and bool(st["done"][:n].all()):
+                break
+        steps = min(steps, limit)
+        return st["out"][:n, :steps], st["sum_lp"][:n]
 
     def _bucket(self, b: int) -> int:
         return min(next(x for x in self.BUCKETS if x >= b), self.cache.batch)
@@ -224,17 +303,22 @@ class GreedyDecoder:
         lens = torch.tensor([len(s) for s in seqs]).to(self.device)
         pos = torch.arange(width, device=self.device).expand(n, width).contiguous()
         cache = self.cache.narrow(n)
+        if self.chunked and self.use_graphs:
+            self._graphed_chunk(n)  # a first capture runs the chunk once: before the prefill writes these cache rows
         logits = self.model.decoder(tokens, pos, cache).float()  # prefill (n, width, V)
         sot_at = self.tok.sot_sequence.index(self.tok.sot)
         no_speech = logits[:, sot_at].softmax(-1)[:, self.tok.no_speech]
         last = logits[torch.arange(n, device=self.device), lens - 1]  # (n, V)
+        cap = torch.tensor(limits if limits else [max_new] * n, device=self.device)
+        limit = min(max_new, self.model.dims.n_text_ctx - width)
+        if self.chunked:
+            out, sum_lp = self._decode_chunked(n, last, lens, cap, limit, stop_at_eot)
+            return self._hypotheses(prefixes, out, sum_lp, no_speech)
         out = torch.empty(n, max_new, dtype=torch.long, device=self.device)
         sum_lp = torch.zeros(n, device=self.device)
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         cur = lens.clone()
-        cap = torch.tensor(limits if limits else [max_new] * n, device=self.device)
         steps = 0
-        limit = min(max_new, self.model.dims.n_text_ctx - width)
         for t in range(limit):
             masked = last + (self.suppress_begin if t == 0 else self.suppress)
             if not stop_at_eot:
@@ -251,10 +335,13 @@ class GreedyDecoder:
             if t + 1 < limit:
                 last = self.step(n, nxt[:, None], cur[:, None])
                 cur = cur + 1
+        return self._hypotheses(prefixes, out[:, :steps], sum_lp, no_speech)
+
+    def _hypotheses(self, prefixes, out, sum_lp, no_speech) -> list[Hypothesis]:
         self.launched_at = time.perf_counter()  # every step is queued; the read-back below waits for them
-        out, sum_lp, no_speech = out[:, :steps].tolist(), sum_lp.tolist(), no_speech.tolist()
+        out, sum_lp, no_speech = out.tolist(), sum_lp.tolist(), no_speech.tolist()
         hyps = []
-        for i in range(n):
+        for i in range(len(prefixes)):
             toks = out[i]
             k = toks.index(self.tok.eot) if self.tok.eot in toks else len(toks)
             # faster-whisper: cumulative logprob (with <|endoftext|>) / (len + 1)

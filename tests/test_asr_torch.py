@@ -103,3 +103,36 @@ def test_phase_times_only_when_asked_and_same_transcript(asr, speech):
     assert st["calls"] == 1 and st["items"] == 2
     assert st["encode_host_s"] > 0 and st["decode_wall_s"] >= st["decode_launch_s"] > 0
     assert st["encode_gpu_s"] == 0  # no CUDA events on the CPU
+
+
+@pytest.mark.parametrize("stop_at_eot", [True, False])
+def test_chunked_greedy_decode_equals_token_at_a_time(asr, speech, stop_at_eot):
+    """The chunked decode (CHUNK tokens per host round trip, the path CUDA graphs replay on the GPU; here run eagerly
+    on the CPU) gives the same tokens, log-probabilities and no-speech probabilities as the token-at-a-time loop:
+    three real clips in one batch, with a forced prefix, a per-row token cap that ends one row early, and (without
+    stop_at_eot) a fixed length that is not a multiple of CHUNK."""
+    from asr.decoding import batch_features
+
+    dec = asr.decoder
+    audios = [load_audio(speech / c)[: 16000 * 8] for c in CLIPS + ["librispeech/1272-128104-0000.wav"]]
+    mels = batch_features([asr.mel(torch.as_tensor(a)) for a in audios], asr.opts)
+    pre = [[], asr.tokenizer.encode(" And so"), []]
+    limits = [40, 40, 5]
+    runs = []
+    for chunked in (False, True):
+        dec.chunked = chunked
+        try:
+            dec.encode(mels)
+            runs.append(dec.decode(pre, max_new=None if stop_at_eot else 13, stop_at_eot=stop_at_eot,
+                                   limits=limits if stop_at_eot else None))
+        finally:
+            dec.chunked = False
+    for a, b in zip(*runs):
+        assert a.tokens == b.tokens
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-5)
+        assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-6)
+    if stop_at_eot:
+        assert len(runs[0][2].tokens) == 5  # the capped row
+        assert asr.tokenizer.decode(runs[0][0].tokens).strip()  # real text, not an empty decode
+    else:
+        assert all(len(h.tokens) - len(p) == 13 for h, p in zip(runs[0], pre))
