@@ -10,6 +10,7 @@ A hypothesis is treated as silence when no_speech_prob > 0.6 and avg_logprob < -
 
 from __future__ import annotations
 
+import logging
 import time
 
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .whisper import KVCache, Whisper
+
+log = logging.getLogger(__name__)
 
 FRAMES_30S = 3000
 
@@ -304,7 +307,12 @@ class GreedyDecoder:
         pos = torch.arange(width, device=self.device).expand(n, width).contiguous()
         cache = self.cache.narrow(n)
         if self.chunked and self.use_graphs:
-            self._graphed_chunk(n)  # a first capture runs the chunk once: before the prefill writes these cache rows
+            try:  # a first capture runs the chunk once: before the prefill writes these cache rows
+                self._graphed_chunk(n)
+            except Exception as e:  # noqa: BLE001 - an optimisation: fall back to one graphed step per token
+                log.warning("chunked ASR decode could not be captured (%s: %s); decoding one token per step",
+                            type(e).__name__, e)
+                self.chunked = False
         logits = self.model.decoder(tokens, pos, cache).float()  # prefill (n, width, V)
         sot_at = self.tok.sot_sequence.index(self.tok.sot)
         no_speech = logits[:, sot_at].softmax(-1)[:, self.tok.no_speech]
