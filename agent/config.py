@@ -76,6 +76,10 @@ class ASRConfig:
     # faster-whisper's encoder input: "short" (the shortest of 10/15/20/30 s that holds the utterance: ~4x less
     # encoder time on CPU at the same WER, asr/fw.py) or "pad30" (faster-whisper's own transcribe)
     window: str = "short"
+    # torch backend on CUDA: greedy tokens in chunks of 8 per CUDA-graph replay, one host read per chunk
+    # (asr/decoding.py _chunk) instead of a graph replay, ~12 eager ops and a sync per token. Off until it has been
+    # run on a GPU (checked against the per-token loop on the CPU only; docs/perf-notes.md)
+    chunked_decode: bool = False
     # benchmarks only, with model = "synthetic:<shape>" (random weights of a real Whisper shape): the full encoder
     # and a decoder pass of ~1.3 tokens per word still run, but the text is the first N words of this passage, N
     # from the speech duration (2.5 words/s) — stable across a pause, as a real transcript is

@@ -240,8 +240,10 @@ def load_asr(config: Config):
 
         if c.model.startswith("synthetic:"):  # benchmarks: random weights of a real shape, scripted text
             return TorchWhisperASR(shape=c.model.removeprefix("synthetic:"), device=c.device, script=c.script,
-                                   partial_interval_s=(c.partial_interval_ms or 200) / 1000)
-        return TorchWhisperASR(path, device=c.device, partial_interval_s=(c.partial_interval_ms or 200) / 1000)
+                                   partial_interval_s=(c.partial_interval_ms or 200) / 1000,
+                                   chunked_decode=c.chunked_decode)
+        return TorchWhisperASR(path, device=c.device, partial_interval_s=(c.partial_interval_ms or 200) / 1000,
+                               chunked_decode=c.chunked_decode)
     raise models.ModelError(f"unknown ASR backend {c.backend!r} (faster-whisper, torch)")
 
 

@@ -131,7 +131,7 @@ class GreedyDecoder:
     BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
     def __init__(self, model: Whisper, tokenizer: WhisperTokenizer, opts: DecodeOptions, max_batch: int = 1,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, chunked: bool = False):
         self.model, self.tok, self.opts = model, tokenizer, opts
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -148,9 +148,9 @@ class GreedyDecoder:
         self.enc_graphs: dict[int, tuple] = {}  # 30 s window: encoder + cross k/v projection, one graph per bucket
         self.chunk_graphs: dict[int, tuple] = {}  # CHUNK greedy tokens (choice + decoder step) per replay
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        # greedy decoding in chunks of CHUNK tokens per host round trip (see _chunk); on CUDA with graphs by default,
-        # tests force it on the CPU (eagerly) to check it against the token-at-a-time loop
-        self.chunked = self.use_graphs
+        # greedy decoding in chunks of CHUNK tokens per host round trip (see _chunk): graphed on CUDA, eager on the
+        # CPU (where the tests check it against the token-at-a-time loop). Opt-in until measured on a GPU.
+        self.chunked = chunked
         self.no_eot = torch.zeros(v, device=self.device)  # added to the masks: -inf at EOT when stop_at_eot=False
 
     # ---- the hot step: a pure function of (tokens, pos) over the rows' cache ----

@@ -35,7 +35,7 @@ class TorchWhisperASR:
                  dtype: torch.dtype | None = None, window: str = "pad30", final_window: str | None = None,
                  partial_interval_s: float = 0.2,
                  max_batch: int = 32, cuda_graphs: bool = True, energy_floor_dbfs: float = -45.0,
-                 max_new_tokens: int = 128, seed: int = 0, script: str = ""):
+                 max_new_tokens: int = 128, seed: int = 0, script: str = "", chunked_decode: bool = False):
         self.device = torch.device(device)
         dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         if model_dir is not None:
@@ -57,7 +57,7 @@ class TorchWhisperASR:
                                   window=window)
         self.final_window = final_window or window  # encoder input at the endpoint (partials use `window`)
         self.decoder = GreedyDecoder(self.model, self.tokenizer, self.opts, max_batch=max_batch,
-                                     cuda_graphs=cuda_graphs)
+                                     cuda_graphs=cuda_graphs, chunked=chunked_decode)
         self.mel = LogMel(self.model.dims.n_mels, device=self.device)
         self.gate = EnergyGate(energy_floor_dbfs)
         self.policy = StreamPolicy(partial_interval_s, SAMPLE_RATE)

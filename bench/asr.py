@@ -167,7 +167,7 @@ def chunked_vs_token_graphs(asr, a) -> dict:
             toks[chunked] = [x.tokens for x in h]
         out[f"b{b}"] = {"tokens_equal": toks[True] == toks[False], "ms_token_graphs": round(ms[False], 2),
                         "ms_chunked": round(ms[True], 2)}
-    dec.chunked = True
+    dec.chunked = False
     return out
 
 
