@@ -81,7 +81,7 @@ class Llama(nn.Module):
         """RoPE tables cos/sin [max_seq_len, D/2] in fp32 (as HF); call again after .to(dtype) / to_empty()."""
         dev = self.embed.weight.device
         dev = torch.device("cpu") if dev.type == "meta" else dev
-        inv = torch.tensor(rope_inv_freq(self.cfg), dtype=torch.float32, device=dev)
+        inv = rope_inv_freq(self.cfg).to(dev)
         ang = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32, device=dev), inv)
         self.register_buffer("cos", ang.cos(), persistent=False)
         self.register_buffer("sin", ang.sin(), persistent=False)

@@ -390,6 +390,19 @@ def test_synthetic_variants_match_transformers(variant):
     assert (ours - ref).abs().max().item() < 1e-4 * max(1.0, ref.abs().max().item())
 
 
+def test_rope_frequencies_are_transformers_bit_for_bit():
+    """The RoPE inverse frequencies (llama3 scaling included) equal transformers' exactly, not just closely: a
+    one-ulp difference moves the bf16 cos/sin tables and, through 16 bf16 layers, the logits by ~3 %."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from llm.config import SHAPES, rope_inv_freq
+
+    for name, cfg in SHAPES.items():
+        ref = LlamaRotaryEmbedding(LlamaConfig(**cfg.hf_dict())).inv_freq
+        assert torch.equal(rope_inv_freq(cfg), ref), name
+
+
 def test_safetensors_dir_roundtrip(tmp_path):
     """A Hugging Face directory (config.json + safetensors) loads into the same model."""
     import json
