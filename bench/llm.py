@@ -298,6 +298,15 @@ def check_vs_hf(eng: Engine, hf, vocab: int, hf32=None, hf_eager=None) -> dict:
         ref32 = hf_logits_along(hf32, ids, toks[:8])
         extra = {"ours_bf16_vs_hf_fp32_max": max(rel_errs(ours, ref32)),
                  "hf_bf16_vs_hf_fp32_max": max(rel_errs(ref, ref32))}
+    from bench.bf16_noise import split_projections
+
+    try:  # a diagnostic (bench/bf16_noise.py): must not cost the rest of the check
+        with split_projections(eng.model.cfg):  # prefill with transformers' separate q/k/v and gate/up GEMMs
+            s2 = eng.new_session()
+            extra["prefill_split_gemms_rel_err"] = rel_errs([s2.append(ids, return_logits=True)], ref[:1])[0]
+            s2.free()
+    except Exception as e:  # noqa: BLE001
+        extra["prefill_split_gemms_rel_err"] = repr(e)
     if hf_eager is not None:  # two transformers bf16 models that differ only in the attention kernel
         ref_e = hf_logits_along(hf_eager, ids, toks[:8])
         extra["hf_eager_vs_hf_sdpa_bf16_max"] = max(rel_errs(ref_e, ref))
