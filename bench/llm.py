@@ -503,7 +503,10 @@ def run_model(name: str, copy_tbps: float, check: bool) -> dict:
         print(name, out["check_vs_hf"], flush=True)
     out.update(bench_ours(eng, cfg.vocab_size))
     if model.decode_gemv:  # the same one-session decode with every projection on cuBLAS: what the tuning buys
-        saved, model.decode_gemv = model.decode_gemv, {}
+        from llm.llama import DECODE_FUSIONS
+
+        saved = model.decode_gemv, model.decode_fusions  # (the tuner's fused ops too: else they run untuned)
+        model.decode_gemv, model.decode_fusions = {}, DECODE_FUSIONS
         e1 = Engine(model, num_pages=160, page_size=16, max_batch=1, prefill_chunk=2048, max_seq_len=4096)
         e1.capture()
         s1 = e1.new_session()
@@ -512,7 +515,7 @@ def run_model(name: str, copy_tbps: float, check: bool) -> dict:
         s1.free()
         del e1
         torch.cuda.empty_cache()
-        model.decode_gemv = saved
+        model.decode_gemv, model.decode_fusions = saved
     print(name, {k: v for k, v in out.items() if k not in ("backends", "profile")}, flush=True)
     out.update(bench_hf(hf, cfg.vocab_size))
     kv_per_tok = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2
