@@ -124,6 +124,15 @@ def capture(fn, share_pool_with=None, warmups: int = 1):
     return graph, out
 
 
+def first_graph(*groups: dict):
+    """The CUDA graph of the first entry of the first non-empty group ({bucket: (..., graph)}), whose memory pool a
+    new capture shares; None when every group is empty."""
+    for g in groups:
+        if g:
+            return next(iter(g.values()))[-1]
+    return None
+
+
 class GreedyDecoder:
     """Greedy decoding of up to `max_batch` rows at once. The per-token step can be captured in CUDA graphs
     (one per batch bucket, sharing one memory pool) — the model itself knows nothing about graphs."""
@@ -163,8 +172,7 @@ class GreedyDecoder:
             cache = self.cache.narrow(bucket)
             tokens = torch.zeros(bucket, 1, dtype=torch.long, device=self.device)
             pos = torch.zeros(bucket, 1, dtype=torch.long, device=self.device)
-            graph, logits = capture(lambda: self._step(cache, tokens, pos),
-                                    next(iter(self.graphs.values()))[4] if self.graphs else None, warmups=2)
+            graph, logits = capture(lambda: self._step(cache, tokens, pos), first_graph(self.graphs), warmups=2)
             self.graphs[bucket] = (tokens, pos, logits, bucket, graph)
         return self.graphs[bucket]
 
@@ -217,8 +225,7 @@ class GreedyDecoder:
         bucket = self._bucket(b)
         if bucket not in self.chunk_graphs:
             cache, st = self.cache.narrow(bucket), self._chunk_state(bucket)
-            pools = list(self.chunk_graphs.values()) or list(self.graphs.values())
-            graph, _ = capture(lambda: self._chunk(cache, st), pools[0][-1] if pools else None)
+            graph, _ = capture(lambda: self._chunk(cache, st), first_graph(self.chunk_graphs, self.graphs))
             self.chunk_graphs[bucket] = (st, graph)
         return self.chunk_graphs[bucket]
 
@@ -271,8 +278,7 @@ class GreedyDecoder:
         if bucket not in self.enc_graphs:
             cache = self.cache.narrow(bucket)
             mel = torch.zeros(bucket, self.model.dims.n_mels, FRAMES_30S, dtype=self.dtype, device=self.device)
-            graph, audio = capture(lambda: self._encode(cache, mel),
-                                   next(iter(self.enc_graphs.values()))[2] if self.enc_graphs else None)
+            graph, audio = capture(lambda: self._encode(cache, mel), first_graph(self.enc_graphs))
             self.enc_graphs[bucket] = (mel, audio, graph)
         return self.enc_graphs[bucket]
 

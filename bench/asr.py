@@ -150,10 +150,10 @@ def correctness(device) -> dict:
 
 
 def chunked_vs_token_graphs(asr, a) -> dict:
-    """The greedy decode as CHUNK tokens per graph replay (one host read per chunk, the default) vs one graphed
-    decoder step per token with the choice made eagerly between (the old loop): same tokens? ms per recognize()
-    call (batch 1 and 8, 24 tokens, idle GPU: the host round trips are what differs)."""
-    dec, out = asr.decoder, {}
+    """The greedy decode as CHUNK tokens per graph replay (one host read per chunk, `[asr] chunked_decode`) vs one
+    graphed decoder step per token with the choice made eagerly between (the default loop): same tokens? ms per
+    recognize() call (batch 1 and 8, 24 tokens, idle GPU: the host round trips are what differs)."""
+    dec, out, was = asr.decoder, {}, asr.decoder.chunked
     for b in (1, 8):
         toks, ms = {}, {}
         for chunked in (False, True):
@@ -167,7 +167,7 @@ def chunked_vs_token_graphs(asr, a) -> dict:
             toks[chunked] = [x.tokens for x in h]
         out[f"b{b}"] = {"tokens_equal": toks[True] == toks[False], "ms_token_graphs": round(ms[False], 2),
                         "ms_chunked": round(ms[True], 2)}
-    dec.chunked = False
+    dec.chunked = was
     return out
 
 

@@ -24,23 +24,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import result_header, write_result  # noqa: E402
+from bench.llm import build_hf  # noqa: E402
 from llm.engine import Engine  # noqa: E402
 from llm.weights import load_model  # noqa: E402
-
-
-def hf_model(model, dtype, attn):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(**model.cfg.hf_dict())
-    cfg._attn_implementation = attn
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        m = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(old)
-    m.load_state_dict({k: v.to(dtype) for k, v in model.hf_state_dict().items()}, strict=False)
-    return m.eval()
 
 
 PASSAGE = ("The invention of movable metal letters in the middle of the fifteenth century may justly be considered "
@@ -91,7 +77,7 @@ def compare(source: str, n_prompt: int = 200) -> dict:
     for label, dtype, attn in [("hf_sdpa_bf16", torch.bfloat16, "sdpa"), ("hf_eager_bf16", torch.bfloat16, "eager"),
                                ("hf_fp32", torch.float32, "sdpa")]:
         t0 = time.perf_counter()
-        m = hf_model(model, dtype, attn)
+        m = build_hf(model, dtype, attn, device="cpu")
         logits[label] = m(ids).logits[0, -1].float()
         wall[label] = round(time.perf_counter() - t0, 1)
         del m

@@ -198,7 +198,8 @@ def profile_warm(eng, prompt, vocab) -> str:
 # ---- transformers ----------------------------------------------------------------------------------------------
 
 
-def build_hf(model, dtype=torch.bfloat16, attn="sdpa"):
+def build_hf(model, dtype=torch.bfloat16, attn="sdpa", device="cuda"):
+    """transformers' LlamaForCausalLM with our model's weights, in `dtype`, with attention `attn`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hcfg = LlamaConfig(**model.cfg.hf_dict())
@@ -206,7 +207,7 @@ def build_hf(model, dtype=torch.bfloat16, attn="sdpa"):
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # like from_pretrained(dtype=bf16): rotary inv_freq stays fp32
     try:
-        with torch.device("cuda"):
+        with torch.device(device):
             hf = LlamaForCausalLM(hcfg)
     finally:
         torch.set_default_dtype(old)

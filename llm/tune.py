@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# (BLOCK_N, BLOCK_K, num_warps) tiles of kernels/gemv.py worth trying (the sweep's winners on H200 shapes)
+# (BLOCK_N, BLOCK_K, num_warps) tiles of kernels/gemv.py worth trying: the H200 sweep's winners, and the narrow
+# tiles (1-2 rows per program) that won every projection on the H100 (bench/results/llm_h100.json)
 CANDIDATES: tuple[tuple[int, int, int], ...] = ((4, 512, 4), (8, 1024, 8), (16, 512, 4), (8, 512, 4), (4, 1024, 8),
                                                 (2, 1024, 4), (1, 1024, 4), (2, 2048, 8), (1, 2048, 8))
 MIN_GAIN = 0.02  # the Triton GEMV must beat cuBLAS by 2 % to replace it (noise of a 10-replay median)
@@ -113,7 +114,8 @@ def tune_decode_gemv(model, candidates=CANDIDATES, log=None) -> dict:
     model.decode_gemv_times ({op: {label: us per layer}}); returns model.decode_gemv."""
     chosen, fused, report = {}, set(), {}
     eps = model.cfg.rms_eps
-    for op, (ws, bs, norms, k) in op_weights(model).items():
+    weights = op_weights(model)
+    for op, (ws, bs, norms, k) in weights.items():
         dev, dt = ws[0].device, ws[0].dtype
         x = torch.randn(1, 2 * k if op == "w2" else k, device=dev, dtype=dt)
         res = torch.randn(1, k, device=dev, dtype=dt)
@@ -128,11 +130,14 @@ def tune_decode_gemv(model, candidates=CANDIDATES, log=None) -> dict:
             chosen[op] = pick[0]
             if pick[1]:
                 fused.add(op)
-        report[op] = {("cublas" if c is None else f"{c[0]}{' fused' if c[1] else ''}"):
-                      (None if t is None else round(t, 2)) for c, t in times.items()}
+        report[op] = {label(c): (None if t is None else round(t, 2)) for c, t in times.items()}
         if log:
-            what = "cuBLAS" if pick is None else f"Triton {pick[0]}{' fused' if pick[1] else ''}"
-            log(f"decode GEMV {op}: {what} {report[op]}")
+            log(f"decode GEMV {op}: {'Triton ' if pick else ''}{label(pick)} {report[op]}")
     model.decode_gemv, model.decode_gemv_times = chosen, report
-    model.decode_fusions = frozenset(model.decode_fusions - set(op_weights(model)) | fused)
+    model.decode_fusions = frozenset(model.decode_fusions - set(weights) | fused)
     return chosen
+
+
+def label(key) -> str:
+    """A candidate key of variants() as text: "cublas", "(4, 512, 4)" or "(4, 512, 4) fused"."""
+    return "cublas" if key is None else f"{key[0]}{' fused' if key[1] else ''}"
