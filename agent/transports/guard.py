@@ -10,6 +10,7 @@ before, so every inbound message resets the idle timer and every outbound messag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -92,11 +93,18 @@ class Guard:
         return ConnectionClosedError(None, Close(r.close_code, r.code))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """websockets' close() waits for the buffered output to drain: bounded here, then the TCP connection is
-        aborted (a client that reads nothing cannot hold the connection open)."""
         if self._closing is not None:
             await asyncio.shield(self._closing)
             return
+        await self._close_ws(code, reason)
+
+    async def _close_ws(self, code: int, reason: str) -> None:
+        """The close handshake, bounded: websockets' close() waits for the buffered output to drain and for the
+        client's close frame; past CLOSE_WAIT_S the TCP connection is aborted (a client that reads nothing cannot
+        hold it open). Meanwhile what the client still sends is read and dropped: with its inbound queue full
+        (max_queue) websockets stops reading, and the client's close frame would wait behind the unread messages
+        (a flood cut by the rate check took the whole CLOSE_WAIT_S to close)."""
+        drain = asyncio.ensure_future(self._discard_inbound())
         try:
             await asyncio.wait_for(self.ws.close(code, reason), CLOSE_WAIT_S)
         except (asyncio.TimeoutError, TimeoutError):
@@ -105,6 +113,15 @@ class Guard:
                 transport.abort()
         except ConnectionClosed:
             pass
+        finally:
+            drain.cancel()
+
+    async def _discard_inbound(self) -> None:
+        # RuntimeError: websockets' ConcurrencyError, when the transport's handler is still reading (then nothing
+        # is stuck in the queue)
+        with contextlib.suppress(ConnectionClosed, RuntimeError):
+            async for _ in self.ws:
+                pass
 
     # ------------------------------------------------------------------------------------------- refusals
     async def refuse(self, r: Refusal) -> None:
@@ -127,14 +144,7 @@ class Guard:
                 await asyncio.wait_for(self.ws.send(msg), ERROR_SEND_S)
             except (asyncio.TimeoutError, TimeoutError, ConnectionClosed):
                 pass
-        try:
-            await asyncio.wait_for(self.ws.close(r.close_code, r.code), CLOSE_WAIT_S)
-        except (asyncio.TimeoutError, TimeoutError):
-            transport = getattr(self.ws, "transport", None)
-            if transport is not None:
-                transport.abort()  # nothing more may be buffered for a client that reads nothing
-        except ConnectionClosed:
-            pass
+        await self._close_ws(r.close_code, r.code)
 
     async def watch(self) -> None:
         """Runs beside the transport's handler: timers and the outbound backlog."""
