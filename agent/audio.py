@@ -62,6 +62,18 @@ class StreamResampler:
             return chunk.astype(np.float32, copy=False)
         return self._rs.resample_chunk(chunk.astype(np.float32, copy=False), last=last)
 
+    def flush(self) -> np.ndarray:
+        """The end of a stream (a reply's last phrase): what the filter still holds, then a fresh start. Without it
+        the last ~55 ms of each reply (22.05 -> 8 kHz) stayed in the filter and opened the next reply instead."""
+        tail = self(np.zeros(0, np.float32), last=True)
+        self.reset()
+        return tail
+
+    def reset(self) -> None:
+        """Drop what the filter holds (a flushed, interrupted reply)."""
+        if self._rs is not None:
+            self._rs = soxr.ResampleStream(self.src, self.dst, 1, dtype="float32", quality="HQ")
+
 
 def pcm16_to_float(blob: bytes) -> np.ndarray:
     if len(blob) % 2:

@@ -110,8 +110,10 @@ class Server:
                         await ws.send(pcm)
                     session.audio_sent(len(e.audio))
                     continue
-                if isinstance(e, ev.Flush):
-                    resampler = StreamResampler(session.out_rate, out_rate)
+                if isinstance(e, ev.Flush) or isinstance(e, ev.ReplyDone) and e.interrupted:
+                    resampler.reset()
+                elif isinstance(e, ev.ReplyDone) and (pcm := float_to_pcm16(resampler.flush())):
+                    await ws.send(pcm)  # the reply's last few ms, still in the resampler's filter
                 await ws.send(json.dumps(event_to_json(e)))
         except ConnectionClosed:
             pass

@@ -25,6 +25,23 @@ def test_resampling_keeps_a_tone_and_streaming_matches_one_shot(speech):
     assert n > 15800 and np.max(np.abs(z[:n] - y[:n])) < 1e-3
 
 
+def test_stream_resampler_flush_ends_one_stream_and_starts_the_next():
+    """A reply's end: flush() returns what the filter still holds, so the stream equals the one-shot resample to its
+    last sample, and the next reply starts clean (none of the last one's tail in it); reset() drops the tail."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal(n).astype(np.float32) * 0.1 for n in (22050, 7000))
+    rs = StreamResampler(22050, 8000)
+    held = np.concatenate([rs(a[i:i + 1024]) for i in range(0, len(a), 1024)])
+    assert len(held) < 8000 - 100  # without the flush ~55 ms would stay behind
+    np.testing.assert_array_equal(np.concatenate([held, rs.flush()]), resample(a, 22050, 8000))
+    np.testing.assert_array_equal(np.concatenate([rs(b), rs.flush()]), resample(b, 22050, 8000))
+    rs(a)
+    rs.reset()
+    np.testing.assert_array_equal(np.concatenate([rs(b), rs.flush()]), resample(b, 22050, 8000))
+    same = StreamResampler(16000, 16000)
+    assert len(same.flush()) == 0 and len(same(b)) == len(b)
+
+
 def test_load_real_files_of_every_format(speech):
     for rel in ["jfk/jfk.flac", "ljspeech/LJ001-0002.wav", "alsa/Front_Left.wav", "librispeech/stereo_diarization.wav"]:
         a = load_audio(speech / rel)

@@ -651,9 +651,14 @@ class _Conn:
                         await self.send(p.audio_delta(payload))
                     s.audio_sent(len(e.audio))
                 elif isinstance(e, ev.Flush):
-                    self.out_resampler = StreamResampler(s.out_rate, p.output_rate)
+                    self.out_resampler.reset()
                 elif isinstance(e, ev.ReplyDone):
                     await self._ensure_response(e.turn)
+                    if e.interrupted:
+                        self.out_resampler.reset()
+                    elif len(x := self.out_resampler.flush()):  # the reply's last few ms, still in the filter
+                        await self.send(p.audio_delta(ulaw_encode(x) if p.output_format == "audio/pcmu"
+                                                      else float_to_pcm16(x)))
                     reason = None
                     if e.interrupted:  # a barge-in the server detected, or the client's cancel / truncate
                         r = s.reply

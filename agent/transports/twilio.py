@@ -284,13 +284,18 @@ class TwilioHandler:
                     session.audio_sent(len(e.audio))
                     await ws.send(proto.mark(mark_name(e.turn, pb.sent)))
                 elif isinstance(e, ev.ReplyDone):
-                    if pending:  # the reply's last partial frame, padded with mu-law silence
-                        await ws.send(proto.media(pending + b"\xff" * (FRAME - len(pending))))
+                    if e.interrupted:  # what was cut is not sent: neither the filter's tail nor a partial frame
+                        resampler.reset()
+                        pending = b""
+                    elif pending := pending + ulaw_encode(resampler.flush()):
+                        pending += b"\xff" * (-len(pending) % FRAME)  # the last partial frame, padded with silence
+                        for i in range(0, len(pending), FRAME):
+                            await ws.send(proto.media(pending[i:i + FRAME]))
                         pending = b""
                     await ws.send(proto.mark(f"qt:{e.turn}:done"))
                 elif isinstance(e, ev.Flush):
                     pending = b""
-                    resampler = StreamResampler(session.out_rate, RATE)
+                    resampler.reset()
                     await ws.send(proto.clear())
                     log.info(json.dumps({"event": "twilio_clear", "turn": e.turn, "played": e.played_samples}))
         except ConnectionClosed:

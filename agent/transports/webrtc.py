@@ -243,7 +243,12 @@ class WebRTCHandler:
                     continue
                 if isinstance(e, ev.Flush):
                     reply.clear()
-                    resampler = StreamResampler(session.out_rate, RTC_RATE)
+                    resampler.reset()
+                elif isinstance(e, ev.ReplyDone):
+                    if e.interrupted:
+                        resampler.reset()
+                    else:
+                        reply.push(resampler.flush())  # the reply's last few ms, still in the resampler's filter
                 await _send(ws, event_to_json(e))
         except ConnectionClosed:
             pass
