@@ -219,6 +219,8 @@ def main():
     ap.add_argument("--fw-shapes", nargs="*", default=["base"])
     ap.add_argument("--durations", nargs="+", type=float, default=[5.0 + i for i in range(11)])  # 5..15 s
     ap.add_argument("--skip-correctness", action="store_true")
+    ap.add_argument("--correctness-only", action="store_true",
+                    help="only the GPU-vs-CPU and chunked-vs-per-token checks -> asr_correctness_<gpu>.json")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = result_header(
@@ -229,6 +231,9 @@ def main():
     if not args.skip_correctness:
         result["correctness"] = correctness(device)
     print("correctness", result.get("correctness"), flush=True)
+    if args.correctness_only:
+        print("wrote", write_result(f"asr_correctness_{gpu_tag()}.json", result))
+        return
     for shape in args.shapes:
         result[shape] = bench_shape(shape, args, device)
         print(shape, result[shape], f"{time.time() - t0:.0f}s", flush=True)
