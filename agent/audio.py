@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 import soundfile as sf
 import soxr
 
@@ -51,28 +54,97 @@ def resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:
 
 
 class StreamResampler:
-    """Chunk-by-chunk resampling with state, for live input."""
+    """Chunk-by-chunk resampling with state, for live audio: a polyphase windowed-sinc filter short enough that the
+    stream lags its input by 2-7 ms. soxr's stream (the HQ one-shot `resample` above is soxr) held back 63 ms on
+    average and up to 115 ms of 8 kHz phone audio on its way to 16 kHz, and the VAD, the turn taker and every
+    latency after them waited for it (`bench/resample.py`).
+
+    The filter: passband to 90 % of the lower rate's Nyquist frequency, stopband from that Nyquist frequency on at
+    -80 dB (Kaiser window), each phase normalised to unity gain at DC. Output sample n sits at input time n·src/dst
+    (no delay: the filter is centred), so it needs `half` input samples past that: that is the lag. Costs ~3-8 ms
+    of one core per second of audio, ~8x soxr's stream."""
+
+    PASS = 0.9  # passband edge, as a fraction of min(src, dst) / 2
+    ATTEN_DB = 80.0
 
     def __init__(self, src: int, dst: int):
         self.src, self.dst = src, dst
-        self._rs = None if src == dst else soxr.ResampleStream(src, dst, 1, dtype="float32", quality="HQ")
+        g = math.gcd(src, dst)
+        self.up, self.down = dst // g, src // g  # L, M: output n sits at input position n·M/L
+        self.taps: np.ndarray | None = None
+        if src != dst:
+            self.taps, self.half = _polyphase(src, dst, self.up, self.PASS, self.ATTEN_DB)
+        self.reset()
+
+    @property
+    def lag_s(self) -> float:
+        """How far the stream's output lags its input, at most (s)."""
+        return 0.0 if self.taps is None else (self.half + 1) / self.src
+
+    def reset(self) -> None:
+        """Start a new stream (drop what the filter holds: an interrupted reply)."""
+        self._buf = np.zeros(0 if self.taps is None else self.half, np.float32)  # input from index _base on
+        self._base = 0 if self.taps is None else -self.half  # zeros before the stream's first sample
+        self._n_in = 0  # input samples received
+        self._n_out = 0  # output samples produced
 
     def __call__(self, chunk: np.ndarray, last: bool = False) -> np.ndarray:
-        if self._rs is None:
-            return chunk.astype(np.float32, copy=False)
-        return self._rs.resample_chunk(chunk.astype(np.float32, copy=False), last=last)
+        """Resample the next chunk; returns every output sample its input completes. last=True ends the stream
+        (flush() does that and starts a new one)."""
+        x = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        if self.taps is None:
+            return x
+        self._buf = np.concatenate([self._buf, x])
+        self._n_in += len(x)
+        L, M, h = self.up, self.down, self.half
+        if last:  # the stream ends: zeros after it, and as many outputs as the input's length calls for
+            self._buf = np.concatenate([self._buf, np.zeros(h + 1, np.float32)])
+            n_end = (self._n_in * L + M - 1) // M
+        else:  # output n needs input up to floor(n·M/L) + half
+            n_end = max(self._n_out, ((self._n_in - h) * L - 1) // M + 1)
+        n = np.arange(self._n_out, n_end, dtype=np.int64)
+        if len(n) == 0:
+            return np.zeros(0, np.float32)
+        q, r = (n * M) // L, (n * M) % L
+        win = sliding_window_view(self._buf, 2 * h + 1)  # win[i] = the inputs an output centred at _base + i + h needs
+        rows = q - h - self._base
+        if L <= 4:  # few phases: outputs n, n + L, ... share one; a matrix-vector product each
+            y = np.empty(len(n), np.float32)
+            for p in range(min(L, len(n))):
+                y[p::L] = win[rows[p::L]] @ self.taps[r[p]]
+        else:
+            y = np.einsum("nk,nk->n", win[rows], self.taps[r]).astype(np.float32, copy=False)
+        self._n_out = n_end
+        keep = (n_end * M) // L - h - self._base  # the oldest input the next output needs
+        if keep > 0:
+            self._buf, self._base = self._buf[keep:], self._base + keep
+        return y
 
     def flush(self) -> np.ndarray:
         """The end of a stream (a reply's last phrase): what the filter still holds, then a fresh start. Without it
-        the last ~55 ms of each reply (22.05 -> 8 kHz) stayed in the filter and opened the next reply instead."""
+        the reply's last few ms stayed in the filter and opened the next reply instead."""
         tail = self(np.zeros(0, np.float32), last=True)
         self.reset()
         return tail
 
-    def reset(self) -> None:
-        """Drop what the filter holds (a flushed, interrupted reply)."""
-        if self._rs is not None:
-            self._rs = soxr.ResampleStream(self.src, self.dst, 1, dtype="float32", quality="HQ")
+
+@functools.lru_cache(maxsize=32)
+def _polyphase(src: int, dst: int, up: int, pass_frac: float, atten_db: float) -> tuple[np.ndarray, int]:
+    """taps [up, 2·half + 1]: row r weights inputs q-half .. q+half for an output at input position q + r/up."""
+    fs = src * up  # the filter runs at the common rate, where input sample j sits at j·up
+    nyq = min(src, dst) / 2
+    f_pass, f_stop = pass_frac * nyq, nyq
+    cutoff = (f_pass + f_stop) / 2 / fs  # cycles per common-rate sample
+    beta = 0.1102 * (atten_db - 8.7)
+    span = (atten_db - 8.0) / (2.285 * 2 * np.pi * (f_stop - f_pass) / fs)  # Kaiser's length formula (samples)
+    d_max = span / 2
+    half = int(math.ceil(d_max / up)) + 1
+    k = np.arange(-half, half + 1)
+    d = np.arange(up)[:, None] + k[None, :] * up  # output at q + r/up to input q - k, in common-rate samples
+    w = np.where(np.abs(d) <= d_max, np.i0(beta * np.sqrt(np.clip(1 - (d / d_max) ** 2, 0, None))) / np.i0(beta), 0)
+    taps = 2 * cutoff * np.sinc(2 * cutoff * d) * w
+    taps /= taps.sum(axis=1, keepdims=True)
+    return np.ascontiguousarray(taps[:, ::-1], dtype=np.float32), half  # reversed: inputs q-half .. q+half
 
 
 def pcm16_to_float(blob: bytes) -> np.ndarray:
