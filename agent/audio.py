@@ -61,8 +61,8 @@ class StreamResampler:
 
     The filter: passband to 90 % of the lower rate's Nyquist frequency, stopband from that Nyquist frequency on at
     -80 dB (Kaiser window), each phase normalised to unity gain at DC. Output sample n sits at input time n·src/dst
-    (no delay: the filter is centred), so it needs `half` input samples past that: that is the lag. Costs ~3-8 ms
-    of one core per second of audio, ~8x soxr's stream."""
+    (no delay: the filter is centred), so it needs `half` input samples past that: that is the lag. Costs 3.5-10 ms
+    of one core per second of audio, 6.5-15x soxr's stream."""
 
     PASS = 0.9  # passband edge, as a fraction of min(src, dst) / 2
     ATTEN_DB = 80.0
