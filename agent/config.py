@@ -57,6 +57,9 @@ class TurnConfig:
     # True: the judge's verdict alone sets the endpoint delay once it is in (the LLM's P(end) only without one)
     judge_alone: bool = False
     judge_draft_min_p: float = 0.5  # draft during a pause when the judge's P(complete) is at least this
+    # an endpoint holds only once the transcript (which the reply waits for anyway) does not trail off ("... four of
+    # cl...", "... a table for the"); one that does waits max_delay_ms. False with synthetic ASR weights
+    confirm_endpoint: bool = True
     llm_p_end: bool = True  # also use the LLM's P(end-of-turn token) (False: synthetic weights; judge/silence only)
     # draft at every pause as soon as its transcript is in, without waiting for a verdict (a GPU with time to spare:
     # the draft is background work, thrown away if the user goes on)

@@ -10,7 +10,12 @@ the LLM's P(end-of-turn token) for the transcript so far (on_end_probability; ne
 slow CPU it comes late) and an audio model's P(complete) for the turn's audio (on_audio_end_probability; smart-turn,
 ~50-100 ms into a pause). Each maps to a confidence in [0, 1]; with both fresh, the lower one decides: the turn
 ends quickly only when both hear it finished (a mid-sentence hesitation can fool either one) — or, with
-`judge_alone`, the audio judge's verdict decides by itself and the LLM's counts only when there is none."""
+`judge_alone`, the audio judge's verdict decides by itself and the LLM's counts only when there is none.
+
+The words get the last say (`confirm`): an endpoint the silence calls is only pending until the caller has read
+the transcript (which the reply needs before it can start anyway). Speech in the meantime resumes the turn; a
+transcript that trails off ("Eight of spades, four of cl...") rejects the endpoint, and that silence then ends the
+turn only at `max_delay_s`."""
 
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ class Kind(str, Enum):
     PAUSE = "pause"  # silence >= pause_s inside a turn: background work may start
     RESUME = "resume"  # speech again after a PAUSE: what the pause prepared is stale
     ENDPOINT = "endpoint"
+    # with TurnParams.confirm: the silence says the turn is over, pending a check of the words (the caller answers
+    # confirm_end() -> ENDPOINT, or reject_end(): the turn goes on, and only max_delay_s of silence ends it)
+    ENDPOINT_PENDING = "endpoint_pending"
     BARGE_IN = "barge_in"
 
 
@@ -62,6 +70,9 @@ class TurnParams:
     # without one). Measured offline (bench/pause_judge.py): on Whisper tiny.en transcripts the LLM's P(end) lets
     # more mid-sentence pauses through than it saves finished turns waiting
     judge_alone: bool = False
+    # True: an endpoint is ENDPOINT_PENDING until the caller has checked the words (the transcript that the reply
+    # needs anyway): speech before then resumes the turn, a transcript that trails off rejects it
+    confirm: bool = False
 
 
 def llm_confidence(p: TurnParams, p_end: float) -> float:
@@ -113,6 +124,9 @@ class TurnTaker:
         self.in_turn = False  # the user holds the floor (speech_start emitted, no endpoint yet)
         self.agent_speaking = False
         self.paused = False  # a PAUSE was emitted and no speech since
+        self.pending = False  # an ENDPOINT_PENDING was emitted and neither confirmed nor rejected yet
+        self._pending_delay = 0.0
+        self._unfinished_upto = -1.0  # reject_end(): the words up to here are unfinished (max_delay_s applies)
         self.p_end: float | None = None  # P(end of turn) for speech up to p_end_upto
         self.p_end_upto = -1.0
         self.p_audio: float | None = None  # the audio judge's P(complete) for speech up to p_audio_upto
@@ -145,8 +159,24 @@ class TurnTaker:
         """The audio judge's P(complete) for the turn's audio up to stream time `upto` (the speech end it saw)."""
         self.p_audio, self.p_audio_upto = p_complete, upto
 
+    def confirm_end(self, t: float) -> Decision | None:
+        """The pending endpoint holds: the ENDPOINT decision (None when nothing is pending: the user resumed)."""
+        if not self.pending:
+            return None
+        self.in_turn = self.paused = self.pending = False
+        return Decision(Kind.ENDPOINT, t, self._turn_start, self._last_speech, self._pending_delay)
+
+    def reject_end(self) -> None:
+        """The pending endpoint does not hold (the words trail off): the turn goes on, and this silence ends it only
+        at max_delay_s."""
+        if self.pending:
+            self.pending = False
+            self._unfinished_upto = self._last_speech
+
     def current_delay(self) -> float:
         last = self._last_speech - 1e-6
+        if self.p.adaptive and self._unfinished_upto >= last:
+            return self.p.max_delay_s
         fresh = self.p_end is not None and self.p_end_upto >= last
         fresh_audio = self.p_audio is not None and self.p_audio_upto >= last
         return endpoint_delay(self.p, self.p_end if fresh else None, self.p_audio if fresh_audio else None)
@@ -162,8 +192,8 @@ class TurnTaker:
             self._last_speech = t_end
             run = t_end - self._run_start
             if self.in_turn:
-                if self.paused:
-                    self.paused = False
+                if self.paused or self.pending:
+                    self.paused = self.pending = False
                     out.append(Decision(Kind.RESUME, t_end, self._turn_start, t_end))
             elif self.agent_speaking:
                 if p.barge_in and run >= p.barge_in_s:
@@ -178,8 +208,15 @@ class TurnTaker:
                 return out
             self._run_start = None
             silence = t_end - self._last_speech
+            if self.pending:
+                return out
             if silence >= self.current_delay():
                 delay = self.current_delay()
+                if p.confirm:  # the turn stays open (speech resumes it) until confirm_end() / reject_end()
+                    self.pending = self.paused = True
+                    self._pending_delay = delay
+                    out.append(Decision(Kind.ENDPOINT_PENDING, t_end, self._turn_start, self._last_speech, delay))
+                    return out
                 self.in_turn = self.paused = False
                 out.append(Decision(Kind.ENDPOINT, t_end, self._turn_start, self._last_speech, delay))
             elif not self.paused and silence >= p.pause_s:
@@ -188,7 +225,8 @@ class TurnTaker:
         return out
 
     def _start(self, t: float) -> Decision:
-        self.in_turn, self.paused = True, False
+        self.in_turn, self.paused, self.pending = True, False, False
+        self._unfinished_upto = -1.0
         self.p_end, self.p_end_upto = None, -1.0
         self.p_audio, self.p_audio_upto = None, -1.0
         self._turn_start = self._run_start if self._run_start is not None else t

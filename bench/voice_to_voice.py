@@ -4,7 +4,8 @@ A client streams real speech to `quickturn serve` (in-process, loopback): multi-
 ../shared/speech clips separated by the agent's replies, plus single clips with a silence spliced in mid-sentence
 at a word gap. Measured at the client: from the true end of speech in the audio (Silero VAD on the clip) to the
 first non-silent reply sample (its chunk's arrival + its offset in the reply audio). The same scenario set runs
-under four configurations in one run: full, no pause prefill, no drafting, fixed-silence endpointing.
+under each configuration in one run: full, no pause prefill, no drafting, fixed-silence endpointing, no transcript
+check of a pending endpoint ([turn] confirm_endpoint), no audio judge.
 
     python bench/voice_to_voice.py [--sessions 4] [--turns 3] [--spliced 8] [--config cpu]
 
@@ -206,13 +207,17 @@ async def run_all(rt, sessions, spliced) -> list[Turn]:
 def summarize(turns: list[Turn]) -> dict:
     lat = [t.latency_ms for t in turns if t.latency_ms is not None]
     ends = [t.endpoint_ms for t in turns if t.endpoint_ms is not None and t.kind == "turn"]
+    # a pending endpoint ([turn] confirm_endpoint) holds once the transcript is in: when that was
+    held = [t.stages.get("endpoint_confirmed", t.endpoint_ms) for t in turns
+            if t.endpoint_ms is not None and t.kind == "turn"]
     spl = [t for t in turns if t.kind == "spliced"]
     return {"turns": len(turns), "v2v_p50_ms": percentile(lat, 50), "v2v_p95_ms": percentile(lat, 95),
             "max_wait_ms": max(lat) if lat else None,
             "false_cutoff_rate": (sum(t.false_cutoff for t in spl) / len(spl)) if spl else None,
             "mean_endpoint_delay_ms": float(np.mean(ends)) if ends else None,
+            "mean_endpoint_confirmed_ms": float(np.mean(held)) if held else None,
             "stage_p50_ms": {s: percentile([t.stages[s] for t in turns if s in t.stages], 50)
-                             for s in ("endpoint", "transcript", "llm_first_token", "first_phrase",
+                             for s in ("endpoint", "endpoint_confirmed", "transcript", "llm_first_token", "first_phrase",
                                        "tts_first_audio", "audio_sent")}}
 
 
@@ -272,7 +277,7 @@ def main() -> None:
     ap.add_argument("--ablation-spliced", type=int, default=None, help="spliced clips for each ablation")
     ap.add_argument("--variants", default="all",
                     help="comma-separated subset of full,no_pause_prefill,no_drafting,fixed_silence_500ms,"
-                         "no_audio_judge (tuning runs; the recorded run uses all)")
+                         "no_transcript_check,no_audio_judge (tuning runs; the recorded run uses all)")
     ap.add_argument("--out", default=None, help="result file name (default v2v_<device>.json)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value (tuning), e.g. --set turn.judge_p_high=0.9")
@@ -296,12 +301,15 @@ def main() -> None:
         "no_drafting": {"draft": False},
         "fixed_silence_500ms": {"adaptive": False, "endpoint_silence_ms": 500},
     }
+    if cfg.turn.confirm_endpoint:
+        variants["no_transcript_check"] = {"confirm_endpoint": False}
     judge = rt.judge
     if judge is not None:
         variants["no_audio_judge"] = {}  # rt.judge is set aside for this one: the LLM's P(end) and silence only
     if args.variants != "all":
         variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
-    base = {k: getattr(cfg.turn, k) for k in ("pause_prefill", "draft", "adaptive", "endpoint_silence_ms")}
+    base = {k: getattr(cfg.turn, k) for k in ("pause_prefill", "draft", "adaptive", "endpoint_silence_ms",
+                                               "confirm_endpoint")}
     results = {}
     for name, over in variants.items():
         for k, v in {**base, **over}.items():

@@ -257,3 +257,34 @@ def test_draft_early_drafts_without_any_verdict(rt, speech):
     finally:
         rt.judge, t.llm_p_end, t.draft_early, t.unknown_delay_ms = judge, True, False, unknown
     assert drafted == {False: False, True: True}
+
+
+def test_an_endpoint_whose_transcript_trails_off_is_taken_back(rt, speech):
+    """A caller pauses 600 ms mid-list ("Eight of spades, four of | clubs, ..."), and the silence alone (200 ms here,
+    whatever the audio judge says) calls the turn over. The words then get the last say: tiny.en's transcript of
+    that pause trails off ("... four of cl..."), so the endpoint does not hold, the caller goes on, and the whole
+    list is one turn with one answer. The same session with `confirm_endpoint` off answers the fragment: the case
+    is real."""
+    audio = load_audio(speech / "pocketsphinx_cards/005.wav")
+    cut = int(1.82 * INTERNAL_RATE)  # bench/splice_points.json: the v2v benchmark's word gap in this clip
+    spliced = np.concatenate([audio[:cut], np.zeros(int(0.6 * INTERNAL_RATE), np.float32), audio[cut:]])
+    t = rt.config.turn
+    old = (t.unknown_delay_ms, t.min_delay_ms, t.judge_p_low, t.judge_p_high, t.confirm_endpoint)
+    outcome = {}
+    try:
+        t.unknown_delay_ms = t.min_delay_ms = 200  # every silence of 200 ms ends the turn, verdict or not ...
+        t.judge_p_low, t.judge_p_high = -1.0, 0.0  # ... (any verdict counts as "finished")
+        for confirm in (True, False):
+            t.confirm_endpoint = confirm
+            conv = asyncio.run(converse(rt, [spliced], gap_s=1.0))
+            stops = [e for e in conv.events if isinstance(e, ev.SpeechStopped)]
+            outcome[confirm] = (conv.turns, stops)
+    finally:
+        t.unknown_delay_ms, t.min_delay_ms, t.judge_p_low, t.judge_p_high, t.confirm_endpoint = old
+    turns, stops = outcome[True]
+    assert len(turns) == 1 and len(stops) == 1, [x.transcript for x in turns]
+    words = normalize(turns[0].transcript)
+    assert "spades" in words and words.index("spades") < len(words) - 3, turns[0].transcript  # the list goes on
+    assert turns[0].reply and not turns[0].interrupted
+    turns, stops = outcome[False]
+    assert len(turns) >= 2 and len(stops) >= 2  # without the check the fragment was answered (and barged into)

@@ -75,6 +75,53 @@ def test_pause_resume_and_adaptive_endpoint():
     assert kinds(ds) == [Kind.ENDPOINT] and ds[0].delay == TurnParams().unknown_delay_s
 
 
+def test_pending_endpoint_is_confirmed_resumed_or_rejected_by_the_words():
+    """With `confirm`, the silence only makes the endpoint pending: confirm_end() turns it into the ENDPOINT (with the
+    speech bounds and delay the silence gave); speech before that resumes the same turn; reject_end() (the words
+    trail off) keeps the turn open until max_delay_s of that silence — and then it is pending once more."""
+    params = TurnParams(confirm=True, pause_s=0.1, min_delay_s=0.15, max_delay_s=1.0, judge_p_high=0.95)
+    tt = TurnTaker(params)
+    ds, t = run(tt, [0.9] * 20 + [0.1] * 2)
+    tt.on_audio_end_probability(0.99, upto=20 * F)
+    ds, t = run(tt, [0.1] * 3, t)  # 160 ms of silence: sure it is over -> pending, not ended
+    assert kinds(ds) == [Kind.PAUSE, Kind.ENDPOINT_PENDING] and tt.pending and tt.in_turn
+    ds = ds[1:]
+    assert abs(ds[0].speech_end - 20 * F) < 1e-9 and ds[0].delay == 0.15
+    ds, t = run(tt, [0.1] * 40, t)  # nothing more while it is pending: no PAUSE, no second endpoint
+    assert ds == []
+    end = tt.confirm_end(t)
+    assert end.kind is Kind.ENDPOINT and end.speech_start == 0 and abs(end.speech_end - 20 * F) < 1e-9
+    assert end.delay == 0.15 and not tt.in_turn and not tt.pending
+    assert tt.confirm_end(t) is None  # once
+
+    # the user goes on before the words are checked: the same turn resumes
+    tt = TurnTaker(params)
+    ds, t = run(tt, [0.9] * 20)
+    tt.on_audio_end_probability(0.99, upto=t)
+    ds, t = run(tt, [0.1] * 5 + [0.9] * 4, t)
+    assert kinds(ds) == [Kind.PAUSE, Kind.ENDPOINT_PENDING, Kind.RESUME] and tt.in_turn and not tt.pending
+    assert tt.confirm_end(t) is None  # a late confirmation finds nothing pending
+    assert tt.turn_start == 0  # still the first turn's speech
+
+    # the transcript trails off: rejected, and only max_delay_s of that silence ends it (pending again)
+    tt = TurnTaker(params)
+    ds, t = run(tt, [0.9] * 20)
+    tt.on_audio_end_probability(0.99, upto=t)
+    ds, t = run(tt, [0.1] * 5, t)
+    assert kinds(ds) == [Kind.PAUSE, Kind.ENDPOINT_PENDING]
+    tt.reject_end()
+    assert tt.in_turn and not tt.pending and tt.current_delay() == 1.0
+    ds, t = run(tt, [0.1] * 25, t)  # 30 frames = 0.96 s in all
+    assert ds == []
+    ds, t = run(tt, [0.1] * 2, t)
+    assert kinds(ds) == [Kind.ENDPOINT_PENDING] and ds[0].delay == 1.0
+    # ... and speech after a rejection is a new stretch of the same turn: its own silence is judged afresh
+    tt = TurnTaker(params)
+    ds, t = run(tt, [0.9] * 20 + [0.1] * 5)
+    tt.reject_end()  # nothing pending (no verdict: unknown delay 0.8 s): no effect
+    assert tt.current_delay() == params.unknown_delay_s
+
+
 def test_endpoint_delay_is_bounded_and_monotonic():
     p = TurnParams()
     delays = [endpoint_delay(p, 10 ** (-(24 - x) / 4)) for x in range(25)]  # P(end) rising from 1e-6 to 1
