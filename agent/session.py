@@ -277,8 +277,9 @@ class Session:
                 self._end_turn(end, at)
         except asyncio.CancelledError:
             pass
-        except Exception:  # the ASR failed: answer what there is (the reply transcribes again)
+        except Exception:  # the ASR failed: end the turn anyway, and the reply transcribes it again
             log.exception("endpoint check failed")
+            self._drop_pause()
             end = self.turns.confirm_end(self._vad_pos / INTERNAL_RATE)
             if end is not None:
                 self._end_turn(end, at)
