@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 # The stages, in the order a turn passes them.
 STAGES = (
     "speech_end",  # last speech frame (VAD), mapped to when that audio arrived
-    "endpoint",  # the turn taker decided the user is done
+    "endpoint",  # the turn taker decided the user is done (by the silence; with confirm_endpoint, pending then)
+    "endpoint_confirmed",  # ... and the transcript did not trail off (confirm_endpoint)
     "transcript",  # final transcript ready
     "llm_first_token",
     "first_phrase",  # first phrase complete (text)
