@@ -444,6 +444,8 @@ class Session:
             if pw.stale or not text:
                 return
             self._emit(ev.TranscriptEvent(text, False, self.turn_index + 1, text))
+            if self.turns.pending:  # the endpoint is being checked on this very transcript: if it holds, the reply
+                return  # prefills it at once (urgent); a background prefill now would hold the worker (~50 ms)
             if t.pause_prefill:
                 pw.prefilled, pw.p_end = await rt.llm_pool.run(Priority.BACKGROUND, self.llm.sync_user, text,
                                                                False, True)
