@@ -332,7 +332,8 @@ def main() -> None:
               f"false cut-offs {s['false_cutoff_rate']}  endpoint {s['mean_endpoint_delay_ms']}", flush=True)
     for k, v in base.items():
         setattr(cfg.turn, k, v)
-    tag = gpu_tag()
+    # plots are named after the result file: a tuning run (--out) must not overwrite the recorded run's
+    tag = Path(args.out).stem.removeprefix("v2v_") if args.out else gpu_tag()
     trace_log.unlink(missing_ok=True)
     out = result_header(config=cfg.source, models={"asr": cfg.asr.model, "llm": cfg.llm.model, "tts": cfg.tts.voice,
                                                    "turn_judge": cfg.turn.judge or None},
@@ -359,7 +360,7 @@ def main() -> None:
     out["per_turn"] = {k: v["per_turn"] for k, v in results.items()}
     out["server_traces"] = {k: v["server_traces"] for k, v in results.items()}  # trace info: p_end, p_audio, ...
     out["plots"] = [Path(p).name for p in plots(results, tag)] if first == "full" else []
-    print("->", write_result(args.out or f"v2v_{tag}.json", out))
+    print("->", write_result(args.out or f"v2v_{gpu_tag()}.json", out))
     rt.close()
 
 
