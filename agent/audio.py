@@ -73,7 +73,7 @@ class StreamResampler:
         self.up, self.down = dst // g, src // g  # L, M: output n sits at input position n·M/L
         self.taps: np.ndarray | None = None
         if src != dst:
-            self.taps, self.half = _polyphase(src, dst, self.up, self.PASS, self.ATTEN_DB)
+            self.taps, self.half = _polyphase(src, dst, self.PASS, self.ATTEN_DB)
         self.reset()
 
     @property
@@ -120,17 +120,21 @@ class StreamResampler:
             self._buf, self._base = self._buf[keep:], self._base + keep
         return y
 
-    def flush(self) -> np.ndarray:
-        """The end of a stream (a reply's last phrase): what the filter still holds, then a fresh start. Without it
-        the reply's last few ms stayed in the filter and opened the next reply instead."""
-        tail = self(np.zeros(0, np.float32), last=True)
+    def flush(self, drop: bool = False) -> np.ndarray:
+        """The end of a stream (a reply's last phrase): what the filter still holds — nothing with drop (a reply cut
+        short) — then a fresh start. Without it the reply's last few ms stayed in the filter and opened the next
+        reply instead."""
+        tail = np.zeros(0, np.float32)
+        if not drop:
+            tail = self(tail, last=True)
         self.reset()
         return tail
 
 
 @functools.lru_cache(maxsize=32)
-def _polyphase(src: int, dst: int, up: int, pass_frac: float, atten_db: float) -> tuple[np.ndarray, int]:
+def _polyphase(src: int, dst: int, pass_frac: float, atten_db: float) -> tuple[np.ndarray, int]:
     """taps [up, 2·half + 1]: row r weights inputs q-half .. q+half for an output at input position q + r/up."""
+    up = dst // math.gcd(src, dst)
     fs = src * up  # the filter runs at the common rate, where input sample j sits at j·up
     nyq = min(src, dst) / 2
     f_pass, f_stop = pass_frac * nyq, nyq

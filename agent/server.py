@@ -110,9 +110,9 @@ class Server:
                         await ws.send(pcm)
                     session.audio_sent(len(e.audio))
                     continue
-                if isinstance(e, ev.Flush) or isinstance(e, ev.ReplyDone) and e.interrupted:
+                if isinstance(e, ev.Flush):
                     resampler.reset()
-                elif isinstance(e, ev.ReplyDone) and (pcm := float_to_pcm16(resampler.flush())):
+                elif isinstance(e, ev.ReplyDone) and (pcm := float_to_pcm16(resampler.flush(drop=e.interrupted))):
                     await ws.send(pcm)  # the reply's last few ms, still in the resampler's filter
                 await ws.send(json.dumps(event_to_json(e)))
         except ConnectionClosed:

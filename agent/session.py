@@ -257,32 +257,26 @@ class Session:
         """The silence says the turn is over: check the words first. Their transcript is the one the reply starts
         from (the pause's, started now if the endpoint came before the pause), so waiting for it costs the reply
         nothing. Trailing off ("... four of cl...") -> the turn goes on, unless the silence is already max_delay."""
+        pw = self.pause
+        if pw is None or pw.upto < d.speech_end - 1e-6:  # no pause yet: only the transcript, for the reply
+            self._drop_pause()
+            pw = self.pause = PauseWork(upto=d.speech_end)
+            pw.asr = asyncio.create_task(self._transcribe(self._slice(*turn_span(d))))
         try:
-            pw = self.pause
-            if pw is None or pw.upto < d.speech_end - 1e-6:  # no pause yet: only the transcript, for the reply
-                self._drop_pause()
-                a = int(max(0.0, d.speech_start - PRE_ROLL_S) * INTERNAL_RATE)
-                b = int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
-                pw = self.pause = PauseWork(upto=d.speech_end)
-                pw.asr = asyncio.create_task(self._transcribe(self._slice(a, b)))
             text = await asyncio.shield(pw.asr)
-            silence = self._vad_pos / INTERNAL_RATE - d.speech_end
-            if text is not None and trails_off(text) and silence < self.turns.p.max_delay_s - 1e-6:
-                self.turns.reject_end()
-                log.info(json.dumps({"event": "endpoint_rejected", "turn": self.turn_index + 1, "text": text,
-                                     "silence_ms": round(silence * 1000)}))
-                return
-            end = self.turns.confirm_end(self._vad_pos / INTERNAL_RATE)
-            if end is not None:
-                self._end_turn(end, at)
         except asyncio.CancelledError:
-            pass
+            return
         except Exception:  # the ASR failed: end the turn anyway, and the reply transcribes it again
             log.exception("endpoint check failed")
             self._drop_pause()
-            end = self.turns.confirm_end(self._vad_pos / INTERNAL_RATE)
-            if end is not None:
-                self._end_turn(end, at)
+            text = ""
+        now = self._vad_pos / INTERNAL_RATE
+        if trails_off(text) and now - d.speech_end < self.turns.p.max_delay_s - 1e-6:
+            self.turns.reject_end()
+            log.info(json.dumps({"event": "endpoint_rejected", "turn": self.turn_index + 1, "text": text,
+                                 "silence_ms": round((now - d.speech_end) * 1000)}))
+        elif (end := self.turns.confirm_end(now)) is not None:
+            self._end_turn(end, at)
 
     def _cancel_confirm(self) -> None:
         if self.confirm_task is not None and not self.confirm_task.done():
@@ -303,8 +297,7 @@ class Session:
         trace.mark("endpoint", endpoint_at)  # when the silence called it (a pending one: confirmed just now)
         if endpoint_at is not None:
             trace.mark("endpoint_confirmed")
-        a = int(max(0.0, d.speech_start - PRE_ROLL_S) * INTERNAL_RATE)
-        b = int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
+        a, b = turn_span(d)
         audio = self._slice(a, b)
         self._drop_before(b)
         pause, self.pause = self.pause, None
@@ -392,13 +385,11 @@ class Session:
     # and synthesized before the endpoint. All of it is background work on the LLM worker.
     def _start_pause(self, d: Decision) -> None:
         self._drop_pause()
-        a = int(max(0.0, d.speech_start - PRE_ROLL_S) * INTERNAL_RATE)
         if self.llm is None or not self.auto_respond:
             return
-        b = int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
         pw = PauseWork(upto=d.speech_end)
         pw.t["pause"] = time.monotonic()
-        pw.asr = asyncio.create_task(self._transcribe(self._slice(a, b)))
+        pw.asr = asyncio.create_task(self._transcribe(self._slice(*turn_span(d))))
         pw.task = asyncio.create_task(self._pause_work(pw))
         self.pause = pw
 
@@ -801,6 +792,11 @@ class Session:
         excess = (self._n_in - self._buf_start) - int(keep * INTERNAL_RATE)
         if excess > INTERNAL_RATE:  # trim in 1 s steps, not every frame
             self._drop_before(self._buf_start + excess)
+
+
+def turn_span(d: Decision) -> tuple[int, int]:
+    """The samples (16 kHz stream indices) that hold a turn's speech: PRE_ROLL_S before it to POST_ROLL_S after."""
+    return int(max(0.0, d.speech_start - PRE_ROLL_S) * INTERNAL_RATE), int((d.speech_end + POST_ROLL_S) * INTERNAL_RATE)
 
 
 def lead_silence(audio: np.ndarray, rate: int, level: float = 0.01, keep_s: float = 0.005) -> int:

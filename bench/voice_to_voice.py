@@ -206,10 +206,10 @@ async def run_all(rt, sessions, spliced) -> list[Turn]:
 
 def summarize(turns: list[Turn]) -> dict:
     lat = [t.latency_ms for t in turns if t.latency_ms is not None]
-    ends = [t.endpoint_ms for t in turns if t.endpoint_ms is not None and t.kind == "turn"]
+    ended = [t for t in turns if t.endpoint_ms is not None and t.kind == "turn"]
+    ends = [t.endpoint_ms for t in ended]
     # a pending endpoint ([turn] confirm_endpoint) holds once the transcript is in: when that was
-    held = [t.stages.get("endpoint_confirmed", t.endpoint_ms) for t in turns
-            if t.endpoint_ms is not None and t.kind == "turn"]
+    held = [t.stages.get("endpoint_confirmed", t.endpoint_ms) for t in ended]
     spl = [t for t in turns if t.kind == "spliced"]
     return {"turns": len(turns), "v2v_p50_ms": percentile(lat, 50), "v2v_p95_ms": percentile(lat, 95),
             "max_wait_ms": max(lat) if lat else None,
@@ -217,8 +217,8 @@ def summarize(turns: list[Turn]) -> dict:
             "mean_endpoint_delay_ms": float(np.mean(ends)) if ends else None,
             "mean_endpoint_confirmed_ms": float(np.mean(held)) if held else None,
             "stage_p50_ms": {s: percentile([t.stages[s] for t in turns if s in t.stages], 50)
-                             for s in ("endpoint", "endpoint_confirmed", "transcript", "llm_first_token", "first_phrase",
-                                       "tts_first_audio", "audio_sent")}}
+                             for s in ("endpoint", "endpoint_confirmed", "transcript", "llm_first_token",
+                                       "first_phrase", "tts_first_audio", "audio_sent")}}
 
 
 def plots(results: dict, tag: str) -> list[str]:
@@ -308,8 +308,7 @@ def main() -> None:
         variants["no_audio_judge"] = {}  # rt.judge is set aside for this one: the LLM's P(end) and silence only
     if args.variants != "all":
         variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
-    base = {k: getattr(cfg.turn, k) for k in ("pause_prefill", "draft", "adaptive", "endpoint_silence_ms",
-                                               "confirm_endpoint")}
+    base = {k: getattr(cfg.turn, k) for over in variants.values() for k in over}  # what the variants change
     results = {}
     for name, over in variants.items():
         for k, v in {**base, **over}.items():

@@ -57,9 +57,9 @@ def test_stream_resampler_flush_ends_one_stream_and_starts_the_next():
 @pytest.mark.parametrize("src,dst", [(8000, 16000), (22050, 8000), (48000, 16000), (24000, 16000), (22050, 24000),
                                      (44100, 16000), (11025, 16000)])
 def test_stream_resampler_is_accurate_and_prompt(src, dst):
-    """Any chunking gives the same samples (to float32 rounding); a passband tone comes out as the exact sine at the new rate; what lies
-    past the lower Nyquist frequency is gone (>= 75 dB down); the output lags the input by < 8 ms (soxr's stream:
-    up to 115 ms), with no delay of its own (an impulse lands where it should)."""
+    """Any chunking gives the same samples (to float32 rounding); a passband tone comes out as the exact sine at the
+    new rate; what lies past the lower Nyquist frequency is gone (>= 75 dB down); the output lags the input by < 8 ms
+    (soxr's stream: up to 115 ms), with no delay of its own (an impulse lands where it should)."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal(src).astype(np.float32) * 0.1
     rs = StreamResampler(src, dst)

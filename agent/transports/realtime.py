@@ -654,9 +654,7 @@ class _Conn:
                     self.out_resampler.reset()
                 elif isinstance(e, ev.ReplyDone):
                     await self._ensure_response(e.turn)
-                    if e.interrupted:
-                        self.out_resampler.reset()
-                    elif len(x := self.out_resampler.flush()):  # the reply's last few ms, still in the filter
+                    if len(x := self.out_resampler.flush(drop=e.interrupted)):  # the reply's last few ms, in the filter
                         await self.send(p.audio_delta(ulaw_encode(x) if p.output_format == "audio/pcmu"
                                                       else float_to_pcm16(x)))
                     reason = None

@@ -285,9 +285,8 @@ class TwilioHandler:
                     await ws.send(proto.mark(mark_name(e.turn, pb.sent)))
                 elif isinstance(e, ev.ReplyDone):
                     if e.interrupted:  # what was cut is not sent: neither the filter's tail nor a partial frame
-                        resampler.reset()
                         pending = b""
-                    elif pending := pending + ulaw_encode(resampler.flush()):
+                    if pending := pending + ulaw_encode(resampler.flush(drop=e.interrupted)):
                         pending += b"\xff" * (-len(pending) % FRAME)  # the last partial frame, padded with silence
                         for i in range(0, len(pending), FRAME):
                             await ws.send(proto.media(pending[i:i + FRAME]))

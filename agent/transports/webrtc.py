@@ -245,10 +245,7 @@ class WebRTCHandler:
                     reply.clear()
                     resampler.reset()
                 elif isinstance(e, ev.ReplyDone):
-                    if e.interrupted:
-                        resampler.reset()
-                    else:
-                        reply.push(resampler.flush())  # the reply's last few ms, still in the resampler's filter
+                    reply.push(resampler.flush(drop=e.interrupted))  # the reply's last few ms, still in the filter
                 await _send(ws, event_to_json(e))
         except ConnectionClosed:
             pass
