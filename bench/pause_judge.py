@@ -113,6 +113,10 @@ ENDPOINT_OVERHEAD_S = 0.010  # the benchmark's endpoint_ms counts from the arriv
 # this file's offline ASR + LLM times were 540-800 ms (the offline run shared the cores with other jobs)
 JUDGE_LATENCY_S = 0.08
 LLM_SLOWDOWN = 0.7
+# the transcript check waits for the pause's ASR: calibrated on bench/results/v2v_cpu.json (1545720), where it took
+# 116/158/249 ms (p10/p50/p90) after the pause began against this file's offline 438/572/727 ms on the turn ends (the
+# offline run predates the 10-30 s encoder window of asr/fw.py and shared the cores)
+ASR_SCALE = 0.28
 
 
 def frame_ceil(t: float) -> float:
@@ -132,6 +136,9 @@ class Policy:
     llm: bool = True  # False: [turn] judge_alone (the LLM's P(end) counts only while the judge has no verdict)
     p_low: float = 0.001
     p_high: float = 0.05
+    # [turn] confirm_endpoint: the silence only makes the endpoint pending; it holds once the pause's transcript is
+    # in, unless the words trail off (agent.session.trails_off), when max_delay applies
+    confirm: bool = False
 
     def params(self) -> TurnParams:
         return TurnParams(min_delay_s=self.min_delay, unknown_delay_s=self.unknown_delay,
@@ -149,6 +156,19 @@ def llm_arrival(rec: dict, pause_s: float, slowdown: float) -> float | None:
 def endpoint_of(rec: dict, pol: Policy, tp: TurnParams, judge_latency: float, pause_s: float,
                 slowdown: float) -> float:
     """The silence (s) at which `pol` ends this pause's turn (inf: never, within what was recorded)."""
+    t = _silence_endpoint(rec, pol, tp, judge_latency, pause_s, slowdown)
+    if not pol.confirm or t == math.inf or "asr_ms" not in rec:
+        return t
+    # the session's transcript check: the endpoint holds when the pause's transcript is in (or at once, if it is)
+    t = max(t, pause_s + ASR_SCALE * rec["asr_ms"] / 1000)
+    if trails_off(rec.get("transcript", "")) and t < pol.max_delay - 1e-6:
+        t = frame_ceil(pol.max_delay)  # rejected: the words are unfinished, max_delay applies
+    limit = rec["silence"] if rec["silence"] is not None else math.inf
+    return t if t <= limit + 1e-6 else math.inf
+
+
+def _silence_endpoint(rec: dict, pol: Policy, tp: TurnParams, judge_latency: float, pause_s: float,
+                      slowdown: float) -> float:
     events = []  # (arrival silence, "a"/"l", value)
     pa = rec["p_audio"]
     for s in pol.consult:
@@ -210,7 +230,8 @@ def policy_grid(llm: bool):
             if lo >= hi or unk > mx:
                 continue
             for use_llm in ((False, True) if llm else (False,)):
-                yield Policy(c, lo, hi, mn, unk, mx, use_llm)
+                for confirm in ((False, True) if llm else (False,)):
+                    yield Policy(c, lo, hi, mn, unk, mx, use_llm, confirm=confirm)
 
 
 def distance(m: dict, max_cut_rate: float, max_delay_ms: float) -> tuple:
@@ -228,7 +249,8 @@ def simulate(path: str, max_cut_rate: float, out_name: str | None, max_delay_ms:
     train = [r for r in recs if r["half"] == 0]
     test = [r for r in recs if r["half"] == 1]
     bench = [r for r in recs if r.get("bench")]
-    current = Policy()
+    # configs/cpu.toml's [turn]
+    current = Policy((0.032,), 0.3, 0.95, 0.064, 0.8, 1.0, llm=False, confirm=has_llm)
     rows = []
     t0 = time.time()
     for pol in policy_grid(has_llm):
@@ -254,7 +276,7 @@ def simulate(path: str, max_cut_rate: float, out_name: str | None, max_delay_ms:
     # device/commit/date of this replay, and which recorded run (its commit and device) it replays
     report = result_header(source=str(path), records={k: data.get(k) for k in ("commit", "device", "date")},
                            max_cut_rate=max_cut_rate, max_mean_endpoint_ms=max_delay_ms,
-                           timing={"judge_latency_s": JUDGE_LATENCY_S, "llm_slowdown": LLM_SLOWDOWN,
+                           timing={"judge_latency_s": JUDGE_LATENCY_S, "llm_slowdown": LLM_SLOWDOWN, "asr_scale": ASR_SCALE,
                                    "endpoint_overhead_s": ENDPOINT_OVERHEAD_S},
                            n_policies=len(rows), current=show("current", current))
     report["meeting_both_on_half0"] = sum(1 for _, m in rows if distance(m, max_cut_rate, max_delay_ms)[0] <= 1)
