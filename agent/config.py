@@ -157,6 +157,9 @@ class ServerConfig:
     tls_cert: str = ""  # PEM certificate chain; with tls_key, serve wss:// and https:// directly
     tls_key: str = ""
     log_content: bool = False  # transcripts, reply text and audio frames in DEBUG logs; $QUICKTURN_LOG_CONTENT=1
+    # /healthz answers 503 "stuck" when a worker (ASR, LLM, TTS) has run one item for this long: no item of ours
+    # takes more than a few seconds, so the process needs a restart (an orchestrator's liveness probe); 0 = never
+    stuck_after_s: float = 60.0
 
 
 @dataclass

@@ -113,6 +113,7 @@ class PriorityWorker(cf.Executor):
         self.batches = self.batched_items = 0  # coalesced batches (edf), and the items they ran
         # per item label: [items, queue wait s, run s, max queue wait s] since reset_stats (where the time goes)
         self.by_label: dict[str, list] = {}
+        self._running: tuple[str, float] | None = None  # (label, start) of the item running now (snapshot())
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -181,11 +182,13 @@ class PriorityWorker(cf.Executor):
             if item.deadline != math.inf and item.priority != Priority.BACKGROUND:
                 self.missed[1] += 1
                 self.missed[0] += t0 > item.deadline
+            self._running = (_label(item), t0)
             try:
                 item.future.set_result(item.fn(*item.args))
             except BaseException as e:  # delivered to the awaiting coroutine
                 item.future.set_exception(e)
             t1 = time.monotonic()
+            self._running = None
             with self._cv:
                 if item.priority == Priority.URGENT:
                     self._waits.append((t0, t0 - item.enqueued))
@@ -204,6 +207,7 @@ class PriorityWorker(cf.Executor):
             if it.deadline != math.inf and it.priority != Priority.BACKGROUND:
                 self.missed[1] += 1
                 self.missed[0] += t0 > it.deadline
+        self._running = (f"{items[0].batch[0]}[batch of {len(items)}]", t0)
         try:
             results = items[0].batch[1]([it.args[0] for it in items])
             for it, r in zip(items, results):
@@ -212,7 +216,11 @@ class PriorityWorker(cf.Executor):
             for it in items:
                 if not it.future.done():
                     it.future.set_exception(e)
+        for it in items:  # a batch function that returned too few results must not leave a caller waiting
+            if not it.future.done():
+                it.future.set_exception(RuntimeError(f"{it.batch[0]}: the batch returned no result for this item"))
         t1 = time.monotonic()
+        self._running = None
         with self._cv:
             for it in items:
                 if it.priority == Priority.URGENT:
@@ -254,6 +262,20 @@ class PriorityWorker(cf.Executor):
         p95 = waits[min(len(waits) - 1, math.ceil(0.95 * len(waits)) - 1)] * 1000 if waits else None
         return {"urgent_wait_p95_ms": p95, "busy": max(0.0, busy) / self.window_s, "queued": queued,
                 "urgent_items": len(waits)}
+
+    def snapshot(self, now: float | None = None) -> dict:
+        """What the worker is doing now: the item running (label, seconds so far), the queue (length, the oldest
+        item's wait, items per label). A GPU call that never returns shows here as a running time that only grows
+        (Hub.health() reports such a worker as stuck)."""
+        now = time.monotonic() if now is None else now
+        running = self._running
+        with self._cv:
+            labels = collections.Counter(_label(it) for it in self._items)
+            oldest = min((it.enqueued for it in self._items), default=None)
+        return {"running": running[0] if running else None,
+                "running_s": round(now - running[1], 3) if running else 0.0,
+                "queued": sum(labels.values()), "oldest_wait_s": round(now - oldest, 3) if oldest is not None else 0.0,
+                "queued_by_label": dict(labels.most_common(8)), "alive": self._thread.is_alive()}
 
     def reset_stats(self) -> None:
         with self._cv:

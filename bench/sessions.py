@@ -277,11 +277,51 @@ def cuda_allocated() -> int | None:
     return None
 
 
+class SessionsStuck(RuntimeError):
+    """The previous run's sessions did not close: something they wait for never ends. `info` says what."""
+
+    def __init__(self, msg: str, info: dict):
+        super().__init__(msg)
+        self.info = info
+
+
+def all_thread_stacks() -> str:
+    """Every thread's Python stack (faulthandler: works even when a thread holds a lock forever)."""
+    import faulthandler
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as f:
+        faulthandler.dump_traceback(file=f, all_threads=True)
+        f.seek(0)
+        return f.read()
+
+
+async def wait_sessions_closed(rt, srv, timeout_s: float) -> None:
+    """The previous run's callers have hung up; wait for the server's sessions to close. If they do not within
+    timeout_s, raise SessionsStuck with the workers' snapshots (/healthz), the engine's requests and every thread's
+    stack, so the report says where the time stopped instead of the process hanging until its time limit."""
+    t0 = time.monotonic()
+    while srv.hub.sessions:
+        if time.monotonic() - t0 > timeout_s:
+            eng = getattr(rt.llm, "engine", None)
+            info = {"open_sessions": len(srv.hub.sessions), "waited_s": round(time.monotonic() - t0, 1),
+                    "health": srv.hub.health(),
+                    "engine_sessions": len(eng.sessions) if eng is not None else None,
+                    "engine_generating": (sum(x._request is not None for x in eng.sessions) if eng is not None
+                                          else None),
+                    "kv_pages_free": eng.free_pages if eng is not None else None,
+                    "threads": all_thread_stacks()}
+            print(json.dumps({k: v for k, v in info.items() if k != "threads"}, indent=1), flush=True)
+            print(info["threads"], flush=True)
+            raise SessionsStuck(f"{info['open_sessions']} sessions of the previous run still open after "
+                                f"{timeout_s:.0f} s", info)
+        await asyncio.sleep(0.1)
+
+
 async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], args) -> dict:
     eng = rt.llm.engine
-    rt.set_scheduler(policy)
-    while srv.hub.sessions:  # the previous run's sessions have closed
-        await asyncio.sleep(0.1)
+    await wait_sessions_closed(rt, srv, args.close_timeout)
+    rt.set_scheduler(policy)  # once the previous run's work is done
     await asyncio.sleep(0.5)
     for pool in (rt.llm_pool, rt.tts_pool, rt.asr_pool):
         if hasattr(pool, "reset_stats"):
@@ -413,57 +453,84 @@ async def bench(args) -> dict:
     server, srv = await start_server(rt, "127.0.0.1", 0)
     url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"
     runs, skipped = [], []
+    header = dict(config=cfg.source, startup_s=round(startup_s, 1),
+                  models={"asr": cfg.asr.model, "llm": cfg.llm.model, "tts": cfg.tts.voice},
+                  components={"asr": f"{cfg.asr.backend} on {cfg.asr.device}",
+                              "llm": f"quickturn engine on {cfg.llm.device} ({cfg.llm.dtype})",
+                              "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
+                  cuda_stream_priority=getattr(rt, "streams", {}),  # Runtime.own_streams
+                  gil_switch_ms=round(sys.getswitchinterval() * 1000, 3),
+                  cuda_sync=getattr(rt, "cuda_sync", ""),
+                  seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
+                  frame_ms=args.frame_ms,
+                  max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,
+                  measured_at="client, loopback WebSocket, real-time streaming",
+                  callers="a thread of the server's process" if args.callers_in_process else
+                  "a separate process")
+    state = {"stuck": None}
+
+    def report(complete: bool, report1: dict | None = None) -> dict:
+        edf_ok = [r["sessions"] for r in runs if r["scheduler"] == "edf" and r["meets_500ms"]]
+        fifo_ok = [r["sessions"] for r in runs if r["scheduler"] == "fifo" and r["meets_500ms"]]
+        table = {p: {str(r["sessions"]): {k: v for k, v in r.items() if k != "per_turn"} for r in runs
+                     if r["scheduler"] == p} for p in args.schedulers.split(",")}
+        return {
+            **result_header(**header),
+            # False while the runs go on (the file is rewritten after each run, so a process killed by its time
+            # limit leaves the runs it finished), or when sessions stopped closing (see "stuck")
+            "complete": complete,
+            "memory_report": report0,
+            "memory_report_end": None if report1 is None else {k: v for k, v in report1.items() if k != "table"},
+            "metrics": {"max_sessions_p95_500ms": max(edf_ok) if edf_ok else 0,
+                        "max_sessions_p95_500ms_fifo": max(fifo_ok) if fifo_ok else 0,
+                        "memory_plan_error_pct": report0["error_pct"]},
+            "runs": table, "skipped": skipped, "stuck": state["stuck"],
+            "per_turn": {f"{r['scheduler']}_{r['sessions']}": r["per_turn"] for r in runs},
+        }
+
     try:
         # one unmeasured turn first (lazy initialisation on the serving threads), then the runs; the scheduler
         # order alternates from one N to the next so that neither always runs first
         await run_one(rt, srv, url, 1, args.schedulers.split(",")[0], clips, argparse.Namespace(
             **{**vars(args), "seconds": 0.5, "stagger": 0.0}))
         policies = args.schedulers.split(",")
-        for i, n in enumerate(ns):
-            for policy in (policies if i % 2 == 0 else policies[::-1]):
-                cell_s = args.seconds + args.stagger + args.reply_timeout + 8.0  # the last turn, the drain
-                if args.budget_s and time.monotonic() - T_START + cell_s > args.budget_s:
-                    skipped.append({"sessions": n, "scheduler": policy})
-                    print(f"  N={n:3d} {policy:4s} skipped (--budget-s)", flush=True)
-                    continue
+        cells = [(n, policy) for i, n in enumerate(ns) for policy in (policies if i % 2 == 0 else policies[::-1])]
+        for k, (n, policy) in enumerate(cells):
+            cell_s = args.seconds + args.stagger + args.reply_timeout + 8.0  # the last turn, the drain
+            if args.budget_s and time.monotonic() - T_START + cell_s > args.budget_s:
+                skipped.append({"sessions": n, "scheduler": policy, "why": "--budget-s"})
+                print(f"  N={n:3d} {policy:4s} skipped (--budget-s)", flush=True)
+                continue
+            try:
                 r = await run_one(rt, srv, url, n, policy, clips, args)
-                runs.append(r)
-                print(f"  N={n:3d} {policy:4s} p50 {r['v2v_p50_ms']} ms  p95 {r['v2v_p95_ms']} ms  max {r['v2v_max_ms']}"
-                      f"  turns {r['turns']} (no reply {r['turns_without_reply']})  refused {r['refused']}"
-                      f"  underruns {r['underruns']}  kv pages/session {r['kv_pages_per_session']}"
-                      f"  endpoint p50 {r['stage_p50_ms']['endpoint']}  busy llm/asr/tts {r['llm_busy_mean']}/"
-                      f"{r['asr_busy_mean']}/{r['tts_busy_mean']}" + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+            except SessionsStuck as e:
+                state["stuck"] = e.info
+                skipped.extend({"sessions": m, "scheduler": p, "why": "sessions stuck"} for m, p in cells[k:])
+                print(f"  N={n:3d} {policy:4s} not run: {e}", flush=True)
+                break
+            runs.append(r)
+            print(f"  N={n:3d} {policy:4s} p50 {r['v2v_p50_ms']} ms  p95 {r['v2v_p95_ms']} ms  max {r['v2v_max_ms']}"
+                  f"  turns {r['turns']} (no reply {r['turns_without_reply']})  refused {r['refused']}"
+                  f"  underruns {r['underruns']}  kv pages/session {r['kv_pages_per_session']}"
+                  f"  endpoint p50 {r['stage_p50_ms']['endpoint']}  busy llm/asr/tts {r['llm_busy_mean']}/"
+                  f"{r['asr_busy_mean']}/{r['tts_busy_mean']}" + (f"  errors {r['errors']}" if r["errors"] else ""),
+                  flush=True)
+            if args.out_name:
+                write_result(args.out_name, report(False))
+        if state["stuck"] is None:  # the last run's sessions must close too
+            try:
+                await wait_sessions_closed(rt, srv, args.close_timeout)
+            except SessionsStuck as e:
+                state["stuck"] = e.info
     finally:
-        server.close()
-        await server.wait_closed()
+        if state["stuck"] is None:  # stuck sessions would never let the server close
+            server.close()
+            await asyncio.wait_for(server.wait_closed(), 60)
+    if state["stuck"] is not None:
+        return report(False)  # the workers cannot be shut down cleanly: the caller exits the process
     report1 = rt.memory_report()
     rt.close()
-    edf_ok = [r["sessions"] for r in runs if r["scheduler"] == "edf" and r["meets_500ms"]]
-    fifo_ok = [r["sessions"] for r in runs if r["scheduler"] == "fifo" and r["meets_500ms"]]
-    table = {p: {str(r["sessions"]): {k: v for k, v in r.items() if k != "per_turn"} for r in runs
-                 if r["scheduler"] == p} for p in args.schedulers.split(",")}
-    return {
-        **result_header(config=cfg.source, startup_s=round(startup_s, 1),
-                        models={"asr": cfg.asr.model, "llm": cfg.llm.model, "tts": cfg.tts.voice},
-                        components={"asr": f"{cfg.asr.backend} on {cfg.asr.device}",
-                                    "llm": f"quickturn engine on {cfg.llm.device} ({cfg.llm.dtype})",
-                                    "tts": f"{cfg.tts.backend} on {cfg.tts.device}"},
-                        cuda_stream_priority=getattr(rt, "streams", {}),  # Runtime.own_streams
-                        gil_switch_ms=round(sys.getswitchinterval() * 1000, 3),
-                        cuda_sync=getattr(rt, "cuda_sync", ""),
-                        seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
-                        frame_ms=args.frame_ms,
-                        max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,
-                        measured_at="client, loopback WebSocket, real-time streaming",
-                        callers="a thread of the server's process" if args.callers_in_process else
-                        "a separate process"),
-        "memory_report": report0, "memory_report_end": {k: v for k, v in report1.items() if k != "table"},
-        "metrics": {"max_sessions_p95_500ms": max(edf_ok) if edf_ok else 0,
-                    "max_sessions_p95_500ms_fifo": max(fifo_ok) if fifo_ok else 0,
-                    "memory_plan_error_pct": report0["error_pct"]},
-        "runs": table, "skipped": skipped,
-        "per_turn": {f"{r['scheduler']}_{r['sessions']}": r["per_turn"] for r in runs},
-    }
+    return report(True, report1)
 
 
 def plot(res: dict, path: Path) -> str | None:
@@ -522,6 +589,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda-sync", choices=tuple(CUDA_SYNC_MODES), default=None,
                     help="override [pipeline] cuda_sync: how GPU worker threads wait for the device")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--close-timeout", type=float, default=60.0,
+                    help="seconds to wait for a run's sessions to close before the next run; past it the runs stop "
+                         "and the report says what was stuck (health, every thread's stack)")
     ap.add_argument("--plot", default=None, metavar="RESULT.json",
                     help="only redraw the PNG of an existing result (e.g. where the run had no matplotlib)")
     args = ap.parse_args(argv)
@@ -529,16 +599,24 @@ def main(argv=None) -> int:
         res = json.loads(Path(args.plot).read_text())
         print(plot(res, Path(args.plot).with_suffix(".png")) or "matplotlib is not installed")
         return 0
-    res = asyncio.run(bench(args))
     tag = gpu_tag()
+    args.out_name = args.out or f"sessions_{tag}.json"
+    if args.budget_s:  # a hang past the budget still says where: every thread's stack on stderr
+        import faulthandler
+
+        faulthandler.dump_traceback_later(args.budget_s + 15, exit=False)
+    res = asyncio.run(bench(args))
     out_dir = Path(os.environ.get("QUICKTURN_RESULTS") or REPO / "bench" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = plot(res, out_dir / f"sessions_{tag}.png")
+    png = plot(res, out_dir / Path(args.out_name).with_suffix(".png").name)
     res["plot"] = Path(png).name if png else None  # None: no matplotlib here; redraw later with --plot
-    path = write_result(args.out or f"sessions_{tag}.json", res)
+    path = write_result(args.out_name, res)
     m = res["metrics"]
     print(f"wrote {path}: max_sessions_p95_500ms edf {m['max_sessions_p95_500ms']}, fifo "
           f"{m['max_sessions_p95_500ms_fifo']}; memory plan error {m['memory_plan_error_pct']} %")
+    if res["stuck"] is not None:
+        sys.stdout.flush()
+        os._exit(3)  # worker threads that never return: no clean shutdown
     return 0
 
 

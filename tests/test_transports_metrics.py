@@ -89,3 +89,49 @@ def test_metrics_health_readiness_after_a_turn(rt, speech):
     assert missing[0] == 404
     assert page[0] == 200 and "RTCPeerConnection" in page[2] and page[1].startswith("text/html")
     assert index[0] == 200 and "/v1/realtime" in index[2]
+
+
+def test_healthz_reports_a_stuck_worker_and_recovers(rt):
+    """A GPU call that never returns leaves every session waiting on that worker: /healthz says which worker, what
+    it runs and for how long (503, for a liveness probe), and is "ok" again once the item ends."""
+    import threading
+    import time
+
+    from agent.worker import Priority
+
+    gate = threading.Event()
+
+    def hangs():
+        gate.wait(30)
+
+    async def scenario():
+        server, srv = await start_server(rt, "127.0.0.1", 0)
+        base = f"http://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"
+        old = rt.config.server.stuck_after_s
+        rt.config.server.stuck_after_s = 0.3
+        try:
+            fut = rt.llm_pool.submit_with(Priority.URGENT, hangs)
+            queued = rt.llm_pool.submit_with(Priority.BACKGROUND, time.sleep, 0)
+            await asyncio.sleep(0.1)
+            early = await asyncio.to_thread(get, base + "/healthz")  # running, not for long yet
+            await asyncio.sleep(0.4)
+            stuck = await asyncio.to_thread(get, base + "/healthz")
+            gate.set()
+            await asyncio.wrap_future(fut)
+            await asyncio.wrap_future(queued)
+            after = await asyncio.to_thread(get, base + "/healthz")
+            return early, stuck, after
+        finally:
+            gate.set()
+            rt.config.server.stuck_after_s = old
+            server.close()
+            await server.wait_closed()
+
+    early, stuck, after = asyncio.run(scenario())
+    assert early[0] == 200 and json.loads(early[2])["status"] == "ok"
+    body = json.loads(stuck[2])
+    assert stuck[0] == 503 and body["status"] == "stuck" and body["stuck"] == ["llm"]
+    llm = body["workers"]["llm"]
+    assert llm["running"].endswith("hangs") and llm["running_s"] >= 0.3 and llm["queued"] == 1
+    assert body["workers"]["asr"]["running"] is None
+    assert after[0] == 200 and json.loads(after[2])["status"] == "ok"

@@ -292,3 +292,45 @@ def test_cuda_sync_mode_is_checked_when_the_config_loads():
 
     if not torch.cuda.is_available():
         assert set_cuda_sync("yield") == "no CUDA device"
+
+
+def test_snapshot_names_the_running_item_and_the_queue():
+    w = PriorityWorker("snap")
+    gate = threading.Event()
+    started = threading.Event()
+
+    def blocked():
+        started.set()
+        gate.wait(5)
+
+    w.submit(blocked)
+    started.wait(5)
+    w.submit_with(Priority.BACKGROUND, time.sleep, 0)
+    w.submit_with(Priority.BACKGROUND, time.sleep, 0)
+    time.sleep(0.05)
+    s = w.snapshot()
+    assert s["running"] == "urgent:test_snapshot_names_the_running_item_and_the_queue.<locals>.blocked"
+    assert s["running_s"] >= 0.04 and s["alive"]
+    assert s["queued"] == 2 and s["queued_by_label"] == {"background:sleep": 2} and s["oldest_wait_s"] >= 0.04
+    gate.set()
+    w.submit_with(Priority.BACKGROUND, time.sleep, 0).result(5)  # behind the two queued ones
+    for _ in range(100):  # the result is delivered just before the worker clears its running item
+        if (s := w.snapshot())["running"] is None:
+            break
+        time.sleep(0.01)
+    assert s["running"] is None and s["running_s"] == 0.0 and s["queued"] == 0
+    w.shutdown()
+    assert not w.snapshot()["alive"]
+
+
+def test_a_batch_that_returns_too_few_results_fails_the_rest_instead_of_hanging():
+    w = PriorityWorker("short-batch")
+    gate = threading.Event()
+    w.submit(gate.wait, 5)
+    futs = [w.submit_with(Priority.URGENT, str, i, batch=("k", lambda xs: [str(x) for x in xs[:1]])) for i in range(3)]
+    gate.set()
+    assert futs[0].result(5) == "0"
+    for f in futs[1:]:
+        with pytest.raises(RuntimeError, match="no result for this item"):
+            f.result(5)
+    w.shutdown()

@@ -159,7 +159,18 @@ class Hub:
 
     # -------------------------------------------------------------------------------------------- health
     def health(self) -> dict:
-        return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
+        """Liveness: "ok", or "stuck" when a worker thread has run one item for [server] stuck_after_s or has died
+        (every session waiting on it would hang: restart the process). Each worker's snapshot says what it runs."""
+        workers = {name: pool.snapshot() for name in ("asr", "llm", "tts")
+                   if hasattr(pool := getattr(self.rt, f"{name}_pool", None), "snapshot")}
+        limit = self.cfg.stuck_after_s
+        stuck = sorted(n for n, w in workers.items()
+                       if not w["alive"] or (limit > 0 and w["running_s"] >= limit))
+        out = {"status": "stuck" if stuck else "ok", "uptime_s": round(time.time() - self.started, 1),
+               "workers": workers}
+        if stuck:
+            out["stuck"] = stuck
+        return out
 
     def readiness(self) -> tuple[bool, dict]:
         left = self.capacity_left()

@@ -149,7 +149,8 @@ class Router:
             body, ctype = self.hub.metrics.exposition()
             return http_response(200, body, ctype)
         if path == "/healthz":
-            return json_response(200, self.hub.health())
+            h = self.hub.health()
+            return json_response(200 if h["status"] == "ok" else 503, h)
         if path == "/readyz":
             ready, body = self.hub.readiness()
             return json_response(200 if ready else 503, body)
