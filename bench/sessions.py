@@ -277,6 +277,16 @@ def cuda_allocated() -> int | None:
     return None
 
 
+def run_keys(runs: list[dict]) -> list[str]:
+    """Each run's key in the report: its N, with "#2", "#3"... for a scheduler's repeats of the same N."""
+    seen: dict[tuple, int] = {}
+    out = []
+    for r in runs:
+        c = seen[(r["scheduler"], r["sessions"])] = seen.get((r["scheduler"], r["sessions"]), 0) + 1
+        out.append(str(r["sessions"]) + (f"#{c}" if c > 1 else ""))
+    return out
+
+
 class SessionsStuck(RuntimeError):
     """The previous run's sessions did not close: something they wait for never ends. `info` says what."""
 
@@ -472,7 +482,8 @@ async def bench(args) -> dict:
     def report(complete: bool, report1: dict | None = None) -> dict:
         edf_ok = [r["sessions"] for r in runs if r["scheduler"] == "edf" and r["meets_500ms"]]
         fifo_ok = [r["sessions"] for r in runs if r["scheduler"] == "fifo" and r["meets_500ms"]]
-        table = {p: {str(r["sessions"]): {k: v for k, v in r.items() if k != "per_turn"} for r in runs
+        keys = run_keys(runs)  # an N run twice (--sessions 32,32) keeps both: "32", "32#2"
+        table = {p: {keys[i]: {k: v for k, v in r.items() if k != "per_turn"} for i, r in enumerate(runs)
                      if r["scheduler"] == p} for p in args.schedulers.split(",")}
         return {
             **result_header(**header),
@@ -485,7 +496,7 @@ async def bench(args) -> dict:
                         "max_sessions_p95_500ms_fifo": max(fifo_ok) if fifo_ok else 0,
                         "memory_plan_error_pct": report0["error_pct"]},
             "runs": table, "skipped": skipped, "stuck": state["stuck"],
-            "per_turn": {f"{r['scheduler']}_{r['sessions']}": r["per_turn"] for r in runs},
+            "per_turn": {f"{r['scheduler']}_{keys[i]}": r["per_turn"] for i, r in enumerate(runs)},
         }
 
     try:
@@ -544,7 +555,7 @@ def plot(res: dict, path: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     all_ns = set()
     for (policy, rows), color in zip(res["runs"].items(), ("tab:blue", "tab:red", "tab:green")):
-        ns = sorted(int(n) for n in rows)
+        ns = sorted(int(n) for n in rows if "#" not in n)  # repeats ("32#2") are in the table, not the plot
         all_ns.update(ns)
         for key, style in (("v2v_p95_ms", "-o"), ("v2v_p50_ms", "--.")):
             ys = [rows[str(n)][key] for n in ns]
