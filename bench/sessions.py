@@ -72,6 +72,9 @@ class TurnResult:
     reply_s: float = 0.0  # seconds of reply audio received
     stages: dict = field(default_factory=dict)  # the server's stage times for the turn (ms after speech end)
     info: dict = field(default_factory=dict)  # the server's turn info: endpoint delay, judge verdict, pause work
+    # what the caller saw during this clip and its wait (to tell a lost reply from one attributed to another turn):
+    # reply_done events as (server turn, interrupted, s after the clip's end of speech), audio chunks, barge-ins
+    client: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -131,7 +134,7 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                 return
             rate = first.get("output_sample_rate", 22050)
             stats.connected += 1
-            st = {"chunks": [], "done": 0, "lat": []}
+            st = {"chunks": [], "done": 0, "lat": [], "events": []}
 
             async def receive():
                 async for msg in ws:
@@ -142,6 +145,9 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                     e = json.loads(msg)
                     if e["type"] == "reply_done":
                         st["done"] += 1
+                        st["events"].append(("reply_done", e.get("turn"), bool(e.get("interrupted")), now))
+                    elif e["type"] in ("speech_started", "speech_stopped"):
+                        st["events"].append((e["type"], None, None, now))
                     elif e["type"] == "latency":
                         st["lat"].append(e)
                     elif e["type"] == "error":
@@ -164,7 +170,7 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                     i += 1
                     seg_start = sent / INTERNAL_RATE
                     done_before = st["done"]
-                    st["chunks"], st["lat"] = [], []
+                    st["chunks"], st["lat"], st["events"] = [], [], []
                     for j in range(0, len(clip.audio), frame):
                         await send(clip.audio[j:j + frame])
                     t_end = t0 + seg_start + clip.speech_end
@@ -172,6 +178,9 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                     while st["done"] <= done_before and time.monotonic() < deadline:
                         await send(silence)
                     res = measure(k, clip.name, st["chunks"], rate, t_end)
+                    res.client = {"chunks": len(st["chunks"]),
+                                  "events": [(name, turn, intr, round(at - t_end, 3))
+                                             for name, turn, intr, at in st["events"]]}
                     stats.turns.append(res)
                     if st["done"] <= done_before:  # no reply: hang up, this caller is done
                         break
