@@ -381,6 +381,7 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         await asyncio.sleep(0.25)
     wall = time.monotonic() - t0
     watcher.cancel()
+    workers_end = srv.hub.health()["workers"]  # as the callers hung up: a worker stuck in one item shows here
     s = callers.join()
     unsure = [t for t in s.turns if t.info.get("endpoint_delay_ms") is not None]
     lat = [t.latency_ms if t.latency_ms is not None else math.inf for t in s.turns]
@@ -416,6 +417,7 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         "worker_items": {name: pool.label_stats() for name, pool in (("asr", rt.asr_pool), ("llm", rt.llm_pool),
                                                                       ("tts", rt.tts_pool)) if hasattr(pool, "label_stats")},
         "errors": s.errors,
+        "workers_at_end": workers_end,
         "kv_pages_per_session": round((peak_used - idle_used) / max(peak_live, 1), 2),
         "gpu_mem_per_session_bytes": (None if idle_alloc is None else int((peak_alloc - idle_alloc) / max(peak_live, 1))),
         "per_turn": [t.__dict__ for t in s.turns],
@@ -529,6 +531,9 @@ async def bench(args) -> dict:
                 print(f"  N={n:3d} {policy:4s} not run: {e}", flush=True)
                 break
             runs.append(r)
+            for name, w in r["workers_at_end"].items():
+                if w["running_s"] > 5 or not w["alive"]:
+                    print(f"  !! {name} worker at the end of the run: {json.dumps(w)}", flush=True)
             print(f"  N={n:3d} {policy:4s} p50 {r['v2v_p50_ms']} ms  p95 {r['v2v_p95_ms']} ms  max {r['v2v_max_ms']}"
                   f"  turns {r['turns']} (no reply {r['turns_without_reply']})  refused {r['refused']}"
                   f"  underruns {r['underruns']}  kv pages/session {r['kv_pages_per_session']}"
