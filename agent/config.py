@@ -80,8 +80,9 @@ class ASRConfig:
     # encoder time on CPU at the same WER, asr/fw.py) or "pad30" (faster-whisper's own transcribe)
     window: str = "short"
     # torch backend on CUDA: greedy tokens in chunks of 8 per CUDA-graph replay, one host read per chunk
-    # (asr/decoding.py _chunk) instead of a graph replay, ~12 eager ops and a sync per token. Off until it has been
-    # run on a GPU (checked against the per-token loop on the CPU only; docs/perf-notes.md)
+    # (asr/decoding.py _chunk) instead of a graph replay, ~12 eager ops and a sync per token. Off: on an H100 its
+    # tokens equal the per-token graphs' and it is 4-15 % faster alone, but under load (32 callers beside the 8B
+    # LLM) the decode waits for the GPU, not the host, and it was no faster (docs/perf-notes.md, seventh session)
     chunked_decode: bool = False
     # benchmarks only, with model = "synthetic:<shape>" (random weights of a real Whisper shape): the full encoder
     # and a decoder pass of ~1.3 tokens per word still run, but the text is the first N words of this passage, N
