@@ -633,7 +633,8 @@ def main(argv=None) -> int:
     res = asyncio.run(bench(args))
     out_dir = Path(os.environ.get("QUICKTURN_RESULTS") or REPO / "bench" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = plot(res, out_dir / Path(args.out_name).with_suffix(".png").name)
+    out = Path(args.out_name)  # an absolute --out keeps its plot beside it, not in bench/results
+    png = plot(res, (out if out.is_absolute() else out_dir / out).with_suffix(".png"))
     res["plot"] = Path(png).name if png else None  # None: no matplotlib here; redraw later with --plot
     path = write_result(args.out_name, res)
     m = res["metrics"]
