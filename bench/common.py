@@ -61,10 +61,16 @@ def result_header(**extra) -> dict:
             **extra}
 
 
+def result_path(name: str, out_dir: Path | None = None) -> Path:
+    """Where a result file (JSON, plot) goes: out_dir, else $QUICKTURN_RESULTS, else bench/results (an absolute
+    name stays where it says). Its folder exists."""
+    path = Path(out_dir or os.environ.get("QUICKTURN_RESULTS") or RESULTS) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
-    out = Path(out_dir or os.environ.get("QUICKTURN_RESULTS") or RESULTS)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
+    path = result_path(name, out_dir)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
 

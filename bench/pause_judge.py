@@ -276,8 +276,8 @@ def simulate(path: str, max_cut_rate: float, out_name: str | None, max_delay_ms:
     # device/commit/date of this replay, and which recorded run (its commit and device) it replays
     report = result_header(source=str(path), records={k: data.get(k) for k in ("commit", "device", "date")},
                            max_cut_rate=max_cut_rate, max_mean_endpoint_ms=max_delay_ms,
-                           timing={"judge_latency_s": JUDGE_LATENCY_S, "llm_slowdown": LLM_SLOWDOWN, "asr_scale": ASR_SCALE,
-                                   "endpoint_overhead_s": ENDPOINT_OVERHEAD_S},
+                           timing={"judge_latency_s": JUDGE_LATENCY_S, "llm_slowdown": LLM_SLOWDOWN,
+                                   "asr_scale": ASR_SCALE, "endpoint_overhead_s": ENDPOINT_OVERHEAD_S},
                            n_policies=len(rows), current=show("current", current))
     report["meeting_both_on_half0"] = sum(1 for _, m in rows if distance(m, max_cut_rate, max_delay_ms)[0] <= 1)
     print(f"meeting both targets on half 0: {report['meeting_both_on_half0']} of {len(rows)}")

@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from agent.cuda_sync import MODES as CUDA_SYNC_MODES  # noqa: E402
-from bench.common import gpu_tag, result_header, write_result  # noqa: E402
+from bench.common import gpu_tag, result_header, result_path, write_result  # noqa: E402
 
 FRAME_S = 0.02
 AUDIBLE = 0.02  # |sample| above this is "non-silent" (as bench/voice_to_voice.py)
@@ -488,7 +488,7 @@ async def bench(args) -> dict:
                   measured_at="client, loopback WebSocket, real-time streaming",
                   callers="a thread of the server's process" if args.callers_in_process else
                   "a separate process")
-    state = {"stuck": None}
+    stuck: dict | None = None  # what SessionsStuck found, once the runs stopped on it
 
     def report(complete: bool, report1: dict | None = None) -> dict:
         edf_ok = [r["sessions"] for r in runs if r["scheduler"] == "edf" and r["meets_500ms"]]
@@ -506,7 +506,7 @@ async def bench(args) -> dict:
             "metrics": {"max_sessions_p95_500ms": max(edf_ok) if edf_ok else 0,
                         "max_sessions_p95_500ms_fifo": max(fifo_ok) if fifo_ok else 0,
                         "memory_plan_error_pct": report0["error_pct"]},
-            "runs": table, "skipped": skipped, "stuck": state["stuck"],
+            "runs": table, "skipped": skipped, "stuck": stuck,
             "per_turn": {f"{r['scheduler']}_{keys[i]}": r["per_turn"] for i, r in enumerate(runs)},
         }
 
@@ -526,7 +526,7 @@ async def bench(args) -> dict:
             try:
                 r = await run_one(rt, srv, url, n, policy, clips, args)
             except SessionsStuck as e:
-                state["stuck"] = e.info
+                stuck = e.info
                 skipped.extend({"sessions": m, "scheduler": p, "why": "sessions stuck"} for m, p in cells[k:])
                 print(f"  N={n:3d} {policy:4s} not run: {e}", flush=True)
                 break
@@ -540,18 +540,17 @@ async def bench(args) -> dict:
                   f"  endpoint p50 {r['stage_p50_ms']['endpoint']}  busy llm/asr/tts {r['llm_busy_mean']}/"
                   f"{r['asr_busy_mean']}/{r['tts_busy_mean']}" + (f"  errors {r['errors']}" if r["errors"] else ""),
                   flush=True)
-            if args.out_name:
-                write_result(args.out_name, report(False))
-        if state["stuck"] is None:  # the last run's sessions must close too
+            write_result(args.out_name, report(False))
+        if stuck is None:  # the last run's sessions must close too
             try:
                 await wait_sessions_closed(rt, srv, args.close_timeout)
             except SessionsStuck as e:
-                state["stuck"] = e.info
+                stuck = e.info
     finally:
-        if state["stuck"] is None:  # stuck sessions would never let the server close
+        if stuck is None:  # stuck sessions would never let the server close
             server.close()
             await asyncio.wait_for(server.wait_closed(), 60)
-    if state["stuck"] is not None:
+    if stuck is not None:
         return report(False)  # the workers cannot be shut down cleanly: the caller exits the process
     report1 = rt.memory_report()
     rt.close()
@@ -631,10 +630,7 @@ def main(argv=None) -> int:
 
         faulthandler.dump_traceback_later(args.budget_s + 15, exit=False)
     res = asyncio.run(bench(args))
-    out_dir = Path(os.environ.get("QUICKTURN_RESULTS") or REPO / "bench" / "results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out_name)  # an absolute --out keeps its plot beside it, not in bench/results
-    png = plot(res, (out if out.is_absolute() else out_dir / out).with_suffix(".png"))
+    png = plot(res, result_path(args.out_name).with_suffix(".png"))  # beside the JSON
     res["plot"] = Path(png).name if png else None  # None: no matplotlib here; redraw later with --plot
     path = write_result(args.out_name, res)
     m = res["metrics"]

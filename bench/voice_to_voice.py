@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from bench.common import gpu_tag, percentile, result_header, write_result  # noqa: E402
+from bench.common import gpu_tag, percentile, result_header, result_path, write_result  # noqa: E402
 from agent import models  # noqa: E402
 from agent.audio import INTERNAL_RATE, float_to_pcm16, load_audio  # noqa: E402
 from agent.config import Config  # noqa: E402
@@ -239,9 +239,7 @@ def plots(results: dict, tag: str) -> list[str]:
     ax.set_ylabel("fraction of turns")
     ax.grid(alpha=0.3)
     ax.legend()
-    out_dir = Path(os.environ.get("QUICKTURN_RESULTS") or REPO / "bench" / "results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    p = out_dir / f"v2v_{tag}_cdf.png"
+    p = result_path(f"v2v_{tag}_cdf.png")
     fig.tight_layout()
     fig.savefig(p, dpi=110)
     out.append(str(p))
@@ -258,7 +256,7 @@ def plots(results: dict, tag: str) -> list[str]:
     ax.set_xlabel("ms after the end of speech (server side)")
     ax.set_ylabel("turn")
     ax.legend(fontsize=7, loc="lower right")
-    p = out_dir / f"v2v_{tag}_waterfall.png"
+    p = result_path(f"v2v_{tag}_waterfall.png")
     fig.tight_layout()
     fig.savefig(p, dpi=110)
     out.append(str(p))
