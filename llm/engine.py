@@ -152,10 +152,14 @@ class Session:
         self._request = req
         try:
             while True:
+                if self._request is not req:  # detached: a later operation on the session ended this generation
+                    return
                 if not req.out:
                     if req.done:
                         return
                     self.engine.step()
+                    if not req.out and not req.done:  # would spin here forever, holding the engine's thread
+                        raise RuntimeError("the engine's decode step did not advance this generation")
                     continue
                 tok = req.out.popleft()
                 is_stop = req.done and not req.out and req.stopped
@@ -167,7 +171,8 @@ class Session:
         finally:
             req.done = True
             req.out.clear()
-            self._request = None
+            if self._request is req:  # a stale iterator closed late must not end a newer generation's request
+                self._request = None
 
     def truncate(self, n_tokens: int) -> None:
         """Keep the first n_tokens of the history; pages past them go back to the pool."""
@@ -215,8 +220,13 @@ class Session:
     def _check_idle(self):
         if self.freed:
             raise RuntimeError("session was freed")
-        if self._request is not None and not self._request.done:
-            raise RuntimeError("session is generating; close its iterator first")
+        r = self._request
+        if r is not None:
+            if not r.done:
+                raise RuntimeError("session is generating; close its iterator first")
+            # a finished generation whose iterator is still open: detach it (it yields nothing more; the history
+            # holds what it yielded)
+            self._request = None
 
     def _refeed_last(self):
         """Logits of the last position are unknown (after truncate/fork of a fresh state): run it again."""

@@ -484,3 +484,37 @@ def test_short_appends_run_as_one_decode_step():
     assert outs[eng][0] == outs[ref][0] and outs[eng][3] == outs[ref][3]
     assert torch.allclose(outs[eng][1], outs[ref][1], atol=1e-4) and torch.allclose(outs[eng][2], outs[ref][2],
                                                                                       atol=1e-4)
+
+
+def test_a_finished_generation_left_open_never_detaches_the_next_one():
+    """A reply whose request is done (its script or budget ran out) but whose iterator was not closed yet: a new
+    operation on the session detaches it, and closing it later must not end the new generation's request. (It did:
+    the stale iterator's cleanup set the session's request to None, the new request was no longer stepped, and its
+    consumer looped in engine.step() forever, holding the LLM worker: every session of the server hung.)"""
+    eng = _tiny_engine()
+    s = eng.new_session()
+    s.append([5, 6, 7])
+    g1 = s.generate(3, Sampling(script=(11, 12, 13)))
+    assert [next(g1), next(g1), next(g1)] == [11, 12, 13]  # its request is done; the iterator is still open
+    s.append([40])  # the next user message
+    g2 = s.generate(4, Sampling(script=(21, 22, 23, 24)))
+    assert next(g2) == 21
+    assert list(g1) == []  # the stale iterator yields nothing more and does not touch the history
+    g1.close()
+    assert s._request is not None
+    assert list(g2) == [22, 23, 24]
+    assert s.tokens == [5, 6, 7, 11, 12, 13, 40, 21, 22, 23, 24]
+    ref = eng.new_session()
+    assert torch.allclose(s.append([], return_logits=True), ref.append(s.tokens[:], return_logits=True), atol=1e-5)
+
+
+def test_a_detached_request_fails_instead_of_spinning():
+    """A generation whose request the engine no longer steps (a bug elsewhere) raises at once instead of looping."""
+    eng = _tiny_engine()
+    s = eng.new_session()
+    s.append([5, 6, 7])
+    g = s.generate(8)
+    next(g)
+    eng.sessions.discard(s)  # the engine no longer steps it
+    with pytest.raises(RuntimeError, match="did not advance"):
+        next(g)
