@@ -386,6 +386,10 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     unsure = [t for t in s.turns if t.info.get("endpoint_delay_ms") is not None]
     lat = [t.latency_ms if t.latency_ms is not None else math.inf for t in s.turns]
     finite = [x for x in lat if math.isfinite(x)]
+    # the part after the endpoint decision (transcript, LLM, TTS, transport: what the scheduler and the GPU decide):
+    # the client's latency minus the server's endpoint stage (ms after the end of speech); no reply: infinite
+    resp = [t.latency_ms - t.stages["endpoint"] if t.latency_ms is not None and t.stages.get("endpoint") is not None
+            else math.inf for t in s.turns]
     miss = {name: list(pool.missed) for name, pool in (("llm", rt.llm_pool), ("tts", rt.tts_pool))}
     refused = sum(s.refused.values())
     out = {
@@ -395,6 +399,7 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         "peak_live_sessions": peak_live, "turns": len(lat), "turns_without_reply": len(lat) - len(finite),
         "v2v_p50_ms": _r(nearest_rank(lat, 50)), "v2v_p95_ms": _r(nearest_rank(lat, 95)),
         "v2v_max_ms": _r(max(lat) if lat else None), "v2v_mean_ms": _r(float(np.mean(finite)) if finite else None),
+        "after_endpoint_p50_ms": _r(nearest_rank(resp, 50)), "after_endpoint_p95_ms": _r(nearest_rank(resp, 95)),
         "underruns": sum(t.underruns for t in s.turns), "underrun_ms": round(sum(t.underrun_ms for t in s.turns), 1),
         "turns_with_underrun": sum(t.underruns > 0 for t in s.turns),
         "deadline_misses": {k: {"missed": v[0], "of": v[1]} for k, v in miss.items()},
@@ -424,6 +429,8 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     }
     p95 = nearest_rank(lat, 95)
     out["meets_500ms"] = bool(p95 is not None and p95 <= TARGET_MS and refused == 0)
+    rp95 = nearest_rank(resp, 95)
+    out["after_endpoint_meets_500ms"] = bool(rp95 is not None and rp95 <= TARGET_MS and refused == 0)
     return out
 
 
@@ -493,6 +500,8 @@ async def bench(args) -> dict:
     def report(complete: bool, report1: dict | None = None) -> dict:
         edf_ok = [r["sessions"] for r in runs if r["scheduler"] == "edf" and r["meets_500ms"]]
         fifo_ok = [r["sessions"] for r in runs if r["scheduler"] == "fifo" and r["meets_500ms"]]
+        after = {p: [r["sessions"] for r in runs if r["scheduler"] == p and r.get("after_endpoint_meets_500ms")]
+                 for p in ("edf", "fifo")}
         keys = run_keys(runs)  # an N run twice (--sessions 32,32) keeps both: "32", "32#2"
         table = {p: {keys[i]: {k: v for k, v in r.items() if k != "per_turn"} for i, r in enumerate(runs)
                      if r["scheduler"] == p} for p in args.schedulers.split(",")}
@@ -505,6 +514,10 @@ async def bench(args) -> dict:
             "memory_report_end": None if report1 is None else {k: v for k, v in report1.items() if k != "table"},
             "metrics": {"max_sessions_p95_500ms": max(edf_ok) if edf_ok else 0,
                         "max_sessions_p95_500ms_fifo": max(fifo_ok) if fifo_ok else 0,
+                        # not the acceptance metric: the same test on the time after the endpoint decision only
+                        # (what the GPU and the scheduler serve; the endpoint wait is the turn judge's, issue 6)
+                        "max_sessions_after_endpoint_p95_500ms": max(after["edf"], default=0),
+                        "max_sessions_after_endpoint_p95_500ms_fifo": max(after["fifo"], default=0),
                         "memory_plan_error_pct": report0["error_pct"]},
             "runs": table, "skipped": skipped, "stuck": stuck,
             "per_turn": {f"{r['scheduler']}_{keys[i]}": r["per_turn"] for i, r in enumerate(runs)},
@@ -535,6 +548,7 @@ async def bench(args) -> dict:
                 if w["running_s"] > 5 or not w["alive"]:
                     print(f"  !! {name} worker at the end of the run: {json.dumps(w)}", flush=True)
             print(f"  N={n:3d} {policy:4s} p50 {r['v2v_p50_ms']} ms  p95 {r['v2v_p95_ms']} ms  max {r['v2v_max_ms']}"
+                  f"  after endpoint p50/p95 {r['after_endpoint_p50_ms']}/{r['after_endpoint_p95_ms']}"
                   f"  turns {r['turns']} (no reply {r['turns_without_reply']})  refused {r['refused']}"
                   f"  underruns {r['underruns']}  kv pages/session {r['kv_pages_per_session']}"
                   f"  endpoint p50 {r['stage_p50_ms']['endpoint']}  busy llm/asr/tts {r['llm_busy_mean']}/"
@@ -570,10 +584,11 @@ def plot(res: dict, path: Path) -> str | None:
     for (policy, rows), color in zip(res["runs"].items(), ("tab:blue", "tab:red", "tab:green")):
         ns = sorted(int(n) for n in rows if "#" not in n)  # repeats ("32#2") are in the table, not the plot
         all_ns.update(ns)
-        for key, style in (("v2v_p95_ms", "-o"), ("v2v_p50_ms", "--.")):
-            ys = [rows[str(n)][key] for n in ns]
+        for key, style, name in (("v2v_p95_ms", "-o", "p95"), ("v2v_p50_ms", "--.", "p50"),
+                                 ("after_endpoint_p95_ms", ":^", "p95 after the endpoint")):
+            ys = [rows[str(n)].get(key) for n in ns]
             ys = [y if isinstance(y, (int, float)) else np.nan for y in ys]
-            ax.plot(ns, ys, style, color=color, label=f"{policy} {key[4:7]}")
+            ax.plot(ns, ys, style, color=color, label=f"{policy} {name}")
     if len(all_ns) > 2:
         ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(all_ns), [str(n) for n in sorted(all_ns)])
