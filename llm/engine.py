@@ -205,8 +205,10 @@ class Session:
     def free(self) -> None:
         if self.freed:
             return
-        if self._request is not None:
+        if self._request is not None:  # its generation ends now: nothing more is yielded, even tokens already made
             self._request.done = True
+            self._request.out.clear()
+            self._request = None
         for p in self.pages:
             self.engine.pool.decref(p)
         self.pages.clear()

@@ -518,3 +518,65 @@ def test_a_detached_request_fails_instead_of_spinning():
     eng.sessions.discard(s)  # the engine no longer steps it
     with pytest.raises(RuntimeError, match="did not advance"):
         next(g)
+
+
+def test_interleaved_generations_with_lookahead_stay_exact():
+    """Several sessions generating at once, their consumers taking tokens in random order, closing early, freed
+    mid-reply, appending a few tokens (the decode-step prefill), truncating, forking and freeing in between — the decode graphs' path
+    (static buffers run eagerly; greedy steps launched ahead). Every generation is the one a session alone would
+    produce, every next() returns, and each cache ends equal to a fresh prefill of its tokens."""
+    from llm.engine import DecodeGraphs
+
+    torch.set_num_threads(1)
+    rng = random.Random(7)
+    eng = _tiny_engine(num_pages=160, page_size=4)
+    eng.graphs = DecodeGraphs(eng, max_batch=8, max_pages=40, capture=False)
+    live = [eng.new_session() for _ in range(5)]
+    for s in live:
+        s.append([rng.randrange(97) for _ in range(rng.randint(1, 6))])
+    gens: dict = {}  # session -> [iterator, prefix tokens, tokens taken]
+    done: list = []
+    for _ in range(600):
+        s = rng.choice(live)
+        x = rng.random()
+        if s in gens:
+            g = gens[s]
+            if x < 0.8:
+                tok = next(g[0], None)
+                if tok is None:
+                    done.append(gens.pop(s)[1:])
+                else:
+                    g[2].append(tok)
+            elif x < 0.85 and len(live) > 3:  # the caller hung up mid-reply: freed while generating
+                live.remove(s)
+                s.free()
+                it, _, taken = gens.pop(s)
+                if taken:  # started: it ends
+                    assert next(it, None) is None
+                it.close()
+            else:
+                g[0].close()
+                done.append(gens.pop(s)[1:])
+        elif x < 0.45 and s.n_tokens < 120:
+            gens[s] = [s.generate(rng.randint(1, 10)), list(s.tokens), []]
+        elif x < 0.7 and s.n_tokens < 120:
+            s.append([rng.randrange(97) for _ in range(rng.randint(1, 5))])
+        elif x < 0.8:
+            s.truncate(rng.randint(1, s.n_tokens))
+        elif x < 0.9 and len(live) < 8:
+            live.append(s.fork())
+        elif len(live) > 3:
+            live.remove(s)
+            s.free()
+    for s, g in list(gens.items()):
+        g[0].close()
+        done.append(g[1:])
+    assert eng.n_ahead_hits > 20 and eng.n_graph_prefills > 10  # the paths under test ran
+    for prefix, taken in done[:40]:
+        if taken:
+            assert taken == _greedy(eng, prefix, len(taken))
+    for s in live:
+        ref = eng.new_session()
+        assert torch.allclose(s.append([], return_logits=True), ref.append(list(s.tokens), return_logits=True),
+                              atol=1e-4)
+        ref.free()
