@@ -76,6 +76,43 @@ def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
 
 
 def percentile(values, q: float) -> float:
+    """Linear-interpolated percentile; a value that is infinite (a turn never answered) makes every percentile
+    that reaches it infinite (numpy gives nan where two infinities meet)."""
     import numpy as np
 
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
+    if not len(values):
+        return float("nan")
+    with np.errstate(invalid="ignore"):
+        x = float(np.percentile(np.asarray(values, dtype=float), q))
+    return float("inf") if x != x else x
+
+
+# ---- what a client heard as the reply to one turn (bench/voice_to_voice.py, bench/sessions.py) -------------------
+# A client records every binary audio chunk as (arrival, bytes) and the events ("reply_done", turn, interrupted,
+# arrival) and ("flush", turn, None, arrival). An endpoint called while the user was in fact still speaking (a false
+# cut-off) starts a reply that arrives before the user's true end of speech and is interrupted (flush, then an
+# interrupted reply_done): it is not the answer. The answer is the first reply completed without interruption after
+# the true end of speech; its audio is what arrived after that end and after the last flush.
+
+
+def answered(events, t_end: float) -> int | None:
+    """The server turn of the reply that answers speech ending at t_end (None: not yet)."""
+    return next((turn for name, turn, intr, at in events if name == "reply_done" and not intr and at >= t_end), None)
+
+
+def reply_chunks(chunks, events, t_end: float) -> list:
+    """The audio chunks of the answer: those that arrived after t_end and after the last flush."""
+    start = max([t_end] + [at for name, _, _, at in events if name == "flush"])
+    return [(at, c) for at, c in chunks if at >= start]
+
+
+def first_audible_ms(chunks, rate: int, t_end: float, level: float) -> float | None:
+    """ms from t_end to the first sample above `level` (16-bit PCM chunks played back to back from the first one's
+    arrival); None without one."""
+    import numpy as np
+
+    if not chunks:
+        return None
+    pcm = np.frombuffer(b"".join(c for _, c in chunks), dtype="<i2").astype(np.float32) / 32768
+    loud = np.flatnonzero(np.abs(pcm) > level)
+    return (chunks[0][0] + loud[0] / rate - t_end) * 1000 if len(loud) else None

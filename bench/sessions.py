@@ -46,7 +46,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from agent.cuda_sync import MODES as CUDA_SYNC_MODES  # noqa: E402
-from bench.common import gpu_tag, result_header, result_path, write_result  # noqa: E402
+from bench.common import (answered, first_audible_ms, gpu_tag, reply_chunks, result_header,  # noqa: E402
+                          result_path, write_result)
 
 FRAME_S = 0.02
 AUDIBLE = 0.02  # |sample| above this is "non-silent" (as bench/voice_to_voice.py)
@@ -134,7 +135,7 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                 return
             rate = first.get("output_sample_rate", 22050)
             stats.connected += 1
-            st = {"chunks": [], "done": 0, "lat": [], "events": []}
+            st = {"chunks": [], "lat": [], "events": []}
 
             async def receive():
                 async for msg in ws:
@@ -144,8 +145,9 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                         continue
                     e = json.loads(msg)
                     if e["type"] == "reply_done":
-                        st["done"] += 1
                         st["events"].append(("reply_done", e.get("turn"), bool(e.get("interrupted")), now))
+                    elif e["type"] == "flush":
+                        st["events"].append(("flush", e.get("turn"), None, now))
                     elif e["type"] in ("speech_started", "speech_stopped"):
                         st["events"].append((e["type"], None, None, now))
                     elif e["type"] == "latency":
@@ -169,37 +171,44 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
                     clip = clips[i % len(clips)]
                     i += 1
                     seg_start = sent / INTERNAL_RATE
-                    done_before = st["done"]
                     st["chunks"], st["lat"], st["events"] = [], [], []
                     for j in range(0, len(clip.audio), frame):
                         await send(clip.audio[j:j + frame])
                     t_end = t0 + seg_start + clip.speech_end
                     deadline = time.monotonic() + reply_timeout
-                    while st["done"] <= done_before and time.monotonic() < deadline:
+                    # the answer: a reply completed after the end of speech (an earlier one, interrupted, answered
+                    # words the caller had not finished: bench/common.py)
+                    while answered(st["events"], t_end) is None and time.monotonic() < deadline:
                         await send(silence)
-                    res = measure(k, clip.name, st["chunks"], rate, t_end)
-                    res.client = {"chunks": len(st["chunks"]),
-                                  "events": [(name, turn, intr, round(at - t_end, 3))
-                                             for name, turn, intr, at in st["events"]]}
+                    turn = answered(st["events"], t_end)
+                    chunks = reply_chunks(st["chunks"], st["events"], t_end)
+                    res = measure(k, clip.name, chunks, rate, t_end)
+                    res.client = {"chunks": len(chunks), "chunks_before": len(st["chunks"]) - len(chunks),
+                                  "turn": turn, "events": [(name, t, intr, round(at - t_end, 3))
+                                                           for name, t, intr, at in st["events"]]}
                     stats.turns.append(res)
-                    if st["done"] <= done_before:  # no reply: hang up, this caller is done
+                    if turn is None:  # no reply: hang up, this caller is done
                         break
+
+                    def stages():  # the server's stage times for the answering turn (sent just after reply_done)
+                        lat = [e for e in st["lat"] if e.get("turn") == turn]
+                        if lat:
+                            res.stages = lat[-1].get("ms") or {}
+                            res.info = lat[-1].get("info") or {}
+                        return bool(lat)
+
                     if time.monotonic() >= until:  # measured (all reply audio precedes reply_done): hang up
-                        for _ in range(25):  # the server's stage times follow reply_done
-                            if st["lat"]:
+                        for _ in range(25):
+                            if stages():
                                 break
                             await send(silence)
-                        res.stages = st["lat"][-1].get("ms") or {} if st["lat"] else {}
-                        res.info = st["lat"][-1].get("info") or {} if st["lat"] else {}
                         break
                     # let the reply play out, then pause before the next turn (like a person)
-                    first_at = st["chunks"][0][0] if st["chunks"] else time.monotonic()
+                    first_at = chunks[0][0] if chunks else time.monotonic()
                     play_until = max(time.monotonic(), first_at + res.reply_s) + 0.5 + rng.uniform(0.0, 1.0)
                     while time.monotonic() < play_until:
                         await send(silence)
-                    if st["lat"]:  # sent just after reply_done
-                        res.stages = st["lat"][-1].get("ms") or {}
-                        res.info = st["lat"][-1].get("info") or {}
+                    stages()
             finally:
                 rx.cancel()
     except (ConnectionClosed, OSError, asyncio.TimeoutError) as e:
@@ -210,17 +219,15 @@ async def caller(k: int, url: str, clips: list[Clip], start_at: float, until: fl
 def measure(k: int, name: str, chunks: list[tuple[float, bytes]], rate: int, t_speech_end: float) -> TurnResult:
     if not chunks:
         return TurnResult(k, name, None)
-    pcm = np.frombuffer(b"".join(c for _, c in chunks), dtype="<i2").astype(np.float32) / 32768
-    loud = np.flatnonzero(np.abs(pcm) > AUDIBLE)
+    lat = first_audible_ms(chunks, rate, t_speech_end, AUDIBLE)
     first_at = chunks[0][0]
-    lat = (first_at + loud[0] / rate - t_speech_end) * 1000 if len(loud) else None
     play_end, under, under_ms = first_at, 0, 0.0
     for at, c in chunks:
         if at > play_end + UNDERRUN_S:
             under += 1
             under_ms += (at - play_end) * 1000
         play_end = max(play_end, at) + len(c) / 2 / rate
-    return TurnResult(k, name, lat, under, round(under_ms, 1), len(pcm) / rate)
+    return TurnResult(k, name, lat, under, round(under_ms, 1), sum(len(c) for _, c in chunks) / 2 / rate)
 
 
 class Callers:

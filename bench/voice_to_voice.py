@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from bench.common import gpu_tag, percentile, result_header, result_path, write_result  # noqa: E402
+from bench.common import (answered, first_audible_ms, gpu_tag, percentile, reply_chunks,  # noqa: E402
+                          result_header, result_path, write_result)
 from agent import models  # noqa: E402
 from agent.audio import INTERNAL_RATE, float_to_pcm16, load_audio  # noqa: E402
 from agent.config import Config  # noqa: E402
@@ -63,6 +64,7 @@ class Turn:
     stages: dict = field(default_factory=dict)
     false_cutoff: bool = False
     info: dict = field(default_factory=dict)
+    answered: bool = False  # a reply came after the end of speech (latency_ms None with it: no audible sample)
 
 
 async def run_script(url: str, segments: list[Segment], kind: str, out_rate_hint: int = 22050,
@@ -75,15 +77,13 @@ async def run_script(url: str, segments: list[Segment], kind: str, out_rate_hint
         await ws.send(json.dumps({"type": "start", "sample_rate": INTERNAL_RATE}))
         ready = json.loads(await ws.recv())
         rate = ready.get("output_sample_rate", out_rate_hint)
-        state = {"audio": bytearray(), "first_at": None, "done": 0, "latency": [], "stopped": []}
+        state = {"chunks": [], "events": [], "latency": [], "stopped": []}
 
         async def receive():
             async for msg in ws:
                 now = time.monotonic()
                 if isinstance(msg, bytes):
-                    if state["first_at"] is None:
-                        state["first_at"] = now
-                    state["audio"] += msg
+                    state["chunks"].append((now, msg))
                     continue
                 e = json.loads(msg)
                 if e["type"] == "speech_stopped":
@@ -91,7 +91,9 @@ async def run_script(url: str, segments: list[Segment], kind: str, out_rate_hint
                 elif e["type"] == "latency":
                     state["latency"].append(e)
                 elif e["type"] == "reply_done":
-                    state["done"] += 1
+                    state["events"].append(("reply_done", e.get("turn"), bool(e.get("interrupted")), now))
+                elif e["type"] == "flush":
+                    state["events"].append(("flush", e.get("turn"), None, now))
 
         rx = asyncio.create_task(receive())
         t0 = time.monotonic()
@@ -105,24 +107,26 @@ async def run_script(url: str, segments: list[Segment], kind: str, out_rate_hint
 
         for seg in segments:
             seg_start = sent / INTERNAL_RATE
-            done_before = state["done"]
-            state["audio"], state["first_at"] = bytearray(), None
+            state["chunks"], state["events"] = [], []
             for i in range(0, len(seg.audio), frame):
                 await send(seg.audio[i:i + frame])
             t_speech_end = t0 + seg_start + seg.speech_end
             deadline = time.monotonic() + reply_timeout
-            while state["done"] <= done_before and time.monotonic() < deadline:
+            # the answer is a reply completed after the true end of speech: one that came earlier (a false cut-off)
+            # was interrupted by the rest of the words, and its audio is not the answer (bench/common.py)
+            while answered(state["events"], t_speech_end) is None and time.monotonic() < deadline:
                 await send(silence)
+            turn = answered(state["events"], t_speech_end)
+            chunks = reply_chunks(state["chunks"], state["events"], t_speech_end)
             # let the reply play out (the agent's audio arrives faster than real time)
-            played_until = (state["first_at"] or time.monotonic()) + len(state["audio"]) / 2 / rate + 0.7
+            n_bytes = sum(len(c) for _, c in chunks)
+            played_until = (chunks[0][0] if chunks else time.monotonic()) + n_bytes / 2 / rate + 0.7
             while time.monotonic() < played_until:
                 await send(silence)
             t = Turn(kind)
-            pcm = np.frombuffer(bytes(state["audio"]), dtype="<i2").astype(np.float32) / 32768
-            loud = np.flatnonzero(np.abs(pcm) > AUDIBLE)
-            if state["first_at"] is not None and len(loud):
-                t.latency_ms = (state["first_at"] + loud[0] / rate - t_speech_end) * 1000
-            lat = [e for e in state["latency"] if e["turn"] == len(turns) + 1]
+            t.answered = turn is not None
+            t.latency_ms = first_audible_ms(chunks, rate, t_speech_end, AUDIBLE) if turn is not None else None
+            lat = [e for e in state["latency"] if e["turn"] == turn]
             if lat:
                 t.endpoint_ms = lat[-1]["ms"].get("endpoint")
                 t.stages = lat[-1]["ms"]
@@ -204,15 +208,22 @@ async def run_all(rt, sessions, spliced) -> list[Turn]:
     return turns
 
 
+def _inf(x):
+    """JSON has no infinity: a latency that falls on a turn without a reply is "inf"."""
+    return "inf" if isinstance(x, float) and x == float("inf") else x
+
+
 def summarize(turns: list[Turn]) -> dict:
-    lat = [t.latency_ms for t in turns if t.latency_ms is not None]
+    # a turn without an (audible) reply waits forever: it counts, as an infinite latency
+    lat = [t.latency_ms if t.latency_ms is not None else float("inf") for t in turns]
     ended = [t for t in turns if t.endpoint_ms is not None and t.kind == "turn"]
     ends = [t.endpoint_ms for t in ended]
     # a pending endpoint ([turn] confirm_endpoint) holds once the transcript is in: when that was
     held = [t.stages.get("endpoint_confirmed", t.endpoint_ms) for t in ended]
     spl = [t for t in turns if t.kind == "spliced"]
-    return {"turns": len(turns), "v2v_p50_ms": percentile(lat, 50), "v2v_p95_ms": percentile(lat, 95),
-            "max_wait_ms": max(lat) if lat else None,
+    return {"turns": len(turns), "turns_without_reply": sum(t.latency_ms is None for t in turns),
+            "v2v_p50_ms": _inf(percentile(lat, 50)), "v2v_p95_ms": _inf(percentile(lat, 95)),
+            "max_wait_ms": _inf(max(lat)) if lat else None,
             "false_cutoff_rate": (sum(t.false_cutoff for t in spl) / len(spl)) if spl else None,
             "mean_endpoint_delay_ms": float(np.mean(ends)) if ends else None,
             "mean_endpoint_confirmed_ms": float(np.mean(held)) if held else None,
@@ -233,8 +244,8 @@ def plots(results: dict, tag: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, res in results.items():
         lat = sorted(t["latency_ms"] for t in res["per_turn"] if t["latency_ms"] is not None)
-        if lat:
-            ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=name)
+        if lat:  # over every turn: one without a reply keeps the curve below 1
+            ax.plot(lat, np.arange(1, len(lat) + 1) / len(res["per_turn"]), label=name)
     ax.set_xlabel("voice-to-voice latency at the client (ms)")
     ax.set_ylabel("fraction of turns")
     ax.grid(alpha=0.3)
@@ -261,6 +272,10 @@ def plots(results: dict, tag: str) -> list[str]:
     fig.savefig(p, dpi=110)
     out.append(str(p))
     return out
+
+
+def _ms(x) -> str:
+    return f"{x:.0f}" if isinstance(x, (int, float)) else str(x)
 
 
 def main() -> None:
@@ -325,8 +340,9 @@ def main() -> None:
         results[name] = {**summarize(turns), "load_average_before": load_before, "load_average_after": os.getloadavg(),
                          "per_turn": [t.__dict__ for t in turns], "server_traces": server}
         s = results[name]
-        print(f"  {name:<22} p50 {s['v2v_p50_ms']:.0f} ms  p95 {s['v2v_p95_ms']:.0f}  max {s['max_wait_ms']:.0f}  "
-              f"false cut-offs {s['false_cutoff_rate']}  endpoint {s['mean_endpoint_delay_ms']}", flush=True)
+        print(f"  {name:<22} p50 {_ms(s['v2v_p50_ms'])} ms  p95 {_ms(s['v2v_p95_ms'])}  max {_ms(s['max_wait_ms'])}  "
+              f"no reply {s['turns_without_reply']}  false cut-offs {s['false_cutoff_rate']}  "
+              f"endpoint {s['mean_endpoint_delay_ms']}", flush=True)
     for k, v in base.items():
         setattr(cfg.turn, k, v)
     # plots are named after the result file: a tuning run (--out) must not overwrite the recorded run's
