@@ -105,6 +105,23 @@ class Draft:
     task: asyncio.Task | None = None
     tts: asyncio.Future | None = None  # the phrase's synthesis while it runs
     release: asyncio.Task | None = None  # frees the fork once a discarded draft's task has ended
+    queued: list = field(default_factory=list)  # (worker, future) of its items still queued or running
+
+    def run(self, pool, fn, *args) -> asyncio.Future:
+        """One of the draft's model calls, at the draft's priority (background until the endpoint wants it)."""
+        if not hasattr(pool, "submit_with"):  # a plain executor (tests): no priorities
+            return asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        fut = pool.submit_with(self.priority, fn, *args)
+        entry = (pool, fut)
+        self.queued.append(entry)
+        fut.add_done_callback(lambda _: self.queued.remove(entry) if entry in self.queued else None)
+        return asyncio.wrap_future(fut)
+
+    def make_urgent(self) -> None:
+        """The endpoint waits for this draft: its remaining calls, and those already queued, are urgent."""
+        self.priority = Priority.URGENT
+        for pool, fut in list(self.queued):
+            pool.promote(fut, Priority.URGENT)
 
 
 @dataclass
@@ -473,29 +490,28 @@ class Session:
         rt, pool = self.rt, self.rt.llm_pool
         gen = None
         try:
-            d.llm = await pool.run(d.priority, self.llm.fork)
+            d.llm = await d.run(pool, self.llm.fork)
             if d.cancelled:
                 return
-            await pool.run(d.priority, d.llm.sync_user, d.transcript, True)
+            await d.run(pool, d.llm.sync_user, d.transcript, True)
             if d.cancelled:
                 return
             d.text = TokenText(rt.llm)
             ph = self.cfg.phrases
             d.chunker = PhraseChunker(ph.first_min_words, ph.first_max_words, ph.min_words, ph.max_words)
-            gen = await pool.run(d.priority, d.llm.generate_reply)
+            gen = await d.run(pool, d.llm.generate_reply)
             while not d.cancelled and d.phrase is None:
-                tok = await pool.run(d.priority, next, gen, None)
+                tok = await d.run(pool, next, gen, None)
                 if tok is None:
                     d.ended = True
                     d.phrase = d.chunker.flush()
                     break
                 piece = d.text.add(tok)
                 d.phrase = d.chunker.push(piece if piece is not None else "")
-            await pool.run(d.priority, gen.close)
+            await d.run(pool, gen.close)
             gen = None
-            if d.phrase is not None and not d.cancelled:
-                d.tts = asyncio.ensure_future(rt.run(rt.tts_pool, lambda text: list(rt.tts.synthesize(text)),
-                                                     d.phrase.text))
+            if d.phrase is not None and not d.cancelled:  # background too: another session's first audio goes first
+                d.tts = d.run(rt.tts_pool, lambda text: list(rt.tts.synthesize(text)), d.phrase.text)
                 d.chunks = await d.tts  # _discard cancels it: a discarded draft does not wait for its audio
         finally:
             if gen is not None:  # cancelled mid-way: close the generation on the worker, in order
@@ -538,7 +554,7 @@ class Session:
             return None
         d = pw.draft
         if d is not None and not d.cancelled and d.transcript == text:
-            d.priority = Priority.URGENT
+            d.make_urgent()
             await asyncio.gather(d.task, return_exceptions=True)
             if d.phrase is not None and d.chunks and not d.cancelled:
                 await asyncio.gather(pw.task, return_exceptions=True)

@@ -334,3 +334,51 @@ def test_a_batch_that_returns_too_few_results_fails_the_rest_instead_of_hanging(
         with pytest.raises(RuntimeError, match="no result for this item"):
             f.result(5)
     w.shutdown()
+
+
+def test_a_promoted_background_item_runs_before_waiting_urgent_work():
+    """A pause-time draft the endpoint now waits for: its queued background item becomes urgent (due now), so it
+    runs before urgent items due later, instead of after everything else."""
+    w = PriorityWorker("test-promote")
+    gate = threading.Event()
+    ran = []
+    w.submit(gate.wait)
+    now = time.monotonic()
+    bg = w.submit_with(Priority.BACKGROUND, ran.append, "draft")
+    w.submit_with(Priority.URGENT, ran.append, "other session", deadline=now + 5.0)
+    w.submit_with(Priority.PACED, ran.append, "paced", deadline=now + 2.0)
+    assert w.promote(bg, Priority.URGENT)
+    assert not w.promote(bg, Priority.BACKGROUND)  # never lowered
+    gate.set()
+    w.submit_with(Priority.BACKGROUND, ran.append, "end").result(5)
+    assert ran == ["draft", "paced", "other session", "end"]
+    assert not w.promote(bg, Priority.URGENT)  # done: nothing to promote
+    w.shutdown()
+
+
+def test_a_draft_runs_in_the_background_until_the_endpoint_takes_it():
+    """A pause-time draft's model calls (LLM steps, its phrase's synthesis) are background work: another session's
+    first audio goes first. When the endpoint takes the draft, what it has queued becomes urgent at once."""
+    from agent.session import Draft
+
+    async def main():
+        w = PriorityWorker("test-draft")
+        gate = threading.Event()
+        ran = []
+        w.submit(gate.wait)
+        d = Draft("what time is it")
+        first = d.run(w, ran.append, "draft tts")
+        assert d.queued and d.queued[0][1].done() is False
+        other = w.submit_with(Priority.URGENT, ran.append, "other first audio", deadline=time.monotonic() + 5)
+        d2 = Draft("and tomorrow")
+        late = d2.run(w, ran.append, "untaken draft")
+        d.make_urgent()
+        gate.set()
+        await first
+        await asyncio.wrap_future(other)
+        await late
+        assert ran == ["draft tts", "other first audio", "untaken draft"]
+        assert d.priority == Priority.URGENT and not d.queued  # done items leave the list
+        w.shutdown()
+
+    asyncio.run(main())
