@@ -299,6 +299,17 @@ class ChatSession:
         missing = kept[self.s.n_tokens - self.reply_start:]  # e.g. the last token, sampled but never fed
         self.s.append(list(missing) + list(self.llm.chat.end_of_reply_ids()))
 
+    def drop_last_turn(self) -> None:
+        """Forget the last user message and everything after it (a reply the listener heard nothing of: the
+        user's turn goes on, and the next reply answers those words together with what follows)."""
+        self._use()
+        if not self.turn_starts:
+            return
+        start = self.turn_starts.pop()
+        self.s.truncate(start)
+        self.reply_start = self.s.n_tokens
+        self.user_start = None
+
     def free(self) -> None:
         self.s.free()
         self.saved = None

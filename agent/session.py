@@ -755,6 +755,7 @@ class Session:
         r = self.reply
         if r is None or r.interrupted or r.silent:
             return
+        by_voice = played is None  # our VAD heard the user (not a client's truncate message)
         played = self.playback.played() if played is None else played
         r.cancelled = r.interrupted = True
         # the client stops playing now; the reply task ends after its current LLM step / TTS call and the KV
@@ -775,7 +776,15 @@ class Session:
             kept = [p for p in r.phrases if p.index in done]
             n_tok = kept[-1].token_end if kept else 0
             text = " ".join(p.text for p in kept)
-        if r.committed:
+        if (by_voice and r.committed and played == 0 and len(self.history) >= 2
+                and self.history[-2]["role"] == "user"):
+            # the listener heard nothing of it (a false cut-off caught at once): the user's turn goes on, and the
+            # next reply answers these words together with what follows, as if the agent had never spoken
+            await self.rt.run(self.rt.llm_pool, self.llm.drop_last_turn)
+            self.pending_user.insert(0, self.history[-2]["content"])
+            del self.history[-2:]
+            text = ""
+        elif r.committed:
             await self.rt.run(self.rt.llm_pool, self.llm.end_reply, r.tokens[:n_tok])
             self.history[-1] = {"role": "assistant", "content": text}
         r.trace.info["interrupted_at_sample"] = played

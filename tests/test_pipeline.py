@@ -148,6 +148,58 @@ def test_barge_in_keeps_only_what_was_played(rt, speech):
     assert abs(words_heard(heard, full.text) - len(normalize(first.text))) <= 1, (heard, first.text)
 
 
+def test_a_reply_nobody_heard_leaves_the_turn_open(rt, speech):
+    """The caller talks on right after the endpoint, before any reply audio was played (a false cut-off caught at
+    once): the cut-off reply leaves no trace, and the next reply answers both parts as one user message."""
+    rt.config.llm.max_new_tokens = 60
+
+    async def scenario():
+        s = Session(rt, INTERNAL_RATE)
+        await s.start()
+        q = load_audio(speech / "pocketsphinx_misc/goforward.wav")
+        more = load_audio(speech / "speechbrain_harvard/spk2_snt4.wav")
+        got: list = []
+        frame = 320
+
+        async def pump():  # a transport that never plays anything: the listener hears nothing
+            while True:
+                got.append(await s.events.get())
+
+        task = asyncio.create_task(pump())
+        for i in range(0, len(q), frame):
+            await s.feed(q[i:i + frame]); await asyncio.sleep(0.02)
+        for _ in range(100):
+            await s.feed(np.zeros(frame, np.float32)); await asyncio.sleep(0.02)
+            if any(isinstance(e, ev.SpeechStopped) for e in got):
+                break
+        for i in range(0, len(more), frame):
+            await s.feed(more[i:i + frame]); await asyncio.sleep(0.02)
+        for _ in range(300):
+            await s.feed(np.zeros(frame, np.float32)); await asyncio.sleep(0.02)
+            if any(isinstance(e, ev.ReplyDone) and not e.interrupted for e in got):
+                break
+        task.cancel()
+        return s, got
+
+    try:
+        s, got = asyncio.run(scenario())
+    finally:
+        rt.config.llm.max_new_tokens = 40
+    assert any(isinstance(e, ev.Flush) for e in got)  # the barge-in happened
+    cut = next(e for e in got if isinstance(e, ev.ReplyTruncated))
+    assert cut.turn == 1 and cut.text == "" and cut.played_samples == 0
+    answer = next(e for e in got if isinstance(e, ev.ReplyDone) and not e.interrupted)
+    finals = [e.text for e in got if isinstance(e, ev.TranscriptEvent) and e.final]
+    assert len(finals) == 2 and all(finals)
+    # one user message (both parts) and the one reply: the cut-off turn left nothing in the history...
+    assert s.history == [{"role": "user", "content": " ".join(finals)}, {"role": "assistant", "content": answer.text}]
+    # ... nor in the KV cache: system prompt, the joined user message, the reply
+    chat = rt.llm.chat
+    head = list(rt.llm.system_ids) + chat.user_turn_ids(" ".join(finals))
+    assert s.llm.s.tokens[: len(head)] == head
+    asyncio.run(s.close())
+
+
 def words_heard(heard: str, reply: str) -> int:
     """How many words of `reply` the ASR transcript of the played audio covers (matched letter by letter, so
     'can use lid' still counts as 'canoe slid')."""
