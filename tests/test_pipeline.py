@@ -86,6 +86,22 @@ def test_baseline_reprefills_history(rt, speech):
     assert t2.latency.info["prefill_tokens"] > len(rt.llm.chat.user_turn_ids(t2.transcript)) + 5
 
 
+async def speak(s: Session, audio: np.ndarray, frame: int = 320) -> None:
+    """Feed a clip in real time, 20 ms at a time."""
+    for i in range(0, len(audio), frame):
+        await s.feed(audio[i:i + frame])
+        await asyncio.sleep(0.02)
+
+
+async def silence(s: Session, frames: int, until=lambda: False, frame: int = 320) -> None:
+    """Feed up to `frames` 20 ms frames of silence in real time, stopping once `until()` holds."""
+    for _ in range(frames):
+        await s.feed(np.zeros(frame, np.float32))
+        await asyncio.sleep(0.02)
+        if until():
+            return
+
+
 def test_barge_in_keeps_only_what_was_played(rt, speech):
     """Timeline: a question; silence until the reply has played ~0.8 s; the user talks over it."""
     rt.config.llm.max_new_tokens = 60
@@ -110,16 +126,12 @@ def test_barge_in_keeps_only_what_was_played(rt, speech):
 
         task = asyncio.create_task(pump())
         loop = asyncio.get_running_loop()
-        for i in range(0, len(q), frame):
-            await s.feed(q[i:i + frame]); await asyncio.sleep(0.02)
+        await speak(s, q)
         while first_audio is None or loop.time() - first_audio < 0.8:
             await s.feed(np.zeros(frame, np.float32)); await asyncio.sleep(0.02)
-        for i in range(0, len(interrupt), frame):
-            await s.feed(interrupt[i:i + frame]); await asyncio.sleep(0.02)
-        for _ in range(150):  # silence: the interruption becomes the next turn
-            await s.feed(np.zeros(frame, np.float32)); await asyncio.sleep(0.02)
-            if sum(isinstance(e, ev.ReplyDone) for e in got) >= 2:
-                break
+        await speak(s, interrupt)
+        # silence: the interruption becomes the next turn
+        await silence(s, 150, until=lambda: sum(isinstance(e, ev.ReplyDone) for e in got) >= 2)
         task.cancel()
         return s, got
 
@@ -159,25 +171,16 @@ def test_a_reply_nobody_heard_leaves_the_turn_open(rt, speech):
         q = load_audio(speech / "pocketsphinx_misc/goforward.wav")
         more = load_audio(speech / "speechbrain_harvard/spk2_snt4.wav")
         got: list = []
-        frame = 320
 
         async def pump():  # a transport that never plays anything: the listener hears nothing
             while True:
                 got.append(await s.events.get())
 
         task = asyncio.create_task(pump())
-        for i in range(0, len(q), frame):
-            await s.feed(q[i:i + frame]); await asyncio.sleep(0.02)
-        for _ in range(100):
-            await s.feed(np.zeros(frame, np.float32)); await asyncio.sleep(0.02)
-            if any(isinstance(e, ev.SpeechStopped) for e in got):
-                break
-        for i in range(0, len(more), frame):
-            await s.feed(more[i:i + frame]); await asyncio.sleep(0.02)
-        for _ in range(300):
-            await s.feed(np.zeros(frame, np.float32)); await asyncio.sleep(0.02)
-            if any(isinstance(e, ev.ReplyDone) and not e.interrupted for e in got):
-                break
+        await speak(s, q)
+        await silence(s, 100, until=lambda: any(isinstance(e, ev.SpeechStopped) for e in got))
+        await speak(s, more)
+        await silence(s, 300, until=lambda: any(isinstance(e, ev.ReplyDone) and not e.interrupted for e in got))
         task.cancel()
         return s, got
 
