@@ -108,9 +108,8 @@ class Draft:
     queued: list = field(default_factory=list)  # (worker, future) of its items still queued or running
 
     def run(self, pool, fn, *args) -> asyncio.Future:
-        """One of the draft's model calls, at the draft's priority (background until the endpoint wants it)."""
-        if not hasattr(pool, "submit_with"):  # a plain executor (tests): no priorities
-            return asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        """One of the draft's model calls on a PriorityWorker, at the draft's priority (background until the
+        endpoint wants it)."""
         fut = pool.submit_with(self.priority, fn, *args)
         entry = (pool, fut)
         self.queued.append(entry)

@@ -149,18 +149,18 @@ class PriorityWorker(cf.Executor):
         return await asyncio.wrap_future(self.submit_with(priority, fn, *args, deadline=deadline, ready=ready,
                                                           batch=batch))
 
-    def promote(self, fut: cf.Future, priority: Priority, deadline: float | None = None) -> bool:
-        """Raise a queued item's priority (and set its deadline; urgent without one: due URGENT_BUDGET_S from now),
-        e.g. a pause-time draft that the endpoint now waits for. False when the item is no longer queued (running or
-        done) or already at that priority or higher."""
+    def promote(self, fut: cf.Future, priority: Priority) -> bool:
+        """Raise a queued item's priority (urgent: due URGENT_BUDGET_S from now, as if just submitted), e.g. a
+        pause-time draft that the endpoint now waits for. False when the item is no longer queued (running or done)
+        or already at that priority or higher."""
         with self._cv:
             for it in self._items:
                 if it.future is fut:
                     if it.priority <= priority:
                         return False
                     it.priority = int(priority)
-                    it.deadline = (deadline if deadline is not None else
-                                   urgent_deadline(time.monotonic()) if priority == Priority.URGENT else it.deadline)
+                    if priority == Priority.URGENT:
+                        it.deadline = urgent_deadline(time.monotonic())
                     return True
         return False
 
