@@ -232,7 +232,7 @@ def summarize(turns: list[Turn]) -> dict:
                                        "first_phrase", "tts_first_audio", "audio_sent")}}
 
 
-def plots(results: dict, tag: str) -> list[str]:
+def plots(results: dict, tag: str, out_dir: Path | None = None) -> list[str]:
     try:
         import matplotlib
 
@@ -250,7 +250,7 @@ def plots(results: dict, tag: str) -> list[str]:
     ax.set_ylabel("fraction of turns")
     ax.grid(alpha=0.3)
     ax.legend()
-    p = result_path(f"v2v_{tag}_cdf.png")
+    p = result_path(f"v2v_{tag}_cdf.png", out_dir)
     fig.tight_layout()
     fig.savefig(p, dpi=110)
     out.append(str(p))
@@ -267,7 +267,7 @@ def plots(results: dict, tag: str) -> list[str]:
     ax.set_xlabel("ms after the end of speech (server side)")
     ax.set_ylabel("turn")
     ax.legend(fontsize=7, loc="lower right")
-    p = result_path(f"v2v_{tag}_waterfall.png")
+    p = result_path(f"v2v_{tag}_waterfall.png", out_dir)
     fig.tight_layout()
     fig.savefig(p, dpi=110)
     out.append(str(p))
@@ -372,8 +372,9 @@ def main() -> None:
                         if k != first}
     out["per_turn"] = {k: v["per_turn"] for k, v in results.items()}
     out["server_traces"] = {k: v["server_traces"] for k, v in results.items()}  # trace info: p_end, p_audio, ...
-    out["plots"] = [Path(p).name for p in plots(results, tag)] if first == "full" else []
-    print("->", write_result(args.out or f"v2v_{gpu_tag()}.json", out))
+    out_path = result_path(args.out or f"v2v_{gpu_tag()}.json")  # the plots go beside it (an absolute --out too)
+    out["plots"] = [Path(p).name for p in plots(results, tag, out_path.parent)] if first == "full" else []
+    print("->", write_result(out_path.name, out, out_path.parent))
     rt.close()
 
 
