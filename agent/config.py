@@ -46,6 +46,9 @@ class TurnConfig:
     judge: str = ""
     judge_threads: int = 1
     judge_workers: int = 1  # pauses of different sessions judged at once (a GPU server with many callers: > 1)
+    # "cpu": onnxruntime, judge_threads cores a call. "cuda" (or "cuda:N"): the same ONNX graph in torch on the GPU
+    # (agent/onnx_torch.py), the pauses waiting at once judged in one batch of up to judge_workers
+    judge_device: str = "cpu"
     # silence the judge hears before it runs (once per silence inside a turn, also before the PAUSE when shorter than
     # pause_ms): its P(complete) rises with trailing silence even on a voice cut mid-sentence, so it runs early
     # (tests/test_turn_judge.py; bench/pause_judge.py replays the choice)
@@ -241,6 +244,8 @@ class Config:
                 setattr(target, key, value)
         from .cuda_sync import MODES
 
+        if not (cfg.turn.judge_device == "cpu" or cfg.turn.judge_device.startswith("cuda")):
+            raise ConfigError(f"[turn] judge_device must be \"cpu\" or \"cuda\", not {cfg.turn.judge_device!r}")
         if cfg.pipeline.cuda_sync not in MODES:
             raise ConfigError(f"[pipeline] cuda_sync must be one of {', '.join(MODES)}, not {cfg.pipeline.cuda_sync!r}")
         return cfg

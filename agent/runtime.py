@@ -92,12 +92,22 @@ class Runtime:
         if meter.cuda:  # workspaces and CUDA graphs of ASR/TTS exist after their warm-up: measure them
             meter.workspace("ASR", _asr_device(config), lambda: _warm_asr(asr))
             meter.workspace("TTS", _tts_device(config), lambda: _warm_tts(tts))
+        judge = None
+        if config.turn.judge and config.turn.judge_device != "cpu":  # on the GPU: in the plan, before the KV pool
+            dev = config.turn.judge_device
+            judge = timed("judge", lambda: meter.load("turn judge", dev, lambda: load_judge(config, capture=False),
+                                                      config.turn.judge))
+            if meter.cuda:
+                meter.workspace("turn judge", dev, judge.capture)
+            else:  # the LLM (and the plan) on the CPU
+                judge.capture()
         llm = timed("llm", lambda: load_llm(config, plan_pages=meter.plan_pages))
         meter.after_llm(llm)
         say(meter.plan.table())
         if log_fn is not None:  # the server log has it too
             log.info("memory plan:\n%s", meter.plan.table())
-        judge = timed("judge", lambda: load_judge(config)) if config.turn.judge else None
+        if config.turn.judge and judge is None:
+            judge = timed("judge", lambda: load_judge(config))
         from .vad import VADBatcher
 
         batcher = VADBatcher(vad, max_batch=max(1, config.server.max_sessions)) if config.vad.batch else None
@@ -218,6 +228,8 @@ class Runtime:
             # a ThreadPoolExecutor's threads (judge, VAD) have no public join of their own
             for t in [pool] if isinstance(pool, PriorityWorker) else list(getattr(pool, "_threads", ())):
                 t.join(max(0.0, end - time.monotonic()))
+        if hasattr(self.judge, "close"):  # the GPU judge's batching thread (after the pool that feeds it)
+            self.judge.close()
 
 
 def load_vad(config: Config):
@@ -247,11 +259,19 @@ def load_asr(config: Config):
     raise models.ModelError(f"unknown ASR backend {c.backend!r} (faster-whisper, torch)")
 
 
-def load_judge(config: Config):
-    from .turn_judge import SmartTurn
+def load_judge(config: Config, capture: bool = True):
+    from .turn_judge import SmartTurn, TorchSmartTurn
 
-    return SmartTurn(resolve_model(config.turn.judge, "turn judge"), threads=config.turn.judge_threads,
-                     concurrency=config.turn.judge_workers)
+    t = config.turn
+    if t.judge_device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise models.ModelError(f"[turn] judge_device = {t.judge_device!r}, but no CUDA device is available "
+                                    f"(judge_device = \"cpu\" runs the judge with onnxruntime)")
+        return TorchSmartTurn(resolve_model(t.judge, "turn judge"), device=t.judge_device,
+                              max_batch=max(1, t.judge_workers), capture=capture)
+    return SmartTurn(resolve_model(t.judge, "turn judge"), threads=t.judge_threads, concurrency=t.judge_workers)
 
 
 def load_tts(config: Config):
