@@ -219,7 +219,16 @@ class OnnxGraph:
                 continue
             fn = OPS[n.op_type]
             plan.append((_bind(fn, attrs), list(n.input), n.output[0]))
-        self.plan = plan
+        # free each value after its last reader: a forward pass keeps only what is still needed (under CUDA-graph
+        # capture the pool then holds a few activations, not all ~300 of them)
+        last: dict[str, int] = {}
+        for k, (_, ins, _) in enumerate(plan):
+            for i in ins:
+                if i and i not in self.consts:
+                    last[i] = k
+        keep = set(self.output_names)
+        self.plan = [(fn, ins, out, tuple(i for i in dict.fromkeys(ins) if last.get(i) == k and i not in keep))
+                     for k, (fn, ins, out) in enumerate(plan)]
         if any(len(n.output) > 1 and any(o for o in n.output[1:]) for n, _ in steps):
             raise NotImplementedError(f"{self.path.name}: a node with several outputs")
 
@@ -234,10 +243,12 @@ class OnnxGraph:
         return consts[q.input[1]].numel() == 1  # per-tensor activation quantization
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        env = dict(self.consts)
-        env[self.input_names[0]] = x
-        for fn, ins, out in self.plan:
-            env[out] = fn(*[env[i] if i else None for i in ins])
+        consts = self.consts
+        env = {self.input_names[0]: x}
+        for fn, ins, out, dead in self.plan:
+            env[out] = fn(*[(env[i] if i in env else consts[i]) if i else None for i in ins])
+            for i in dead:
+                del env[i]
         return env[self.output_names[0]]
 
 

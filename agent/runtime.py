@@ -421,12 +421,24 @@ class MemoryMeter:
         return obj
 
     def workspace(self, role: str, device: str, fn) -> None:
+        """Warm-up / CUDA-graph capture: measured as allocated memory, planned as the larger of that and the memory
+        the allocator holds for it afterwards: a captured graph's private pool keeps the blocks of its freed
+        intermediates, which memory_allocated does not count and nothing else can use (the KV pool must not
+        be planned into them)."""
+        import torch
+
         if not self._on_plan_device(device):
             return
         before = self._alloc()
+        torch.cuda.empty_cache()
+        reserved = torch.cuda.memory_reserved(self.device)
         fn()
-        self.fixed[f"{role} workspaces + graphs"] = self.measured[f"{role} workspaces + graphs"] = \
-            max(0, self._alloc() - before)
+        grown = self._alloc() - before
+        torch.cuda.empty_cache()  # what the regular pool cached and can give back; graph pools stay
+        held = torch.cuda.memory_reserved(self.device) - reserved
+        key = f"{role} workspaces + graphs"
+        self.measured[key] = max(0, grown)
+        self.fixed[key] = max(0, grown, held)
 
     def graph_estimate(self, model, max_batch: int = 64) -> int:
         """LLM decode graphs (agent/memory.py plan item): static inputs, and per batch bucket its logits [b, vocab]

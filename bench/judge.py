@@ -81,7 +81,8 @@ def main() -> int:
     if gpu is not None:
         agreement["torch_gpu_vs_torch_cpu"] = compare(p["torch_gpu"], p["torch_cpu"])
         single = [gpu.p_end(c) for c in clips[:16]]
-        agreement["gpu_batch_equals_single"] = bool(np.allclose(single, p["torch_gpu"][:16], atol=1e-6))
+        # one at a time vs in a batch of 16: other GEMM kernels, other summation orders (not bit-equal on the GPU)
+        agreement["gpu_single_vs_batch16"] = compare(single, p["torch_gpu"][:16])
 
     lat = {"onnxruntime_cpu_2threads_ms": timed(lambda: cpu_ref.p_end(clips[0]), 20),
            "features_ms": timed(lambda: features(clips[0]), 20)}

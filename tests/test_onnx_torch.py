@@ -81,7 +81,7 @@ def test_operators_match_onnxruntime_literally(tmp_path):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     g = OnnxGraph(path, "cpu")
-    fused = sum(1 for fn, _, _ in g.plan if getattr(fn, "__name__", "") == "fq")
+    fused = sum(1 for fn, *_ in g.plan if getattr(fn, "__name__", "") == "fq")
     assert fused == 2  # the input's and the activation's Q/DQ pairs; the weight's DequantizeLinear was folded
     x = np.random.default_rng(1).standard_normal((3, 4, 10)).astype(np.float32) * 3
     ref = sess.run(["y"], {"x": x})[0]
