@@ -207,3 +207,11 @@ def test_gpu_judge_agrees_with_the_cpu_graph(speech, torch_judge):
     three = gpu.p_end_batch(clips[:3])
     assert np.abs(np.array(three) - np.array(g[:3])).max() < 0.1
     gpu.close()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (__import__("pathlib").Path(__file__).parents[1]
+                                                             / "configs").glob("*.toml")))
+def test_every_shipped_config_parses(name):
+    """Every file in configs/ loads: known sections and keys, valid judge_device and cuda_sync values (Config.load
+    raises ConfigError otherwise)."""
+    assert isinstance(Config.load(name), Config)
