@@ -7,8 +7,10 @@ and fast:
 - Nodes whose inputs are all constants (weight DequantizeLinear, shape arithmetic on constants) are folded once,
   at load: the int8 weights are dequantized to float32 on the device.
 - A QuantizeLinear whose only reader is a DequantizeLinear of the same scale and zero point is one fake-quantize
-  kernel (round half to even, saturate, rescale): the value onnxruntime's integer kernels compute, up to float
-  rounding at the quantization steps' exact midpoints.
+  kernel (round half to even, saturate, rescale): the value the QDQ graph defines. Where a float sum lands within
+  rounding error of a step's midpoint, another summation order (onnxruntime's, a GPU GEMM's) rounds it the other
+  way, and with every activation requantized such a step propagates: outputs agree with onnxruntime's in
+  distribution, not bit for bit (tests/test_turn_judge.py, bench/judge.py).
 - Shape arithmetic (Shape, Gather, Slice, Concat of int64) stays on the host as Python-side CPU tensors, so a
   forward pass has no device-to-host copies and can be captured in a CUDA graph.
 - Float math in float32 without TF32: convolutions are an unfold and a matmul (cuDNN would use TF32 by default).
