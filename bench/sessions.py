@@ -8,7 +8,8 @@ For each N in --sessions and each scheduler in --schedulers (switched at run tim
 load once): N callers connect to an in-process server (agent.server.start_server, loopback WebSocket), starting
 staggered over the first few seconds; each speaks real clips from the shared speech set ($QUICKTURN_SPEECH) in
 real time, keeps streaming silence while the agent answers and until the reply has played out, pauses, and speaks
-the next clip, for --seconds (the turn in flight at the end is finished). The callers run on their own thread and
+the next clip, for --seconds (few callers longer, to make about --min-turns turns; the turn in flight at the end
+is finished). The callers run on their own thread and
 event loop (as in bench/soak.py), so the server loop measures the server alone.
 
 Measured at the client, per turn (as bench/voice_to_voice.py does): from the true end of speech in the clip
@@ -106,6 +107,17 @@ def load_clips(n: int, max_s: float = 6.0) -> list[Clip]:
     if not out:
         raise SystemExit(f"no usable clips under {SPEECH} (set QUICKTURN_SPEECH)")
     return out
+
+
+TURN_S = 9.0  # a caller's turn cycle: a clip of ~2-6 s, the reply (~3-6 s of audio) played out, a pause
+
+
+def run_seconds(n: int, seconds: float, min_turns: int) -> float:
+    """How long N callers call: --seconds, or longer for few callers, so a run measures ~min_turns turns (one caller
+    in 12 s makes one or two turns, and one judge-unsure turn is then its p95), at most 4 x --seconds."""
+    if min_turns <= 0:
+        return seconds
+    return max(seconds, min(4 * seconds, min_turns * TURN_S / max(n, 1)))
 
 
 def nearest_rank(values: list[float], q: float) -> float | None:
@@ -369,8 +381,9 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     busy_pools = {"asr": [], "tts": []}
     idle_alloc, idle_used = cuda_allocated(), eng.pool.num_pages - eng.free_pages
     peak_alloc, peak_used, peak_live, busy = idle_alloc, idle_used, 0, []
-    stagger = min(args.stagger, args.seconds / 4)
-    callers = Callers(url, n, clips, args.seconds, stagger, args.reply_timeout, seed=n * 1000,
+    seconds = run_seconds(n, args.seconds, args.min_turns)
+    stagger = min(args.stagger, seconds / 4)
+    callers = Callers(url, n, clips, seconds, stagger, args.reply_timeout, seed=n * 1000,
                       frame_s=args.frame_ms / 1000, in_process=args.callers_in_process)
     t0 = time.monotonic()
     callers.start()
@@ -400,7 +413,8 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     miss = {name: list(pool.missed) for name, pool in (("llm", rt.llm_pool), ("tts", rt.tts_pool))}
     refused = sum(s.refused.values())
     out = {
-        "sessions": n, "scheduler": policy, "wall_s": round(wall, 1), "connected": s.connected,
+        "sessions": n, "scheduler": policy, "wall_s": round(wall, 1), "call_seconds": round(seconds, 1),
+        "connected": s.connected,
         "refused": refused, "refused_by_code": s.refused,
         "server_refusals": {k: v - refusals0.get(k, 0) for k, v in rt.refusals.items() if v - refusals0.get(k, 0)},
         "peak_live_sessions": peak_live, "turns": len(lat), "turns_without_reply": len(lat) - len(finite),
@@ -533,11 +547,11 @@ async def bench(args) -> dict:
         # one unmeasured turn first (lazy initialisation on the serving threads), then the runs; the scheduler
         # order alternates from one N to the next so that neither always runs first
         await run_one(rt, srv, url, 1, args.schedulers.split(",")[0], clips, argparse.Namespace(
-            **{**vars(args), "seconds": 0.5, "stagger": 0.0}))
+            **{**vars(args), "seconds": 0.5, "stagger": 0.0, "min_turns": 0}))
         policies = args.schedulers.split(",")
         cells = [(n, policy) for i, n in enumerate(ns) for policy in (policies if i % 2 == 0 else policies[::-1])]
         for k, (n, policy) in enumerate(cells):
-            cell_s = args.seconds + args.stagger + args.reply_timeout + 8.0  # the last turn, the drain
+            cell_s = run_seconds(n, args.seconds, args.min_turns) + args.stagger + args.reply_timeout + 8.0  # + drain
             if args.budget_s and time.monotonic() - T_START + cell_s > args.budget_s:
                 skipped.append({"sessions": n, "scheduler": policy, "why": "--budget-s"})
                 print(f"  N={n:3d} {policy:4s} skipped (--budget-s)", flush=True)
@@ -615,6 +629,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sessions", default="1,8,16,32,64,96")
     ap.add_argument("--schedulers", default="edf,fifo")
     ap.add_argument("--seconds", type=float, default=20.0, help="each caller speaks for this long per run")
+    ap.add_argument("--min-turns", type=int, default=6,
+                    help="few callers call longer, up to 4 x --seconds, to measure about this many turns a run")
     ap.add_argument("--stagger", type=float, default=2.0, help="callers start spread over this many seconds")
     ap.add_argument("--reply-timeout", type=float, default=10.0)
     ap.add_argument("--budget-s", type=float, default=0.0,

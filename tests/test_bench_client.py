@@ -50,3 +50,14 @@ def test_a_turn_without_a_reply_makes_the_tail_infinite():
     assert percentile([100.0, 200.0, 300.0, inf], 50) == 250.0
     assert percentile([100.0, 200.0, inf, inf], 95) == inf  # numpy alone gives nan here
     assert percentile([100.0, inf], 100) == inf
+
+
+def test_few_callers_call_long_enough_for_several_turns():
+    """bench/sessions.py: one caller in a 12 s run made one turn (sessions_gpujudge_h100.json), so that turn alone
+    was the run's p95; few callers now call for about --min-turns turns, never longer than 4 x --seconds."""
+    from bench.sessions import TURN_S, run_seconds
+
+    assert run_seconds(1, 12, 6) == 48  # 6 turns would take 54 s: capped at 4 x 12
+    assert run_seconds(2, 20, 6) == 3 * TURN_S  # 27 s
+    assert run_seconds(32, 12, 6) == 12  # many callers: --seconds
+    assert run_seconds(1, 12, 0) == 12  # the unmeasured warm-up turn
