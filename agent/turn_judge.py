@@ -71,6 +71,24 @@ def _checked(audio16k: np.ndarray) -> np.ndarray:
     return x
 
 
+def features_torch(windows, mel):
+    """features() for a batch on any torch device: (B, 8 s) float waveforms -> (B, 80, 800) float32, computed in
+    float64 as features() does (tests/test_turn_judge.py)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = windows.float()  # normalised in float32 as features() does, then float64
+    x = (x - x.mean(dim=1, keepdim=True)) / torch.sqrt(x.var(dim=1, unbiased=False, keepdim=True) + 1e-7)
+    xp = F.pad(x.double()[:, None], (N_FFT // 2, N_FFT // 2), mode="reflect")[:, 0]
+    frames = xp.unfold(1, N_FFT, HOP)  # (B, 801, 400)
+    window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64, device=x.device)
+    power = torch.fft.rfft(frames * window, dim=-1).abs() ** 2  # (B, 801, 201)
+    m = torch.matmul(mel, power.transpose(1, 2))  # (B, 80, 801)
+    log = torch.log10(torch.clamp(m, min=1e-10))[:, :, :-1]
+    log = torch.maximum(log, log.amax(dim=(1, 2), keepdim=True) - 8.0)
+    return ((log + 4.0) / 4.0).float()
+
+
 class SmartTurn:
     """P(the speaker finished their turn) from audio. Thread-safe; one call is ~50-100 ms on one CPU core."""
 
@@ -105,10 +123,10 @@ class TorchSmartTurn:
     """The same model on a torch device — the GPU, beside the other models — through agent/onnx_torch.py, with the
     pauses of many sessions judged in one forward pass.
 
-    `p_end` is called from the judge pool's threads (as SmartTurn's): each computes its features, queues them and
-    waits; one thread of this object runs whatever is queued as one batch (up to max_batch) on a high-priority
-    CUDA stream, replaying a CUDA graph captured per batch size (1, 2, 4, ... max_batch; a batch is padded to the
-    next size). The int8 model's activations are fake-quantized as its QDQ graph says, so the verdicts are those of
+    `p_end` is called from the judge pool's threads (as SmartTurn's): each queues the turn's last 8 s and waits;
+    one thread of this object runs whatever is queued as one batch (up to max_batch) on a high-priority CUDA
+    stream: the log-mel features of the batch on the device (features_torch), then the model, replaying a CUDA
+    graph captured per batch size (1, 2, 4, ... max_batch; a batch is padded to the next size). The int8 model's activations are fake-quantized as its QDQ graph says, so the verdicts are those of
     the ONNX model computed in another order: on the dev clips they fall in the same band (sure / unsure / not)
     as onnxruntime's in ~91 % of cases, as often as onnxruntime's own optimized and unoptimized graphs agree with
     each other (~93 %; tests/test_turn_judge.py) — this quantized model is that sensitive to summation order."""
@@ -132,7 +150,10 @@ class TorchSmartTurn:
             self.stream = torch.cuda.Stream(device=self.device, priority=hi)
         self._graphs: dict[int, tuple] = {}
         self._cv = threading.Condition()
-        self._queue: list = []  # [features (80, 800), [result, error, event]]
+        self._queue: list = []  # [the last 8 s of audio, [result, error, event]]
+        from asr.features import mel_filters
+
+        self._mel = torch.from_numpy(mel_filters(N_MELS).astype(np.float64)).to(self.device)
         self._closed = False
         self.batches = 0  # forward passes run, and the items they judged (batching shows as items > batches)
         self.items = 0
@@ -168,7 +189,7 @@ class TorchSmartTurn:
         return self.p_end_batch([audio16k])[0]
 
     def p_end_batch(self, audios: list) -> list[float]:
-        feats = [features(_checked(a)) for a in audios]
+        feats = [last_window(_checked(a)) for a in audios]  # the features are computed in the batch, on the device
         slots = [[None, None, threading.Event()] for _ in feats]
         with self._cv:
             if self._closed:
@@ -205,18 +226,19 @@ class TorchSmartTurn:
                 for _, s in take:
                     s[2].set()
 
-    def _forward(self, feats: np.ndarray) -> np.ndarray:
+    def _forward(self, windows: np.ndarray) -> np.ndarray:
         import torch
 
-        n = len(feats)
+        n = len(windows)
         self.batches += 1
         self.items += n
         with torch.no_grad():
+            feats = features_torch(torch.from_numpy(windows).to(self.device), self._mel)
             if not self._graphs:
-                return self.graph(torch.from_numpy(feats).to(self.device)).float().reshape(-1).cpu().numpy()
+                return self.graph(feats).float().reshape(-1).cpu().numpy()
             b = next(k for k in self.buckets if k >= n)
             g, x, y = self._graphs[b]
-            x[:n].copy_(torch.from_numpy(feats), non_blocking=False)
+            x[:n].copy_(feats)
             if n < b:
                 x[n:].zero_()
             g.replay()

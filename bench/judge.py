@@ -7,7 +7,8 @@ reference the turn policy was tuned on), from the same ONNX graph in torch on th
 CUDA graphs (agent/turn_judge.py TorchSmartTurn); the share of verdicts in the same band (>= 0.95 / between / <=
 0.3) and the |P| differences. For scale: onnxruntime's own optimized vs unoptimized graphs.
 Latency, measured in the same run: onnxruntime one call (judge_threads = 2, as gpu-bench.toml) vs the GPU judge for
-batches of 1..16 pauses (features included: they are computed on the calling threads), median of repeats.
+batches of 1..16 pauses (features included: on the device since 2026-12-05; `judge_h100.json` was measured with
+them on the calling thread, one after another), median of repeats.
 Writes bench/results/judge_<device>.json.
 """
 

@@ -36,6 +36,23 @@ def test_features_match_whisper_feature_extractor_with_8s_chunk():
         assert np.abs(ours - ref).max() < 1e-4
 
 
+def test_batched_torch_features_equal_the_numpy_ones(speech):
+    """The GPU judge computes the features of a whole batch on the device (agent/turn_judge.py features_torch):
+    the same as features() clip by clip, to float32 rounding (FFT and mean/variance in another order)."""
+    import torch
+
+    from agent.turn_judge import features_torch
+    from asr.features import mel_filters
+
+    windows = [last_window(load_audio(speech / r["file"])) for r in dev_set()[:6]]
+    windows.append(last_window(np.zeros(INTERNAL_RATE, np.float32)))  # silence: zero variance
+    mel = torch.from_numpy(mel_filters(80).astype(np.float64))
+    ours = features_torch(torch.from_numpy(np.stack(windows)), mel).numpy()
+    ref = np.stack([features(w) for w in windows])
+    assert ours.shape == ref.shape == (7, 80, 800)
+    assert np.abs(ours - ref).max() < 1e-4
+
+
 def test_last_window_pads_at_the_start_and_keeps_the_end():
     x = np.arange(1, 101, dtype=np.float32)
     w = last_window(x, seconds=1)
