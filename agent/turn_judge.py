@@ -78,7 +78,7 @@ def features_torch(windows, mel):
     import torch.nn.functional as F
 
     x = windows.float()  # normalised in float32 as features() does, then float64
-    x = (x - x.mean(dim=1, keepdim=True)) / torch.sqrt(x.var(dim=1, unbiased=False, keepdim=True) + 1e-7)
+    x = (x - x.mean(dim=1, keepdim=True)) / torch.sqrt(x.var(dim=1, correction=0, keepdim=True) + 1e-7)
     xp = F.pad(x.double()[:, None], (N_FFT // 2, N_FFT // 2), mode="reflect")[:, 0]
     frames = xp.unfold(1, N_FFT, HOP)  # (B, 801, 400)
     window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64, device=x.device)
