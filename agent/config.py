@@ -171,7 +171,9 @@ class PipelineConfig:
     reuse_kv: bool = True  # False (baseline): re-prefill the whole history every turn
     stream_tts: bool = True  # False (baseline): synthesize only after the LLM finished
     trace_log: str = ""  # path of a JSON-lines latency log ("" = off)
-    scheduler: str = "edf"  # LLM worker order: "edf" (deadlines, agent/worker.py) or "fifo" (arrival order, baseline)
+    # LLM/TTS/ASR worker order: "edf" (deadlines, agent/worker.py), "fifo" (arrival order, baseline), or
+    # "edf-urgent" (urgent work before ready paced tokens; experimental)
+    scheduler: str = "edf"
     # Python's GIL switch interval (sys.setswitchinterval) in ms; 0 = leave Python's 5 ms. The GPU worker threads
     # give the GIL up at every CUDA sync (each ASR token, each decode step, each TTS window) and then wait for it
     # up to the interval while the event loop holds it: with many callers that wait repeats per token.

@@ -538,6 +538,9 @@ async def bench(args) -> dict:
                         # (what the GPU and the scheduler serve; the endpoint wait is the turn judge's, issue 6)
                         "max_sessions_after_endpoint_p95_500ms": largest("edf", "after_endpoint_meets_500ms"),
                         "max_sessions_after_endpoint_p95_500ms_fifo": largest("fifo", "after_endpoint_meets_500ms"),
+                        **{f"max_sessions{kind}_p95_500ms_{p.replace('-', '_')}": largest(p, test)
+                           for p in args.schedulers.split(",") if p not in ("edf", "fifo")
+                           for kind, test in (("", "meets_500ms"), ("_after_endpoint", "after_endpoint_meets_500ms"))},
                         "memory_plan_error_pct": report0["error_pct"]},
             "runs": table, "skipped": skipped, "stuck": stuck,
             "per_turn": {f"{r['scheduler']}_{keys[i]}": r["per_turn"] for i, r in enumerate(runs)},
@@ -627,7 +630,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/gpu-bench.toml")
     ap.add_argument("--sessions", default="1,8,16,32,64,96")
-    ap.add_argument("--schedulers", default="edf,fifo")
+    ap.add_argument("--schedulers", default="edf,fifo", help="edf, fifo, edf-urgent (agent/worker.py), comma-separated")
     ap.add_argument("--seconds", type=float, default=20.0, help="each caller speaks for this long per run")
     ap.add_argument("--min-turns", type=int, default=6,
                     help="few callers call longer, up to 4 x --seconds, to measure about this many turns a run")

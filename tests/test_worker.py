@@ -38,9 +38,27 @@ def test_pick_is_the_minimum_of_order_key():
                  for k in range(rng.randint(1, 12))]
         ready_set = {k for k in range(len(items)) if rng.random() < 0.3}
         ready = lambda it: it.seq in ready_set  # noqa: E731
-        for policy in ("edf", "fifo"):
-            best = min(items, key=lambda it: order_key(it, policy, policy == "edf" and ready(it)))
-            assert items[pick(items, policy, ready)] is best
+        for policy in ("edf", "fifo", "edf-urgent"):
+            now = rng.uniform(0, 5)
+            best = min(items, key=lambda it: order_key(it, policy, policy != "fifo" and ready(it), now))
+            assert items[pick(items, policy, ready, now)] is best
+
+
+def test_edf_urgent_runs_urgent_work_before_ready_paced_tokens():
+    """What edf does at 64 callers: a batched step leaves a ready token for each of 40 sessions that are playing a
+    reply (paced, due in ~2 s), and one new turn's prefill (urgent, due in 0.1 s) waits for all 40 hand-overs.
+    edf-urgent runs the prefill first; a paced token already overdue counts as urgent; background stays last."""
+    now = 10.0
+    items = [Item(Priority.PACED, now + 2.0 + k / 100, k, None) for k in range(40)]
+    items.append(Item(Priority.URGENT, now + 0.1, 40, None))  # not ready: the prefill
+    items.append(Item(Priority.BACKGROUND, math.inf, 41, None))
+    ready = lambda it: it.seq < 40  # noqa: E731
+    assert pick(items, "edf", ready, now) == 0  # a ready paced token first
+    assert pick(items, "edf-urgent", ready, now) == 40
+    items[5].deadline = now - 0.01  # overdue: its audio runs out within the margin
+    assert pick(items, "edf-urgent", ready, now) == 5
+    order = sorted(items, key=lambda it: order_key(it, "edf-urgent", ready(it), now))
+    assert [it.seq for it in order[:3]] == [5, 40, 0] and order[-1].seq == 41
 
 
 # ---- a discrete-event simulation of one worker: jobs arrive, each costs some seconds, none is preempted ----
@@ -168,15 +186,18 @@ def test_fifo_policy_switchable_at_run_time():
     gate.set()
     for f in futs:
         f.result(5)
-    w.policy = "edf"
-    gate.clear()
-    w.submit(gate.wait)
-    futs = [w.submit_with(Priority.BACKGROUND, order.append, "bg"), w.submit_with(Priority.URGENT, order.append, "u")]
-    gate.set()
-    for f in futs:
-        f.result(5)
+    for policy in ("edf", "edf-urgent"):
+        w.policy = policy
+        gate.clear()
+        w.submit(gate.wait)
+        futs = [w.submit_with(Priority.BACKGROUND, order.append, "bg"),
+                w.submit_with(Priority.PACED, order.append, "p", deadline=time.monotonic() + 5),
+                w.submit_with(Priority.URGENT, order.append, "u")]
+        gate.set()
+        for f in futs:
+            f.result(5)
     w.shutdown()
-    assert order == ["bg", "u", "u", "bg"]
+    assert order == ["bg", "u", "u", "p", "bg", "u", "p", "bg"]
     with pytest.raises(ValueError, match="unknown scheduler"):
         w.policy = "lifo"
 
