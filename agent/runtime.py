@@ -40,8 +40,9 @@ class Runtime:
     cuda_sync: str = ""  # how threads wait for the GPU, as the driver reports it (agent/cuda_sync.py)
     streams: dict = field(default_factory=dict)  # GPU worker -> priority of its own CUDA stream (own_streams)
     judge: object = None  # agent.turn_judge.SmartTurn, the audio end-of-turn judge; None when [turn] judge = ""
-    # its own thread: a pause's verdict never queues behind the ASR (or the LLM)
-    judge_pool: cf.ThreadPoolExecutor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-judge"))
+    # its own thread(s): a pause's verdict never queues behind the ASR (or the LLM). onnxruntime: judge_workers
+    # threads; the GPU judge (TorchSmartTurn): one PriorityWorker batching the pauses waiting at once
+    judge_pool: cf.Executor = field(default_factory=lambda: cf.ThreadPoolExecutor(1, "qt-judge"))
     plan: Plan | None = None  # the device memory plan (agent/memory.py), made at load
     meter: "MemoryMeter | None" = None  # what was measured for it
     refusals: dict = field(default_factory=dict)  # admission refusals by reason kind
@@ -111,9 +112,14 @@ class Runtime:
         from .vad import VADBatcher
 
         batcher = VADBatcher(vad, max_batch=max(1, config.server.max_sessions)) if config.vad.batch else None
+        workers = max(1, config.turn.judge_workers)
+        if hasattr(judge, "p_end_batch"):
+            judge_pool = PriorityWorker("qt-judge")
+            judge_pool.max_batch = workers
+        else:
+            judge_pool = cf.ThreadPoolExecutor(workers, "qt-judge")
         rt = cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, judge=judge, startup_s=times, plan=meter.plan,
-                 meter=meter, vad_batcher=batcher,
-                 judge_pool=cf.ThreadPoolExecutor(max(1, config.turn.judge_workers), "qt-judge"))
+                 meter=meter, vad_batcher=batcher, judge_pool=judge_pool)
         rt._warm = meter.cuda
         from .heap import HeapTrimmer
 
@@ -201,12 +207,21 @@ class Runtime:
 
     async def transcribe(self, audio) -> str:
         """On the ASR thread; several sessions' transcriptions waiting together become one batch (edf)."""
-        pool, asr = self.asr_pool, self.asr
-        if isinstance(pool, PriorityWorker) and hasattr(asr, "transcribe_batch"):
+        return await self._urgent(self.asr_pool, self.asr.transcribe, getattr(self.asr, "transcribe_batch", None),
+                                  audio)
+
+    async def judge_p_end(self, audio) -> float:
+        """The audio judge's P(complete), on its thread; the GPU judge's pauses waiting together are one batch."""
+        return await self._urgent(self.judge_pool, self.judge.p_end, getattr(self.judge, "p_end_batch", None),
+                                  audio)
+
+    async def _urgent(self, pool, fn, batch_fn, arg):
+        """fn(arg) on pool; on a PriorityWorker with a batch function: urgent, and batched with the same calls."""
+        if isinstance(pool, PriorityWorker) and batch_fn is not None:
             from .worker import Priority
 
-            return await pool.run(Priority.URGENT, asr.transcribe, audio, batch=("transcribe", asr.transcribe_batch))
-        return await self.run(pool, asr.transcribe, audio)
+            return await pool.run(Priority.URGENT, fn, arg, batch=(fn.__name__, batch_fn))
+        return await self.run(pool, fn, arg)
 
     async def run(self, pool: cf.Executor, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
@@ -228,8 +243,6 @@ class Runtime:
             # a ThreadPoolExecutor's threads (judge, VAD) have no public join of their own
             for t in [pool] if isinstance(pool, PriorityWorker) else list(getattr(pool, "_threads", ())):
                 t.join(max(0.0, end - time.monotonic()))
-        if hasattr(self.judge, "close"):  # the GPU judge's batching thread (after the pool that feeds it)
-            self.judge.close()
 
 
 def load_vad(config: Config):

@@ -429,7 +429,7 @@ class Session:
         """P(complete) from the audio judge for the turn's audio up to a pause; fed to the turn taker, which
         ignores it once the user has spoken again."""
         try:
-            p = await self.rt.run(self.rt.judge_pool, self.rt.judge.p_end, audio)
+            p = await self.rt.judge_p_end(audio)
         except asyncio.CancelledError:
             return None
         except Exception:

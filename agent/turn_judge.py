@@ -123,16 +123,21 @@ class TorchSmartTurn:
     """The same model on a torch device — the GPU, beside the other models — through agent/onnx_torch.py, with the
     pauses of many sessions judged in one forward pass.
 
-    `p_end` is called from the judge pool's threads (as SmartTurn's): each queues the turn's last 8 s and waits;
-    one thread of this object runs whatever is queued as one batch (up to max_batch) on a high-priority CUDA
-    stream: the log-mel features of the batch on the device (features_torch), then the model, replaying a CUDA
-    graph captured per batch size (1, 2, 4, ... max_batch; a batch is padded to the next size). The int8 model's activations are fake-quantized as its QDQ graph says, so the verdicts are those of
-    the ONNX model computed in another order: on the dev clips they fall in the same band (sure / unsure / not)
-    as onnxruntime's in ~91 % of cases, as often as onnxruntime's own optimized and unoptimized graphs agree with
-    each other (~93 %; tests/test_turn_judge.py) — this quantized model is that sensitive to summation order."""
+    `p_end_batch` runs up to max_batch turns as one batch on a high-priority CUDA stream: the log-mel features on the
+    device (features_torch), then the model, replaying a CUDA graph captured per batch size (1, 2, 4, ...
+    max_batch; a batch is padded to the next size). The runtime gathers the pauses waiting at once into one call
+    (its judge thread is a PriorityWorker batching them, as the ASR's; agent/runtime.py `judge_p_end`). One
+    forward pass at a time (a lock).
+
+    The int8 model's activations are fake-quantized as its QDQ graph says, so the verdicts are those of the ONNX
+    model computed in another order: on 80 dev-clip cuts 92.5 % (CPU) and 95 % (H100) of them fall in the same band
+    (sure / unsure / not) as onnxruntime's; onnxruntime's own unoptimized graph agrees with its optimized one on
+    97.5 % (bench/judge.py) — this quantized model is that sensitive to summation order."""
 
     def __init__(self, path: str | Path, device: str = "cuda", max_batch: int = 16, capture: bool = True):
         import torch
+
+        from asr.features import mel_filters
 
         from .onnx_torch import OnnxGraph
 
@@ -148,17 +153,11 @@ class TorchSmartTurn:
         if self.cuda:
             hi = torch.cuda.Stream.priority_range()[1]  # the endpoint waits for this: the highest priority
             self.stream = torch.cuda.Stream(device=self.device, priority=hi)
-        self._graphs: dict[int, tuple] = {}
-        self._cv = threading.Condition()
-        self._queue: list = []  # [the last 8 s of audio, [result, error, event]]
-        from asr.features import mel_filters
-
         self._mel = torch.from_numpy(mel_filters(N_MELS).astype(np.float64)).to(self.device)
-        self._closed = False
+        self._graphs: dict[int, tuple] = {}
+        self._lock = threading.Lock()
         self.batches = 0  # forward passes run, and the items they judged (batching shows as items > batches)
         self.items = 0
-        self._thread = threading.Thread(target=self._loop, name="qt-judge-batch", daemon=True)
-        self._thread.start()
         if capture:
             self.capture()
 
@@ -166,22 +165,19 @@ class TorchSmartTurn:
         """Warm up (and on CUDA capture a graph per batch size, largest first, sharing one memory pool)."""
         import torch
 
-        if not self.cuda:
-            self.p_end(np.zeros(SAMPLE_RATE, np.float32))
-            return
-        pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.stream(self.stream):
-            for b in sorted(self.buckets, reverse=True):
-                x = torch.zeros((b, N_MELS, N_FRAMES), dtype=torch.float32, device=self.device)
-                with torch.no_grad():
+        if self.cuda:
+            pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.stream(self.stream), torch.no_grad():
+                for b in sorted(self.buckets, reverse=True):
+                    x = torch.zeros((b, N_MELS, N_FRAMES), dtype=torch.float32, device=self.device)
                     for _ in range(2):  # warm-up outside the capture (lazy kernels, allocator)
                         self.graph(x)
                     self.stream.synchronize()
                     g = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(g, pool=pool, stream=self.stream):
                         y = self.graph(x)
-                self._graphs[b] = (g, x, y)
-        self.stream.synchronize()
+                    self._graphs[b] = (g, x, y)
+            self.stream.synchronize()
         self.p_end(np.zeros(SAMPLE_RATE, np.float32))
 
     def p_end(self, audio16k: np.ndarray) -> float:
@@ -189,50 +185,22 @@ class TorchSmartTurn:
         return self.p_end_batch([audio16k])[0]
 
     def p_end_batch(self, audios: list) -> list[float]:
-        feats = [last_window(_checked(a)) for a in audios]  # the features are computed in the batch, on the device
-        slots = [[None, None, threading.Event()] for _ in feats]
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("smart-turn judge is closed")
-            self._queue.extend(zip(feats, slots))
-            self._cv.notify()
-        for s in slots:
-            s[2].wait()
-        for s in slots:
-            if s[1] is not None:
-                raise s[1]
-        return [s[0] for s in slots]
-
-    def _loop(self) -> None:
-        import torch
-
-        if self.cuda:
-            torch.cuda.set_stream(self.stream)
-        while True:
-            with self._cv:
-                while not self._queue and not self._closed:
-                    self._cv.wait()
-                if self._closed and not self._queue:
-                    return
-                take, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
-            try:
-                ps = self._forward(np.stack([f for f, _ in take]))
-                for (_, s), p in zip(take, ps):
-                    s[0] = float(p)
-            except Exception as e:  # e.g. CUDA out of memory: every caller of this batch gets the error
-                for _, s in take:
-                    s[1] = e
-            finally:
-                for _, s in take:
-                    s[2].set()
+        windows = [last_window(_checked(a)) for a in audios]
+        out: list[float] = []
+        with self._lock:
+            for i in range(0, len(windows), self.max_batch):
+                out += [float(p) for p in self._forward(np.stack(windows[i:i + self.max_batch]))]
+        return out
 
     def _forward(self, windows: np.ndarray) -> np.ndarray:
+        import contextlib
+
         import torch
 
         n = len(windows)
         self.batches += 1
         self.items += n
-        with torch.no_grad():
+        with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext(), torch.no_grad():
             feats = features_torch(torch.from_numpy(windows).to(self.device), self._mel)
             if not self._graphs:
                 return self.graph(feats).float().reshape(-1).cpu().numpy()
@@ -243,9 +211,3 @@ class TorchSmartTurn:
                 x[n:].zero_()
             g.replay()
             return y[:n].float().reshape(-1).cpu().numpy()
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        self._thread.join(timeout=10)

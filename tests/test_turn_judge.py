@@ -162,9 +162,7 @@ def _band(p: float) -> int:  # the verdict bands of configs/cpu.toml and gpu-ben
 def torch_judge():
     from agent.turn_judge import TorchSmartTurn
 
-    j = TorchSmartTurn(models.require("smart-turn-v3.2"), device="cpu", max_batch=4)
-    yield j
-    j.close()
+    return TorchSmartTurn(models.require("smart-turn-v3.2"), device="cpu", max_batch=4)
 
 
 def test_torch_judge_agrees_with_onnxruntime_on_real_speech(speech, judge, torch_judge):
@@ -186,8 +184,8 @@ def test_torch_judge_agrees_with_onnxruntime_on_real_speech(speech, judge, torch
 
 
 def test_torch_judge_batches_equal_single_verdicts(speech, torch_judge):
-    """Pauses of several sessions judged in one forward pass get the verdicts they get alone; concurrent callers'
-    requests are batched."""
+    """Pauses of several sessions judged in one forward pass get the verdicts they get alone; concurrent callers
+    are safe (the runtime batches them: the next test)."""
     import concurrent.futures as cf
 
     clips = [load_audio(speech / r["file"]) for r in dev_set()[:5]]
@@ -197,6 +195,35 @@ def test_torch_judge_batches_equal_single_verdicts(speech, torch_judge):
     with cf.ThreadPoolExecutor(4) as ex:
         assert list(ex.map(torch_judge.p_end, clips)) == alone
     assert torch_judge.items - i0 == 5 and torch_judge.batches - b0 <= 5
+
+
+def test_runtime_batches_the_pauses_waiting_together_for_the_torch_judge(speech, torch_judge):
+    """The runtime's thread for the torch judge is a PriorityWorker: the pauses of several sessions that wait while
+    it is busy reach the judge as one batch, each with its own verdict."""
+    import asyncio
+    import threading
+
+    from agent.runtime import Runtime
+    from agent.worker import PriorityWorker
+
+    clips = [load_audio(speech / r["file"]) for r in dev_set()[:4]]
+    alone = [torch_judge.p_end(c) for c in clips]
+    pool = PriorityWorker("test-judge")
+    pool.max_batch = 4
+    rt = Runtime(config=Config(), vad=None, asr=None, llm=None, tts=None, judge=torch_judge, judge_pool=pool)
+    gate = threading.Event()
+    pool.submit(gate.wait)  # the judge thread is busy: four pauses queue up behind it
+
+    async def four_pauses():
+        tasks = [asyncio.create_task(rt.judge_p_end(c)) for c in clips]
+        await asyncio.sleep(0.2)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    b0 = torch_judge.batches
+    assert asyncio.run(four_pauses()) == alone
+    assert torch_judge.batches - b0 == 1 and pool.batches == 1
+    rt.close()
 
 
 def test_judge_device_config():
@@ -223,7 +250,6 @@ def test_gpu_judge_agrees_with_the_cpu_graph(speech, torch_judge):
     # padded to a batch of 4 (other GEMM kernels than for 8: not bit-equal), the padding rows do not leak in
     three = gpu.p_end_batch(clips[:3])
     assert np.abs(np.array(three) - np.array(g[:3])).max() < 0.1
-    gpu.close()
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (__import__("pathlib").Path(__file__).parents[1]
