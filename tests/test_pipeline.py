@@ -102,10 +102,17 @@ async def silence(s: Session, frames: int, until=lambda: False, frame: int = 320
             return
 
 
+def run_long_reply(rt, scenario):
+    """asyncio.run(scenario()) with replies of up to 60 tokens (long enough to talk over), then back to 40."""
+    rt.config.llm.max_new_tokens = 60
+    try:
+        return asyncio.run(scenario())
+    finally:
+        rt.config.llm.max_new_tokens = 40
+
+
 def test_barge_in_keeps_only_what_was_played(rt, speech):
     """Timeline: a question; silence until the reply has played ~0.8 s; the user talks over it."""
-    rt.config.llm.max_new_tokens = 60
-
     async def scenario():
         s = Session(rt, INTERNAL_RATE)
         await s.start()
@@ -135,10 +142,7 @@ def test_barge_in_keeps_only_what_was_played(rt, speech):
         task.cancel()
         return s, got
 
-    try:
-        s, got = asyncio.run(scenario())
-    finally:
-        rt.config.llm.max_new_tokens = 40
+    s, got = run_long_reply(rt, scenario)
     flush = [e for e in got if isinstance(e, ev.Flush)]
     assert len(flush) == 1
     # the flush goes out at the barge-in, not after the reply task has wound down (its current LLM step / TTS call,
@@ -163,8 +167,6 @@ def test_barge_in_keeps_only_what_was_played(rt, speech):
 def test_a_reply_nobody_heard_leaves_the_turn_open(rt, speech):
     """The caller talks on right after the endpoint, before any reply audio was played (a false cut-off caught at
     once): the cut-off reply leaves no trace, and the next reply answers both parts as one user message."""
-    rt.config.llm.max_new_tokens = 60
-
     async def scenario():
         s = Session(rt, INTERNAL_RATE)
         await s.start()
@@ -184,10 +186,7 @@ def test_a_reply_nobody_heard_leaves_the_turn_open(rt, speech):
         task.cancel()
         return s, got
 
-    try:
-        s, got = asyncio.run(scenario())
-    finally:
-        rt.config.llm.max_new_tokens = 40
+    s, got = run_long_reply(rt, scenario)
     assert any(isinstance(e, ev.Flush) for e in got)  # the barge-in happened
     cut = next(e for e in got if isinstance(e, ev.ReplyTruncated))
     assert cut.turn == 1 and cut.text == "" and cut.played_samples == 0
