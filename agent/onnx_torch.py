@@ -184,6 +184,8 @@ class OnnxGraph:
         unknown = sorted({n.op_type for n in g.node if n.op_type not in OPS or n.domain not in ("", "ai.onnx")})
         if unknown:
             raise NotImplementedError(f"{self.path.name}: operators not supported here: {', '.join(unknown)}")
+        if any(o for n in g.node for o in n.output[1:]):
+            raise NotImplementedError(f"{self.path.name}: a node with several outputs")
         consts: dict[str, torch.Tensor] = {}
         for t in g.initializer:
             consts[t.name] = torch.from_numpy(np.array(numpy_helper.to_array(t)))
@@ -231,8 +233,6 @@ class OnnxGraph:
         keep = set(self.output_names)
         self.plan = [(fn, ins, out, tuple(i for i in dict.fromkeys(ins) if last.get(i) == k and i not in keep))
                      for k, (fn, ins, out) in enumerate(plan)]
-        if any(len(n.output) > 1 and any(o for o in n.output[1:]) for n, _ in steps):
-            raise NotImplementedError(f"{self.path.name}: a node with several outputs")
 
     @staticmethod
     def _fusable(q, readers, consts) -> bool:
