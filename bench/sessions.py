@@ -334,10 +334,68 @@ def all_thread_stacks() -> str:
         return f.read()
 
 
+def native_threads(sample_s: float = 1.0) -> list[dict]:
+    """Each OS thread of this process: its Python name (if any), state, kernel wait channel and the CPU it used over
+    sample_s. Where Python stacks stop (every GPU worker "in" a torch call), this says what the call is doing: a
+    thread spinning in a CUDA wait (CUDA's default on a machine with idle cores) shows state R at ~100 % CPU, one
+    asleep on a lock (the GIL, a mutex) or a blocking wait shows S in a futex at ~0 %. Linux only ([] elsewhere)."""
+    task = Path("/proc/self/task")
+    if not task.is_dir():
+        return []
+
+    def read(tid: int, name: str) -> str:
+        try:
+            return (task / str(tid) / name).read_text().strip()
+        except OSError:  # the thread ended, or the file is not readable here
+            return ""
+
+    def sample() -> dict[int, tuple[str, int]]:
+        out = {}
+        for t in task.iterdir():
+            stat = read(int(t.name), "stat")
+            if stat:
+                fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ..., utime, stime
+                out[int(t.name)] = (fields[0], int(fields[11]) + int(fields[12]))
+        return out
+
+    tick = os.sysconf("SC_CLK_TCK")
+    before = sample()
+    time.sleep(sample_s)
+    after = sample()
+    names = {th.native_id: th.name for th in threading.enumerate()}
+    return [{"tid": tid, "python": names.get(tid), "comm": read(tid, "comm"), "state": state,
+             "wchan": read(tid, "wchan"), "cpu_pct": round(100 * (ticks - before.get(tid, (state, ticks))[1])
+                                                           / tick / sample_s)}
+            for tid, (state, ticks) in sorted(after.items())]
+
+
+def gpu_and_native_stacks() -> dict:
+    """nvidia-smi's utilization (a GPU at 0 % under stuck workers: they wait for each other on the host, not for a
+    kernel) and, where py-spy is installed, every thread's native stack. Each with a time limit: a wedged driver
+    must not hang the report."""
+    import shutil
+    import subprocess
+
+    out = {}
+    for key, cmd in (("gpu", ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader"]),
+                     ("native_stacks", [shutil.which("py-spy") or "/tmp/site/bin/py-spy", "dump", "--native",
+                                        "--pid", str(os.getpid())])):
+        if shutil.which(cmd[0]) is None and not os.access(cmd[0], os.X_OK):
+            out[key] = f"{cmd[0]}: not installed"
+            continue
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            out[key] = (r.stdout + r.stderr).strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out[key] = repr(e)
+    return out
+
+
 async def wait_sessions_closed(rt, srv, timeout_s: float) -> None:
     """The previous run's callers have hung up; wait for the server's sessions to close. If they do not within
-    timeout_s, raise SessionsStuck with the workers' snapshots (/healthz), the engine's requests and every thread's
-    stack, so the report says where the time stopped instead of the process hanging until its time limit."""
+    timeout_s, raise SessionsStuck with the workers' snapshots (/healthz), the engine's requests, every thread's
+    Python stack and OS state (spinning or asleep), the GPU's utilization and, with py-spy, the native stacks, so the
+    report says where the time stopped instead of the process hanging until its time limit."""
     t0 = time.monotonic()
     while srv.hub.sessions:
         if time.monotonic() - t0 > timeout_s:
@@ -348,9 +406,11 @@ async def wait_sessions_closed(rt, srv, timeout_s: float) -> None:
                     "engine_generating": (sum(x._request is not None for x in eng.sessions) if eng is not None
                                           else None),
                     "kv_pages_free": eng.free_pages if eng is not None else None,
-                    "threads": all_thread_stacks()}
-            print(json.dumps({k: v for k, v in info.items() if k != "threads"}, indent=1), flush=True)
-            print(info["threads"], flush=True)
+                    "threads": all_thread_stacks(), "native_threads": native_threads(),
+                    **gpu_and_native_stacks()}
+            print(json.dumps({k: v for k, v in info.items() if k not in ("threads", "native_stacks")}, indent=1),
+                  flush=True)
+            print(info["threads"], info["native_stacks"], sep="\n", flush=True)
             raise SessionsStuck(f"{info['open_sessions']} sessions of the previous run still open after "
                                 f"{timeout_s:.0f} s", info)
         await asyncio.sleep(0.1)

@@ -61,3 +61,38 @@ def test_few_callers_call_long_enough_for_several_turns():
     assert run_seconds(2, 20, 6) == 3 * TURN_S  # 27 s
     assert run_seconds(32, 12, 6) == 12  # many callers: --seconds
     assert run_seconds(1, 12, 0) == 12  # the unmeasured warm-up turn
+
+
+def test_the_stuck_report_tells_a_spinning_thread_from_one_asleep_on_a_lock():
+    import sys
+    import threading
+    import time
+
+    import pytest
+
+    from bench.sessions import native_threads
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    lock, stop = threading.Lock(), threading.Event()
+    lock.acquire()
+
+    def spin():
+        while not stop.is_set():
+            sum(range(1000))
+
+    threads = [threading.Thread(target=spin, name="qt-test-spin"),
+               threading.Thread(target=lock.acquire, name="qt-test-asleep")]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.1)
+        rows = {r["python"]: r for r in native_threads(0.5)}
+    finally:
+        stop.set()
+        lock.release()
+        for t in threads:
+            t.join()
+    assert rows["qt-test-asleep"]["state"] == "S" and rows["qt-test-asleep"]["cpu_pct"] < 10
+    assert rows["qt-test-spin"]["cpu_pct"] > 30
+    assert rows["MainThread"]["comm"]
