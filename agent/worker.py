@@ -8,10 +8,11 @@ order a policy gives. The policy is a tiny explicit rule, kept pure so it is tes
     a reply: when the audio already sent runs out, minus a margin) compete by deadline; background work (pause-time
     prefill and drafts, no deadline) only when nothing else waits; FIFO on ties.
     fifo (baseline): arrival order.
-    edf-urgent (experimental, not yet measured on a GPU): as edf, but by class first: urgent items (and paced ones
-    already overdue) before paced ones, before background; ready items first within a class. Under edf, at 64
-    callers, each batched step left ~30-60 ready paced tokens that ran before an urgent prefill (its mean wait
-    112 ms vs 16 under fifo, docs/perf-notes.md "Where the after-endpoint second goes").
+    edf-urgent (experimental): as edf, but by class first: urgent items (and paced ones already overdue) before
+    paced ones, before background; ready items first within a class. Made for a measured problem (8da962a, 64
+    callers: ready paced tokens ran before an urgent prefill, its mean wait 112 ms vs 16 under fifo); at 9217084
+    that wait was 24 ms under edf and edf-urgent lost at 64 callers (p50 795 vs 692 ms, 6 underruns vs 0;
+    docs/perf-notes.md "Tenth session"), so edf stays the default.
 
 Work is never interrupted mid-item, so background work comes in small items (prefill chunks, single decode
 steps): an urgent item waits at most for the one item already running. Decode stays batched: the engine's step

@@ -570,6 +570,7 @@ async def bench(args) -> dict:
                   cuda_stream_priority=getattr(rt, "streams", {}),  # Runtime.own_streams
                   gil_switch_ms=round(sys.getswitchinterval() * 1000, 3),
                   cuda_sync=getattr(rt, "cuda_sync", ""),
+                  cuda_module_loading=os.environ.get("CUDA_MODULE_LOADING", "(unset: torch sets LAZY)"),
                   seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
                   frame_ms=args.frame_ms,
                   max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,
@@ -712,6 +713,9 @@ def main(argv=None) -> int:
                     help="override [pipeline] gil_switch_ms (Python's default: 5)")
     ap.add_argument("--cuda-sync", choices=tuple(CUDA_SYNC_MODES), default=None,
                     help="override [pipeline] cuda_sync: how GPU worker threads wait for the device")
+    ap.add_argument("--cuda-module-loading", choices=("lazy", "eager"), default=None,
+                    help="CUDA_MODULE_LOADING for this process (default: as the environment says; CUDA's own default "
+                         "is lazy: a kernel's first launch loads it, under the context lock, after the device drains)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--close-timeout", type=float, default=60.0,
                     help="seconds to wait for a run's sessions to close before the next run; past it the runs stop "
@@ -723,6 +727,8 @@ def main(argv=None) -> int:
         res = json.loads(Path(args.plot).read_text())
         print(plot(res, Path(args.plot).with_suffix(".png")) or "matplotlib is not installed")
         return 0
+    if args.cuda_module_loading:  # read when CUDA initializes: before the runtime touches the device
+        os.environ["CUDA_MODULE_LOADING"] = args.cuda_module_loading.upper()
     tag = gpu_tag()
     args.out_name = args.out or f"sessions_{tag}.json"
     if args.budget_s:  # a hang past the budget still says where: every thread's stack on stderr

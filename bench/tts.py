@@ -122,7 +122,7 @@ def make_carry() -> None:
         arrays[f"w{i}"], names[f"w{i}"] = arr, init.name
     del model.graph.initializer[:]
     onnx.save(model, str(CARRY / "voice" / "graph.onnx"))
-    np.savez(CARRY / "voice" / "weights.npz", **arrays)
+    np.savez_compressed(CARRY / "voice" / "weights.npz", **arrays)  # ~2 MB less to carry (np.load reads both)
     (CARRY / "voice" / "names.json").write_text(json.dumps(names))
     shutil.copy(files.config, CARRY / "voice" / "voice.onnx.json")
     src = Path(espeakbridge.__file__).parent
