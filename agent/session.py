@@ -105,22 +105,26 @@ class Draft:
     task: asyncio.Task | None = None
     tts: asyncio.Future | None = None  # the phrase's synthesis while it runs
     release: asyncio.Task | None = None  # frees the fork once a discarded draft's task has ended
-    queued: list = field(default_factory=list)  # (worker, future) of its items still queued or running
+    queued: list = field(default_factory=list)  # (worker, future, ready) of its items still queued or running
 
-    def run(self, pool, fn, *args) -> asyncio.Future:
+    def run(self, pool, fn, *args, ready=None) -> asyncio.Future:
         """One of the draft's model calls on a PriorityWorker, at the draft's priority (background until the
-        endpoint wants it)."""
-        fut = pool.submit_with(self.priority, fn, *args)
-        entry = (pool, fut)
+        endpoint wants it). `ready`: for a token of its reply, "a batched decode step already produced it"; it
+        counts only once the draft is urgent, as for a reply's tokens (a background item stays behind the rest)."""
+        urgent = self.priority == Priority.URGENT
+        fut = pool.submit_with(self.priority, fn, *args, ready=ready if urgent else None)
+        entry = (pool, fut, ready)
         self.queued.append(entry)
         fut.add_done_callback(lambda _: self.queued.remove(entry) if entry in self.queued else None)
         return asyncio.wrap_future(fut)
 
     def make_urgent(self) -> None:
-        """The endpoint waits for this draft: its remaining calls, and those already queued, are urgent."""
+        """The endpoint waits for this draft: its remaining calls, and those already queued, are urgent, and a
+        token a batched step already produced is handed over first, as a reply's are (without it, at 64 callers
+        each draft token queued behind a round of other sessions' tokens: ~1 s for a first phrase)."""
         self.priority = Priority.URGENT
-        for pool, fut in list(self.queued):
-            pool.promote(fut, Priority.URGENT)
+        for pool, fut, ready in list(self.queued):
+            pool.promote(fut, Priority.URGENT, ready=ready)
 
 
 @dataclass
@@ -500,7 +504,7 @@ class Session:
             d.chunker = PhraseChunker(ph.first_min_words, ph.first_max_words, ph.min_words, ph.max_words)
             gen = await d.run(pool, d.llm.generate_reply)
             while not d.cancelled and d.phrase is None:
-                tok = await d.run(pool, next, gen, None)
+                tok = await d.run(pool, next, gen, None, ready=getattr(d.llm, "token_ready", None))
                 if tok is None:
                     d.ended = True
                     d.phrase = d.chunker.flush()

@@ -161,10 +161,10 @@ class PriorityWorker(cf.Executor):
         return await asyncio.wrap_future(self.submit_with(priority, fn, *args, deadline=deadline, ready=ready,
                                                           batch=batch))
 
-    def promote(self, fut: cf.Future, priority: Priority) -> bool:
+    def promote(self, fut: cf.Future, priority: Priority, ready=None) -> bool:
         """Raise a queued item's priority (urgent: due URGENT_BUDGET_S from now, as if just submitted), e.g. a
-        pause-time draft that the endpoint now waits for. False when the item is no longer queued (running or done)
-        or already at that priority or higher."""
+        pause-time draft that the endpoint now waits for; `ready` gives it a ready probe too (see submit_with).
+        False when the item is no longer queued (running or done) or already at that priority or higher."""
         with self._cv:
             for it in self._items:
                 if it.future is fut:
@@ -173,6 +173,8 @@ class PriorityWorker(cf.Executor):
                     it.priority = int(priority)
                     if priority == Priority.URGENT:
                         it.deadline = urgent_deadline(time.monotonic())
+                    if ready is not None:
+                        it.ready = ready
                     return True
         return False
 

@@ -481,6 +481,11 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         "v2v_p50_ms": _r(nearest_rank(lat, 50)), "v2v_p95_ms": _r(nearest_rank(lat, 95)),
         "v2v_max_ms": _r(max(lat) if lat else None), "v2v_mean_ms": _r(float(np.mean(finite)) if finite else None),
         "after_endpoint_p50_ms": _r(nearest_rank(resp, 50)), "after_endpoint_p95_ms": _r(nearest_rank(resp, 95)),
+        # a reply whose first phrase was drafted in the pause vs one started at the endpoint (the trace says which)
+        "after_endpoint_by_draft": {
+            kind: {"turns": len(xs), "p50_ms": _r(nearest_rank(xs, 50)), "p95_ms": _r(nearest_rank(xs, 95))}
+            for kind, want in (("drafted", True), ("not_drafted", False))
+            for xs in [[x for x, t in zip(resp, s.turns) if bool(t.info.get("drafted")) == want]]},
         "underruns": sum(t.underruns for t in s.turns), "underrun_ms": round(sum(t.underrun_ms for t in s.turns), 1),
         "turns_with_underrun": sum(t.underruns > 0 for t in s.turns),
         "deadline_misses": {k: {"missed": v[0], "of": v[1]} for k, v in miss.items()},

@@ -403,3 +403,30 @@ def test_a_draft_runs_in_the_background_until_the_endpoint_takes_it():
         w.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_taken_draft_gets_its_ready_tokens_first_and_a_background_one_does_not():
+    """A token a batched decode step already produced is handed over first (a reply's tokens are): once the endpoint
+    takes a draft, its tokens are too — queued before the promotion or after. A draft still in the background keeps
+    its ready tokens behind every other class of work."""
+    from agent.session import Draft
+
+    async def main():
+        w = PriorityWorker("test-draft-ready")
+        ran = []
+        taken = Draft("what time is it")
+        for queued in ("before the endpoint", "after it"):
+            gate = threading.Event()
+            w.submit(gate.wait)
+            w.submit_with(Priority.PACED, ran.append, "overdue paced", deadline=time.monotonic() - 1.0)
+            bg = Draft("still talking").run(w, ran.append, "background draft token", ready=lambda: True)
+            tok = taken.run(w, ran.append, "taken draft token", ready=lambda: True)
+            if queued == "before the endpoint":
+                taken.make_urgent()  # promotes the queued token, probe and all
+            gate.set()
+            await tok
+            await bg
+        assert ran == ["taken draft token", "overdue paced", "background draft token"] * 2
+        w.shutdown()
+
+    asyncio.run(main())
