@@ -177,6 +177,9 @@ class TorchSmartTurn:
                     with torch.cuda.graph(g, pool=pool, stream=self.stream):
                         y = self.graph(x)
                     self._graphs[b] = (g, x, y)
+                    # the features of a batch run at its bucket's size (_forward pads): one cuFFT plan per bucket,
+                    # made here, in the memory plan, and not while serving
+                    features_torch(torch.zeros((b, WINDOW_S * SAMPLE_RATE), device=self.device), self._mel)
             self.stream.synchronize()
         self.p_end(np.zeros(SAMPLE_RATE, np.float32))
 
@@ -201,13 +204,14 @@ class TorchSmartTurn:
         self.batches += 1
         self.items += n
         with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext(), torch.no_grad():
-            feats = features_torch(torch.from_numpy(windows).to(self.device), self._mel)
             if not self._graphs:
+                feats = features_torch(torch.from_numpy(windows).to(self.device), self._mel)
                 return self.graph(feats).float().reshape(-1).cpu().numpy()
             b = next(k for k in self.buckets if k >= n)
+            if n < b:  # silent rows up to the bucket: its warmed feature shapes (a silent row's features are finite)
+                windows = np.concatenate([windows, np.zeros((b - n, windows.shape[1]), windows.dtype)])
+            feats = features_torch(torch.from_numpy(windows).to(self.device), self._mel)
             g, x, y = self._graphs[b]
-            x[:n].copy_(feats)
-            if n < b:
-                x[n:].zero_()
+            x.copy_(feats)
             g.replay()
             return y[:n].float().reshape(-1).cpu().numpy()
