@@ -66,7 +66,7 @@ def test_metrics_health_readiness_after_a_turn(rt, speech):
     assert before[0] == 200 and before[1].startswith("text/plain")
     assert ready0[0] == 200 and json.loads(ready0[2])["capacity_left"] == 1
     assert during[0] == 503 and json.loads(during[2]) == {"ready": False, "sessions": 1, "max_sessions": 1,
-                                                         "capacity_left": 0, "draining": False}
+                                                         "capacity_left": 0, "draining": False, "stuck": []}
     assert refusal["type"] == "error" and refusal["code"] == "server_full"
     assert res.of("reply_done") and not res.errors
 
@@ -116,18 +116,21 @@ def test_healthz_reports_a_stuck_worker_and_recovers(rt):
             early = await asyncio.to_thread(get, base + "/healthz")  # running, not for long yet
             await asyncio.sleep(0.4)
             stuck = await asyncio.to_thread(get, base + "/healthz")
+            not_ready = await asyncio.to_thread(get, base + "/readyz")
+            refused = srv.hub.reserve("test"), srv.hub.last_refusal  # a new caller would wait for nothing
             gate.set()
             await asyncio.wrap_future(fut)
             await asyncio.wrap_future(queued)
             after = await asyncio.to_thread(get, base + "/healthz")
-            return early, stuck, after
+            ready = await asyncio.to_thread(get, base + "/readyz")
+            return early, stuck, after, not_ready, refused, ready
         finally:
             gate.set()
             rt.config.server.stuck_after_s = old
             server.close()
             await server.wait_closed()
 
-    early, stuck, after = asyncio.run(scenario())
+    early, stuck, after, not_ready, refused, ready = asyncio.run(scenario())
     assert early[0] == 200 and json.loads(early[2])["status"] == "ok"
     body = json.loads(stuck[2])
     assert stuck[0] == 503 and body["status"] == "stuck" and body["stuck"] == ["llm"]
@@ -135,3 +138,7 @@ def test_healthz_reports_a_stuck_worker_and_recovers(rt):
     assert llm["running"].endswith("hangs") and llm["running_s"] >= 0.3 and llm["queued"] == 1
     assert body["workers"]["asr"]["running"] is None
     assert after[0] == 200 and json.loads(after[2])["status"] == "ok"
+    assert not_ready[0] == 503 and json.loads(not_ready[2])["stuck"] == ["llm"]
+    sid, (code, why) = refused
+    assert sid is None and code == "server_busy" and "llm worker" in why
+    assert ready[0] == 200 and json.loads(ready[2])["ready"]

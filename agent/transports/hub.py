@@ -91,11 +91,17 @@ class Hub:
         return max(0, self.cfg.max_sessions - len(self.sessions))
 
     def reserve(self, transport: str) -> int | None:
-        """A session id, or None (and a refusal counted) when the server is full — or when admission control
-        refuses (Runtime.admit: the KV plan, the measured load); `last_refusal` is then (code, message)."""
+        """A session id, or None (and a refusal counted) when the server is full, when a worker is stuck (health), or
+        when admission control refuses (Runtime.admit: the KV plan, the measured load); `last_refusal` is then
+        (code, message)."""
         self.last_refusal = ("server_full", f"the server is at its limit of {self.cfg.max_sessions} sessions; "
                              "try again later")
         admitted = self.capacity_left() > 0 and not self.draining
+        stuck = self.health().get("stuck") if admitted else None
+        if stuck:  # a worker every session needs is not coming back: a new caller would wait for nothing
+            admitted = False
+            self.last_refusal = ("server_busy", f"the server cannot answer new calls: its {', '.join(stuck)} worker "
+                                 f"has been on one call for over {self.cfg.stuck_after_s:.0f} s; try again later")
         if admitted and hasattr(self.rt, "admit"):
             admitted, code, why = self.rt.admit(len(self.sessions))
             if not admitted:
@@ -161,7 +167,7 @@ class Hub:
     def health(self) -> dict:
         """Liveness: "ok", or "stuck" when a worker thread has run one item for [server] stuck_after_s or has died
         (every session waiting on it would hang: restart the process). Each worker's snapshot says what it runs."""
-        workers = {name: pool.snapshot() for name in ("asr", "llm", "tts")
+        workers = {name: pool.snapshot() for name in ("asr", "llm", "tts", "judge")
                    if hasattr(pool := getattr(self.rt, f"{name}_pool", None), "snapshot")}
         limit = self.cfg.stuck_after_s
         stuck = sorted(n for n, w in workers.items()
@@ -174,9 +180,10 @@ class Hub:
 
     def readiness(self) -> tuple[bool, dict]:
         left = self.capacity_left()
-        ready = left > 0 and not self.draining
+        stuck = self.health().get("stuck", [])
+        ready = left > 0 and not self.draining and not stuck
         return ready, {"ready": ready, "sessions": len(self.sessions), "max_sessions": self.cfg.max_sessions,
-                       "capacity_left": left, "draining": self.draining}
+                       "capacity_left": left, "draining": self.draining, "stuck": stuck}
 
 
 STAGE_NAMES = STAGES  # re-exported for docs and tests

@@ -471,9 +471,9 @@ class RealtimeHandler:
         proto = RealtimeProtocol(hub.rt.config)
         opened = hub.open("realtime", INTERNAL_RATE)  # the handler resamples every format to 16 kHz itself
         if opened is None:
-            e = RealtimeError("server_full", "the server is at its session limit; try again later", "server_error")
-            await _send(ws, proto.error(e))
-            await ws.close(1013, "server full")
+            code, why = hub.last_refusal  # full, too busy, or a stuck worker
+            await _send(ws, proto.error(RealtimeError(code, why, "server_error")))
+            await ws.close(1013, code.replace("_", " "))
             return
         sid, session = opened
         if hasattr(ws, "watch_queue"):  # agent/transports/guard.py: bound what waits for a slow client

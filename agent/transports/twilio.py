@@ -219,7 +219,8 @@ class TwilioHandler:
                     opened = hub.open("twilio", RATE, info={"call_sid": msg.call_sid, "stream_sid": msg.stream_sid,
                                                             "custom": msg.custom})
                     if opened is None:
-                        log.warning(json.dumps({"event": "twilio_refused", "call": msg.call_sid}))
+                        log.warning(json.dumps({"event": "twilio_refused", "call": msg.call_sid,
+                                                "code": hub.last_refusal[0], "reason": hub.last_refusal[1]}))
                         break  # Twilio ends the <Stream>; the TwiML after <Connect> can say "busy"
                     sid, session = opened
                     cfg = hub.rt.config.server

@@ -162,8 +162,8 @@ class WebRTCHandler:
                     break
                 opened = hub.open("webrtc", RTC_RATE)
                 if opened is None:
-                    await _send(ws, {"type": "error", "code": "server_full",
-                                     "message": "the server is at its session limit; try again later"})
+                    code, why = hub.last_refusal  # full, too busy, or a stuck worker
+                    await _send(ws, {"type": "error", "code": code, "message": why})
                     break
                 sid, session = opened
                 if hasattr(ws, "watch_queue"):  # agent/transports/guard.py: bound what waits for the page
