@@ -636,8 +636,10 @@ async def bench(args) -> dict:
             for name, w in r["workers_at_end"].items():
                 if w["running_s"] > 5 or not w["alive"]:
                     print(f"  !! {name} worker at the end of the run: {json.dumps(w)}", flush=True)
+            d = r["after_endpoint_by_draft"]["drafted"]
             print(f"  N={n:3d} {policy:4s} p50 {r['v2v_p50_ms']} ms  p95 {r['v2v_p95_ms']} ms  max {r['v2v_max_ms']}"
                   f"  after endpoint p50/p95 {r['after_endpoint_p50_ms']}/{r['after_endpoint_p95_ms']}"
+                  f" (drafted {d['turns']}: {d['p50_ms']}/{d['p95_ms']})"
                   f"  turns {r['turns']} (no reply {r['turns_without_reply']})  refused {r['refused']}"
                   f"  underruns {r['underruns']}  kv pages/session {r['kv_pages_per_session']}"
                   f"  endpoint p50 {r['stage_p50_ms']['endpoint']}  busy llm/asr/tts {r['llm_busy_mean']}/"
