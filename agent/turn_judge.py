@@ -204,13 +204,12 @@ class TorchSmartTurn:
         self.batches += 1
         self.items += n
         with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext(), torch.no_grad():
-            if not self._graphs:
-                feats = features_torch(torch.from_numpy(windows).to(self.device), self._mel)
-                return self.graph(feats).float().reshape(-1).cpu().numpy()
-            b = next(k for k in self.buckets if k >= n)
-            if n < b:  # silent rows up to the bucket: its warmed feature shapes (a silent row's features are finite)
+            b = next(k for k in self.buckets if k >= n) if self._graphs else n
+            if n < b:  # silent rows up to the graph's bucket: its warmed feature shapes (their features are finite)
                 windows = np.concatenate([windows, np.zeros((b - n, windows.shape[1]), windows.dtype)])
             feats = features_torch(torch.from_numpy(windows).to(self.device), self._mel)
+            if not self._graphs:
+                return self.graph(feats).float().reshape(-1).cpu().numpy()
             g, x, y = self._graphs[b]
             x.copy_(feats)
             g.replay()

@@ -120,6 +120,11 @@ def run_seconds(n: int, seconds: float, min_turns: int) -> float:
     return max(seconds, min(4 * seconds, min_turns * TURN_S / max(n, 1)))
 
 
+def tail(values: list[float]) -> dict:
+    """How many, and their p50 / p95 (nearest rank, ms)."""
+    return {"turns": len(values), "p50_ms": _r(nearest_rank(values, 50)), "p95_ms": _r(nearest_rank(values, 95))}
+
+
 def nearest_rank(values: list[float], q: float) -> float | None:
     """Percentile by nearest rank; inf values (turns without a reply) count."""
     if not values:
@@ -380,7 +385,7 @@ def gpu_and_native_stacks() -> dict:
     for key, cmd in (("gpu", ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader"]),
                      ("native_stacks", [shutil.which("py-spy") or "/tmp/site/bin/py-spy", "dump", "--native",
                                         "--pid", str(os.getpid())])):
-        if shutil.which(cmd[0]) is None and not os.access(cmd[0], os.X_OK):
+        if shutil.which(cmd[0]) is None:  # a name on PATH, or an executable path
             out[key] = f"{cmd[0]}: not installed"
             continue
         try:
@@ -483,9 +488,8 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         "after_endpoint_p50_ms": _r(nearest_rank(resp, 50)), "after_endpoint_p95_ms": _r(nearest_rank(resp, 95)),
         # a reply whose first phrase was drafted in the pause vs one started at the endpoint (the trace says which)
         "after_endpoint_by_draft": {
-            kind: {"turns": len(xs), "p50_ms": _r(nearest_rank(xs, 50)), "p95_ms": _r(nearest_rank(xs, 95))}
-            for kind, want in (("drafted", True), ("not_drafted", False))
-            for xs in [[x for x, t in zip(resp, s.turns) if bool(t.info.get("drafted")) == want]]},
+            kind: tail([x for x, t in zip(resp, s.turns) if bool(t.info.get("drafted")) == drafted])
+            for kind, drafted in (("drafted", True), ("not_drafted", False))},
         "underruns": sum(t.underruns for t in s.turns), "underrun_ms": round(sum(t.underrun_ms for t in s.turns), 1),
         "turns_with_underrun": sum(t.underruns > 0 for t in s.turns),
         "deadline_misses": {k: {"missed": v[0], "of": v[1]} for k, v in miss.items()},
