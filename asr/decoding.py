@@ -108,10 +108,15 @@ def batch_features(mels: list[torch.Tensor], opts: DecodeOptions, window: str | 
     return out
 
 
-def capture(fn, share_pool_with=None, warmups: int = 1):
+def capture(fn, share_pool_with=None, warmups: int = 1, stream=None):
     """Run fn `warmups` times on a side stream (kernel loading, cuBLAS/cuDNN algorithm choice), then capture it in a
-    CUDA graph, in the memory pool of graph `share_pool_with` if given -> (graph, fn's output, static)."""
-    s = torch.cuda.Stream()
+    CUDA graph on that stream, in the memory pool of graph `share_pool_with` if given -> (graph, fn's output).
+
+    `stream` should be the caller's own: torch keys the cuBLAS workspace by stream, and a graph keeps the workspace
+    of the stream it was captured on. Graphs of two components captured on one stream (torch.cuda.graph's default
+    capture stream is one per process) share one workspace, and replayed at once from two threads their split-K
+    GEMMs corrupt each other's partial sums and counters — the GPU hangs (docs/perf-notes.md, eleventh session)."""
+    s = torch.cuda.Stream() if stream is None else stream
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s), torch.no_grad():
         for _ in range(warmups):
@@ -119,7 +124,7 @@ def capture(fn, share_pool_with=None, warmups: int = 1):
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     pool = share_pool_with.pool() if share_pool_with is not None else None
-    with torch.cuda.graph(graph, pool=pool), torch.no_grad():
+    with torch.cuda.graph(graph, pool=pool, stream=s), torch.no_grad():
         out = fn()
     return graph, out
 
@@ -161,6 +166,8 @@ class GreedyDecoder:
         # CPU (where the tests check it against the token-at-a-time loop). Opt-in until measured on a GPU.
         self.chunked = chunked
         self.no_eot = torch.zeros(v, device=self.device)  # added to the masks: -inf at EOT when stop_at_eot=False
+        # every graph of this decoder is captured on this stream: its own cuBLAS workspace (see capture)
+        self.capture_stream = torch.cuda.Stream(device=self.device) if self.use_graphs else None
 
     # ---- the hot step: a pure function of (tokens, pos) over the rows' cache ----
     def _step(self, cache: KVCache, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -172,7 +179,8 @@ class GreedyDecoder:
             cache = self.cache.narrow(bucket)
             tokens = torch.zeros(bucket, 1, dtype=torch.long, device=self.device)
             pos = torch.zeros(bucket, 1, dtype=torch.long, device=self.device)
-            graph, logits = capture(lambda: self._step(cache, tokens, pos), first_graph(self.graphs), warmups=2)
+            graph, logits = capture(lambda: self._step(cache, tokens, pos), first_graph(self.graphs), warmups=2,
+                                   stream=self.capture_stream)
             self.graphs[bucket] = (tokens, pos, logits, bucket, graph)
         return self.graphs[bucket]
 
@@ -225,7 +233,8 @@ class GreedyDecoder:
         bucket = self._bucket(b)
         if bucket not in self.chunk_graphs:
             cache, st = self.cache.narrow(bucket), self._chunk_state(bucket)
-            graph, _ = capture(lambda: self._chunk(cache, st), first_graph(self.chunk_graphs, self.graphs))
+            graph, _ = capture(lambda: self._chunk(cache, st), first_graph(self.chunk_graphs, self.graphs),
+                               stream=self.capture_stream)
             self.chunk_graphs[bucket] = (st, graph)
         return self.chunk_graphs[bucket]
 
@@ -278,7 +287,8 @@ class GreedyDecoder:
         if bucket not in self.enc_graphs:
             cache = self.cache.narrow(bucket)
             mel = torch.zeros(bucket, self.model.dims.n_mels, FRAMES_30S, dtype=self.dtype, device=self.device)
-            graph, audio = capture(lambda: self._encode(cache, mel), first_graph(self.enc_graphs))
+            graph, audio = capture(lambda: self._encode(cache, mel), first_graph(self.enc_graphs),
+                                   stream=self.capture_stream)
             self.enc_graphs[bucket] = (mel, audio, graph)
         return self.enc_graphs[bucket]
 

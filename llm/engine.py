@@ -588,16 +588,20 @@ class DecodeGraphs:
         self.graphs, self.logits, self.ids = {}, {}, {}
         pool = None
         self.eager = {} if capture else {b: self._forward_fn(model, engine.kv, b) for b in self.buckets}
+        # one stream of our own for the warm-ups and the captures: a graph keeps the cuBLAS workspace of the stream
+        # it was captured on, and torch.cuda.graph's default capture stream is one per process. The ASR's graphs
+        # captured there too shared this workspace; replayed at once from two threads under load, their split-K
+        # GEMMs corrupted each other's partial sums and counters and the GPU hung (perf-notes, eleventh session)
+        side = torch.cuda.Stream() if capture else None
         for b in reversed(self.buckets if capture else []):  # largest first; the smaller ones reuse its pool
             fwd = self._forward_fn(model, engine.kv, b)
-            side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
                     fwd()  # compiles the Triton kernels, warms cuBLAS
             torch.cuda.current_stream().wait_stream(side)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
+            with torch.cuda.graph(g, pool=pool, stream=side):
                 self.logits[b], self.ids[b] = fwd()
             pool = g.pool()
             self.graphs[b] = g
