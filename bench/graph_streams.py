@@ -37,11 +37,15 @@ def child(scenario: str, seconds: float) -> dict:
     dev = torch.device("cuda")
     cur = torch.cuda.current_stream()
 
+    keep = []
+
     def build(shapes, seed):
         g = torch.Generator(device=dev).manual_seed(seed)
         xs = [torch.randn(m, k, device=dev, dtype=torch.bfloat16, generator=g) for m, k, n in shapes]
         ws = [torch.randn(k, n, device=dev, dtype=torch.bfloat16, generator=g) * k ** -0.5 for m, k, n in shapes]
-        return lambda: [x @ w for x, w in zip(xs, ws)]
+        fn = lambda: [x @ w for x, w in zip(xs, ws)]  # noqa: E731
+        keep.append((xs, ws))  # a graph reads its inputs where they were at capture: they must outlive it
+        return fn
 
     def capture(fn, stream):
         warm = stream if stream is not None else torch.cuda.Stream()
