@@ -71,7 +71,10 @@ def result_path(name: str, out_dir: Path | None = None) -> Path:
 
 def write_result(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     path = result_path(name, out_dir)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    text = json.dumps(payload, indent=2, sort_keys=False)
+    if len(text) > 300_000:  # per-turn records of many callers: compact (the carry to the GPU counts these bytes)
+        text = json.dumps(payload, separators=(",", ":"))
+    path.write_text(text + "\n")
     return path
 
 

@@ -659,8 +659,12 @@ async def bench(args) -> dict:
         if stuck is None:  # stuck sessions would never let the server close
             server.close()
             await asyncio.wait_for(server.wait_closed(), 60)
-    if stuck is not None:
-        return report(False)  # the workers cannot be shut down cleanly: the caller exits the process
+    if stuck is not None:  # the workers cannot be shut down cleanly, and asyncio.run's clean-up would wait on the
+        res = report(False)  # stuck workers' tasks until an outer time limit killed the process unwritten (it did,
+        path = write_result(args.out_name, res)  # eleventh session): write the report with the stuck part, and exit
+        print(f"wrote {path} (stuck: {stuck['open_sessions']} sessions never closed)", flush=True)
+        sys.stderr.flush()
+        os._exit(3)
     report1 = rt.memory_report()
     rt.close()
     return report(True, report1)
