@@ -421,6 +421,78 @@ async def wait_sessions_closed(rt, srv, timeout_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
+class LazyWork:
+    """Work a warm-up should have done before the callers came, counted per run: Triton kernels specialized in this
+    process during the run (each a load from Triton's disk cache or a compile, on the thread that launched it) with
+    the time they took, and the cuFFT plans added to torch's plan cache (the ASR's log-mel makes one per new audio
+    length). For the first heavy run on a fresh machine, slower than the same run later (perf-notes, eleventh
+    session). Counts nothing where Triton has no runtime hooks (its `knobs`) or there is no GPU."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.by_kernel: dict[str, list] = {}  # name -> [count, ms]
+        self.hooked = False
+        try:
+            import triton.knobs as knobs
+
+            rt = knobs.runtime
+            prev_cache, prev_post = rt.jit_cache_hook, rt.jit_post_compile_hook
+
+            def before(*a, **kw):  # called before a new specialization is loaded or compiled
+                self.local.t0 = time.perf_counter()
+                return prev_cache(*a, **kw) if prev_cache else False  # a true value would skip the compile
+
+            def after(*a, **kw):
+                ms = (time.perf_counter() - getattr(self.local, "t0", time.perf_counter())) * 1000
+                fn = kw.get("fn")
+                name = getattr(fn, "name", None) or str(fn)
+                with self.lock:
+                    c = self.by_kernel.setdefault(name, [0, 0.0])
+                    c[0] += 1
+                    c[1] += ms
+                return prev_post(*a, **kw) if prev_post else None
+
+            rt.jit_cache_hook, rt.jit_post_compile_hook = before, after
+            self.hooked = True
+        except Exception:  # noqa: BLE001 - an older Triton, or none: the count says so
+            pass
+
+    @staticmethod
+    def cufft_plans() -> int | None:
+        try:
+            import torch
+
+            return torch.backends.cuda.cufft_plan_cache[0].size if torch.cuda.is_available() else None
+        except Exception:  # noqa: BLE001
+            return None
+
+    def start(self) -> None:
+        with self.lock:
+            self.by_kernel = {}
+        self.plans0 = self.cufft_plans()
+
+    def report(self) -> dict:
+        plans = self.cufft_plans()
+        with self.lock:
+            ks = {k: {"n": c[0], "ms": round(c[1], 1)} for k, c in self.by_kernel.items()}
+        return {"triton_hooked": self.hooked, "triton_specializations": sum(v["n"] for v in ks.values()),
+                "triton_ms": round(sum(v["ms"] for v in ks.values()), 1), "triton_by_kernel": ks,
+                "cufft_plans_added": (None if plans is None or self.plans0 is None else plans - self.plans0),
+                "cufft_plans": plans}
+
+
+_LAZY: LazyWork | None = None
+
+
+def lazy_work() -> LazyWork:
+    """The process's one counter, hooked into Triton on first use (by the first run, not at import)."""
+    global _LAZY
+    if _LAZY is None:
+        _LAZY = LazyWork()
+    return _LAZY
+
+
 async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], args) -> dict:
     eng = rt.llm.engine
     await wait_sessions_closed(rt, srv, args.close_timeout)
@@ -430,6 +502,7 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         if hasattr(pool, "reset_stats"):
             pool.reset_stats()
     lags: list[float] = []
+    lazy_work().start()
     if hasattr(rt.asr, "reset_phase_stats"):  # torch Whisper: host vs GPU time per phase of each transcription
         rt.asr.timing = True
         rt.asr.reset_phase_stats()
@@ -509,6 +582,7 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         # turns whose endpoint needed >= 0.9 s of silence (the judge unsure or saying "not finished")
         "long_endpoint_turns": sum(t.info["endpoint_delay_ms"] >= 900 for t in unsure), "of_turns_with_info": len(unsure),
         "asr_phases": asr_phases(rt.asr),
+        "lazy_work": lazy_work().report(),
         "worker_items": {name: pool.label_stats() for name, pool in (("asr", rt.asr_pool), ("llm", rt.llm_pool),
                                                                       ("tts", rt.tts_pool)) if hasattr(pool, "label_stats")},
         "errors": s.errors,
@@ -647,7 +721,9 @@ async def bench(args) -> dict:
                   f"  turns {r['turns']} (no reply {r['turns_without_reply']})  refused {r['refused']}"
                   f"  underruns {r['underruns']}  kv pages/session {r['kv_pages_per_session']}"
                   f"  endpoint p50 {r['stage_p50_ms']['endpoint']}  busy llm/asr/tts {r['llm_busy_mean']}/"
-                  f"{r['asr_busy_mean']}/{r['tts_busy_mean']}" + (f"  errors {r['errors']}" if r["errors"] else ""),
+                  f"{r['asr_busy_mean']}/{r['tts_busy_mean']}"
+                  f"  lazy: triton {r['lazy_work']['triton_specializations']} ({r['lazy_work']['triton_ms']} ms),"
+                  f" cufft plans +{r['lazy_work']['cufft_plans_added']}" + (f"  errors {r['errors']}" if r["errors"] else ""),
                   flush=True)
             write_result(args.out_name, report(False))
         if stuck is None:  # the last run's sessions must close too

@@ -96,3 +96,51 @@ def test_the_stuck_report_tells_a_spinning_thread_from_one_asleep_on_a_lock():
     assert rows["qt-test-asleep"]["state"] == "S" and rows["qt-test-asleep"]["cpu_pct"] < 10
     assert rows["qt-test-spin"]["cpu_pct"] > 30
     assert rows["MainThread"]["comm"]
+
+
+def test_lazy_work_counts_each_triton_specialization_and_its_time_across_threads():
+    """bench/sessions.py `LazyWork`: Triton calls jit_cache_hook before it loads or compiles a new specialization
+    and jit_post_compile_hook after; the counter times each pair on its own thread, keeps whatever hooks were there
+    (and never returns a true value from the first, which would make Triton skip the compile)."""
+    import threading
+    import time
+
+    import triton.knobs as knobs
+
+    from bench.sessions import LazyWork
+
+    calls = []
+    prev = knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook
+    knobs.runtime.jit_cache_hook = lambda **kw: calls.append("cache") or None
+    knobs.runtime.jit_post_compile_hook = lambda **kw: calls.append("post")
+    try:
+        lw = LazyWork()
+        assert lw.hooked
+        lw.start()
+
+        class Fn:
+            def __init__(self, name):
+                self.name = name
+
+        def compile_one(name, seconds):
+            assert not knobs.runtime.jit_cache_hook(fn=Fn(name))
+            time.sleep(seconds)
+            knobs.runtime.jit_post_compile_hook(fn=Fn(name))
+
+        threads = [threading.Thread(target=compile_one, args=("_rmsnorm_kernel", 0.05)),
+                   threading.Thread(target=compile_one, args=("_rope_kv_kernel", 0.01))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        compile_one("_rmsnorm_kernel", 0.0)
+        r = lw.report()
+        assert r["triton_specializations"] == 3
+        assert r["triton_by_kernel"]["_rmsnorm_kernel"]["n"] == 2
+        assert r["triton_by_kernel"]["_rmsnorm_kernel"]["ms"] >= 45  # the 50 ms one, not mixed with the other thread's
+        assert 5 <= r["triton_by_kernel"]["_rope_kv_kernel"]["ms"] < 45
+        assert calls.count("cache") == 3 and calls.count("post") == 3  # the hooks already there still ran
+        lw.start()
+        assert lw.report()["triton_specializations"] == 0  # per run
+    finally:
+        knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = prev
