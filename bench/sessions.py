@@ -431,7 +431,7 @@ class LazyWork:
     def __init__(self):
         self.lock = threading.Lock()
         self.local = threading.local()
-        self.by_kernel: dict[str, list] = {}  # name -> [count, ms]
+        self.by_kernel: dict[str, list] = {}  # name -> [count, ms, reprs]
         self.hooked = False
         try:
             import triton.knobs as knobs
@@ -448,9 +448,11 @@ class LazyWork:
                 fn = kw.get("fn")
                 name = getattr(fn, "name", None) or str(fn)
                 with self.lock:
-                    c = self.by_kernel.setdefault(name, [0, 0.0])
+                    c = self.by_kernel.setdefault(name, [0, 0.0, []])
                     c[0] += 1
                     c[1] += ms
+                    if len(c[2]) < 8:  # which specialization (argument types and alignment), for the warm-up
+                        c[2].append(str(kw.get("repr"))[:600])
                 return prev_post(*a, **kw) if prev_post else None
 
             rt.jit_cache_hook, rt.jit_post_compile_hook = before, after
@@ -475,7 +477,7 @@ class LazyWork:
     def report(self) -> dict:
         plans = self.cufft_plans()
         with self.lock:
-            ks = {k: {"n": c[0], "ms": round(c[1], 1)} for k, c in self.by_kernel.items()}
+            ks = {k: {"n": c[0], "ms": round(c[1], 1), "specializations": c[2]} for k, c in self.by_kernel.items()}
         return {"triton_hooked": self.hooked, "triton_specializations": sum(v["n"] for v in ks.values()),
                 "triton_ms": round(sum(v["ms"] for v in ks.values()), 1), "triton_by_kernel": ks,
                 "cufft_plans_added": (None if plans is None or self.plans0 is None else plans - self.plans0),

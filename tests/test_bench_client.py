@@ -125,7 +125,7 @@ def test_lazy_work_counts_each_triton_specialization_and_its_time_across_threads
         def compile_one(name, seconds):
             assert not knobs.runtime.jit_cache_hook(fn=Fn(name))
             time.sleep(seconds)
-            knobs.runtime.jit_post_compile_hook(fn=Fn(name))
+            knobs.runtime.jit_post_compile_hook(fn=Fn(name), repr=f"{name}[num_warps=4](x_ptr: *fp32, n: i32)")
 
         threads = [threading.Thread(target=compile_one, args=("_rmsnorm_kernel", 0.05)),
                    threading.Thread(target=compile_one, args=("_rope_kv_kernel", 0.01))]
@@ -139,6 +139,8 @@ def test_lazy_work_counts_each_triton_specialization_and_its_time_across_threads
         assert r["triton_by_kernel"]["_rmsnorm_kernel"]["n"] == 2
         assert r["triton_by_kernel"]["_rmsnorm_kernel"]["ms"] >= 45  # the 50 ms one, not mixed with the other thread's
         assert 5 <= r["triton_by_kernel"]["_rope_kv_kernel"]["ms"] < 45
+        assert r["triton_by_kernel"]["_rope_kv_kernel"]["specializations"] == [
+            "_rope_kv_kernel[num_warps=4](x_ptr: *fp32, n: i32)"]
         assert calls.count("cache") == 3 and calls.count("post") == 3  # the hooks already there still ran
         lw.start()
         assert lw.report()["triton_specializations"] == 0  # per run
