@@ -114,8 +114,9 @@ def capture(fn, share_pool_with=None, warmups: int = 1, stream=None):
 
     `stream` should be the caller's own: torch keys the cuBLAS workspace by stream, and a graph keeps the workspace
     of the stream it was captured on. Graphs of two components captured on one stream (torch.cuda.graph's default
-    capture stream is one per process) share one workspace, and replayed at once from two threads their split-K
-    GEMMs corrupt each other's partial sums and counters — the GPU hangs (docs/perf-notes.md, eleventh session)."""
+    capture stream is one per process) share one workspace: replayed at once from two threads their GEMMs corrupt
+    each other's results (measured: bench/graph_streams.py), and that is the likely cause of the GPU that stopped
+    finishing its work under load (docs/perf-notes.md, eleventh session)."""
     s = torch.cuda.Stream() if stream is None else stream
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s), torch.no_grad():

@@ -425,8 +425,8 @@ class LazyWork:
     """Work a warm-up should have done before the callers came, counted per run: Triton kernels specialized in this
     process during the run (each a load from Triton's disk cache or a compile, on the thread that launched it) with
     the time they took, and the cuFFT plans added to torch's plan cache (the ASR's log-mel makes one per new audio
-    length). For the first heavy run on a fresh machine, slower than the same run later (perf-notes, eleventh
-    session). Counts nothing where Triton has no runtime hooks (its `knobs`) or there is no GPU."""
+    length). Made for runs that were slower than the same run later (perf-notes, eleventh session). Counts nothing
+    where Triton has no runtime hooks (its `knobs`) or there is no GPU."""
 
     def __init__(self):
         self.lock = threading.Lock()

@@ -590,8 +590,9 @@ class DecodeGraphs:
         self.eager = {} if capture else {b: self._forward_fn(model, engine.kv, b) for b in self.buckets}
         # one stream of our own for the warm-ups and the captures: a graph keeps the cuBLAS workspace of the stream
         # it was captured on, and torch.cuda.graph's default capture stream is one per process. The ASR's graphs
-        # captured there too shared this workspace; replayed at once from two threads under load, their split-K
-        # GEMMs corrupted each other's partial sums and counters and the GPU hung (perf-notes, eleventh session)
+        # captured there too shared this workspace; replayed at once from two threads under load, their GEMMs
+        # corrupted each other's results (bench/graph_streams.py), the likely cause of the GPU that stopped
+        # finishing its work at 64-96 callers (perf-notes, eleventh session)
         side = torch.cuda.Stream() if capture else None
         for b in reversed(self.buckets if capture else []):  # largest first; the smaller ones reuse its pool
             fwd = self._forward_fn(model, engine.kv, b)

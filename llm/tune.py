@@ -47,8 +47,8 @@ def graph_us(fn, replays: int = 10) -> float:
         fn()
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, stream=s):  # not the process-wide default capture stream: destroying this graph
-        fn()  # releases the cuBLAS workspace of the stream it was captured on, which other live graphs must not hold
+    with torch.cuda.graph(g, stream=s):  # not the process-wide default capture stream, which other graphs may use:
+        fn()  # in newer torch, destroying a graph releases its capture stream's cuBLAS workspace (pytorch#193402)
     g.replay()
     torch.cuda.synchronize()
     times = []
