@@ -725,7 +725,8 @@ async def bench(args) -> dict:
                   f"  endpoint p50 {r['stage_p50_ms']['endpoint']}  busy llm/asr/tts {r['llm_busy_mean']}/"
                   f"{r['asr_busy_mean']}/{r['tts_busy_mean']}"
                   f"  lazy: triton {r['lazy_work']['triton_specializations']} ({r['lazy_work']['triton_ms']} ms),"
-                  f" cufft plans +{r['lazy_work']['cufft_plans_added']}" + (f"  errors {r['errors']}" if r["errors"] else ""),
+                  f" cufft plans +{r['lazy_work']['cufft_plans_added']}"
+                  + (f"  errors {r['errors']}" if r["errors"] else ""),
                   flush=True)
             write_result(args.out_name, report(False))
         if stuck is None:  # the last run's sessions must close too

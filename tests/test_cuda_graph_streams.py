@@ -3,9 +3,10 @@
 torch keys the cuBLAS workspace by stream, a captured graph keeps the workspace of the stream it was captured on, and
 `torch.cuda.graph` without `stream=` uses one default stream per process. Graphs of two components captured there
 share one workspace: replayed at once from two worker threads their GEMMs corrupt each other's results
-(bench/graph_streams.py on the H100: 26 % and 44 % of the two graphs' replays wrong), the likely cause of the GPU that stopped
-finishing its work at 64-96 callers (docs/perf-notes.md, eleventh session). In newer torch, destroying a graph also
-releases its capture stream's workspace (pytorch#193402). The check is on the source, so it runs without a GPU."""
+(bench/graph_streams.py on the H100: 26 % and 44 % of the two graphs' replays wrong), the likely cause of the GPU
+that stopped finishing its work at 64-96 callers (docs/perf-notes.md, eleventh session). In newer torch, destroying a
+graph also releases its capture stream's workspace (pytorch#193402). The check is on the source, so it runs without
+a GPU."""
 
 import ast
 from pathlib import Path
