@@ -56,6 +56,7 @@ class Item:
     enqueued: float = field(compare=False, default=0.0)
     ready: object = field(compare=False, default=None)  # () -> bool: the result is already computed (cheap)
     batch: object = field(compare=False, default=None)  # (key, fn(list of args[0]) -> list of results)
+    promoted: float = field(compare=False, default=0.0)  # time.monotonic() of its promotion (0: never promoted)
 
 
 def order_key(item: Item, policy: str = "edf", ready: bool = False, now: float | None = None) -> tuple:
@@ -171,6 +172,7 @@ class PriorityWorker(cf.Executor):
                     if it.priority <= priority:
                         return False
                     it.priority = int(priority)
+                    it.promoted = time.monotonic()
                     if priority == Priority.URGENT:
                         it.deadline = urgent_deadline(time.monotonic())
                     if ready is not None:
@@ -219,11 +221,9 @@ class PriorityWorker(cf.Executor):
             t1 = time.monotonic()
             self._running = None
             with self._cv:
-                if item.priority == Priority.URGENT:
-                    self._waits.append((t0, t0 - item.enqueued))
+                self._done(item, t0, t1 - t0)
                 self._busy.append((t0, t1))
                 self._trim(t1)
-                self._count(_label(item), t0 - item.enqueued, t1 - t0)
 
     def _run_batch(self, items: list[Item]) -> None:
         items = [it for it in items if it.future.set_running_or_notify_cancel()]
@@ -252,11 +252,21 @@ class PriorityWorker(cf.Executor):
         self._running = None
         with self._cv:
             for it in items:
-                if it.priority == Priority.URGENT:
-                    self._waits.append((t0, t0 - it.enqueued))
-                self._count(f"{it.batch[0]}[batch]", t0 - it.enqueued, (t1 - t0) / len(items))
+                self._done(it, t0, (t1 - t0) / len(items), f"{it.batch[0]}[batch]")
             self._busy.append((t0, t1))
             self._trim(t1)
+
+    def _done(self, item: Item, t0: float, run: float, label: str | None = None) -> None:
+        """Account for an item that started at t0 (under the lock). An urgent item's wait, which admission control
+        reads (`load`), counts from when it became urgent: a promoted draft's time queued as background work, during
+        the pause, is not an urgent item waiting. A promoted item is also counted under "promoted:<label>" with its
+        wait from the promotion, beside its label's wait from when it was queued."""
+        label = label or _label(item)
+        if item.priority == Priority.URGENT:
+            self._waits.append((t0, t0 - (item.promoted or item.enqueued)))
+        self._count(label, t0 - item.enqueued, run)
+        if item.promoted:
+            self._count("promoted:" + label, t0 - item.promoted, run)
 
     def _count(self, label: str, wait: float, run: float) -> None:
         c = self.by_label.get(label)

@@ -377,6 +377,29 @@ def test_a_promoted_background_item_runs_before_waiting_urgent_work():
     w.shutdown()
 
 
+def test_a_promoted_item_counts_its_urgent_wait_from_the_promotion():
+    """A draft's item queued as background during the pause and promoted at the endpoint: its time in the queue
+    before the promotion is pause-time work, not an urgent item waiting. Admission control (`load`) reads the urgent
+    wait from the promotion; the statistics keep both: the label's wait from the queueing, "promoted:<label>" from
+    the promotion."""
+    w = PriorityWorker("test-promoted-wait")
+    gate = threading.Event()
+    w.submit(gate.wait)
+    bg = w.submit_with(Priority.BACKGROUND, time.sleep, 0.0)
+    time.sleep(0.3)  # the pause: background work waits
+    assert w.promote(bg, Priority.URGENT)
+    time.sleep(0.05)  # the endpoint took it: 50 ms as an urgent item
+    gate.set()
+    bg.result(5)
+    w.submit_with(Priority.BACKGROUND, time.sleep, 0.0).result(5)
+    stats = w.label_stats()
+    assert stats["urgent:sleep"]["n"] == 1 and stats["urgent:sleep"]["wait_ms"] >= 340  # queued 0.35 s in all
+    assert 40 <= stats["promoted:urgent:sleep"]["wait_ms"] < 300  # urgent for 0.05 s
+    urgent = w.load()["urgent_wait_p95_ms"]
+    assert urgent is not None and urgent < 300  # the gate.wait item (~0) and the promoted one (~50 ms)
+    w.shutdown()
+
+
 def test_a_draft_runs_in_the_background_until_the_endpoint_takes_it():
     """A pause-time draft's model calls (LLM steps, its phrase's synthesis) are background work: another session's
     first audio goes first. When the endpoint takes the draft, what it has queued becomes urgent at once."""
