@@ -15,6 +15,9 @@ looks for can be a GPU that never finishes:
 
 Writes bench/results/graph_streams_<gpu>.json (device, commit, date; per scenario: replays, mismatching replays,
 hung or not). Usage: python3 bench/graph_streams.py [--seconds 20]
+
+Measured on an H100 (torch 2.11, `graph_streams_h100.json`): shared, 26 % and 44 % of the two graphs' concurrent
+replays wrong; separate, none; destroyed, no effect in this torch.
 """
 
 from __future__ import annotations
