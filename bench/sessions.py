@@ -546,10 +546,8 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     unsure = [t for t in s.turns if t.info.get("endpoint_delay_ms") is not None]
     lat = [t.latency_ms if t.latency_ms is not None else math.inf for t in s.turns]
     finite = [x for x in lat if math.isfinite(x)]
-    # the part after the endpoint decision (transcript, LLM, TTS, transport: what the scheduler and the GPU decide):
-    # the client's latency minus the server's endpoint stage (ms after the end of speech); no reply: infinite
-    resp = [t.latency_ms - t.stages["endpoint"] if t.latency_ms is not None and t.stages.get("endpoint") is not None
-            else math.inf for t in s.turns]
+    resp_by_turn = after_endpoint_ms(s.turns)
+    resp = [x for x in resp_by_turn if x is not None]
     miss = {name: list(pool.missed) for name, pool in (("llm", rt.llm_pool), ("tts", rt.tts_pool))}
     refused = sum(s.refused.values())
     out = {
@@ -561,9 +559,11 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         "v2v_p50_ms": _r(nearest_rank(lat, 50)), "v2v_p95_ms": _r(nearest_rank(lat, 95)),
         "v2v_max_ms": _r(max(lat) if lat else None), "v2v_mean_ms": _r(float(np.mean(finite)) if finite else None),
         "after_endpoint_p50_ms": _r(nearest_rank(resp, 50)), "after_endpoint_p95_ms": _r(nearest_rank(resp, 95)),
+        "after_endpoint_without_trace": sum(x is None for x in resp_by_turn),
         # a reply whose first phrase was drafted in the pause vs one started at the endpoint (the trace says which)
         "after_endpoint_by_draft": {
-            kind: tail([x for x, t in zip(resp, s.turns) if bool(t.info.get("drafted")) == drafted])
+            kind: tail([x for x, t in zip(resp_by_turn, s.turns)
+                        if x is not None and bool(t.info.get("drafted")) == drafted])
             for kind, drafted in (("drafted", True), ("not_drafted", False))},
         "underruns": sum(t.underruns for t in s.turns), "underrun_ms": round(sum(t.underrun_ms for t in s.turns), 1),
         "turns_with_underrun": sum(t.underruns > 0 for t in s.turns),
@@ -598,6 +598,17 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     rp95 = nearest_rank(resp, 95)
     out["after_endpoint_meets_500ms"] = bool(rp95 is not None and rp95 <= TARGET_MS and refused == 0)
     return out
+
+
+def after_endpoint_ms(turns) -> list:
+    """Per turn, the part after the endpoint decision (transcript, LLM, TTS, transport: what the scheduler and the GPU
+    decide): the client's latency minus the server's endpoint stage (ms after the end of speech). No reply: infinite.
+    A turn answered but without the server's trace has no endpoint to subtract (the call ended before the reply did,
+    so its turn_latency event never came): None, left out of the percentiles and counted. It used to count as
+    infinite, which made the after-endpoint p95 "inf" at 96 callers where every turn was answered."""
+    return [math.inf if t.latency_ms is None else
+            t.latency_ms - t.stages["endpoint"] if t.stages.get("endpoint") is not None else None
+            for t in turns]
 
 
 def asr_phases(asr) -> dict | None:
@@ -719,6 +730,8 @@ async def bench(args) -> dict:
             d = r["after_endpoint_by_draft"]["drafted"]
             print(f"  N={n:3d} {policy:4s} p50 {r['v2v_p50_ms']} ms  p95 {r['v2v_p95_ms']} ms  max {r['v2v_max_ms']}"
                   f"  after endpoint p50/p95 {r['after_endpoint_p50_ms']}/{r['after_endpoint_p95_ms']}"
+                  + (f" ({r['after_endpoint_without_trace']} answered without a trace)"
+                     if r["after_endpoint_without_trace"] else "") +
                   f" (drafted {d['turns']}: {d['p50_ms']}/{d['p95_ms']})"
                   f"  turns {r['turns']} (no reply {r['turns_without_reply']})  refused {r['refused']}"
                   f"  underruns {r['underruns']}  kv pages/session {r['kv_pages_per_session']}"

@@ -146,3 +146,17 @@ def test_lazy_work_counts_each_triton_specialization_and_its_time_across_threads
         assert lw.report()["triton_specializations"] == 0  # per run
     finally:
         knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = prev
+
+
+def test_after_endpoint_leaves_out_answered_turns_without_a_server_trace():
+    """bench/sessions.py: the after-endpoint time needs the server's endpoint stage. A turn answered (audio came) but
+    whose trace never did (the call ended first) is left out, not infinite; a turn never answered is infinite.
+    At 96 callers 31-60 answered turns had no trace, and the after-endpoint p95 read "inf" with every turn answered."""
+    import math
+    from types import SimpleNamespace as NS
+
+    from bench.sessions import after_endpoint_ms
+
+    turns = [NS(latency_ms=None, stages={}), NS(latency_ms=500.0, stages={"endpoint": 120.0}),
+             NS(latency_ms=900.0, stages={}), NS(latency_ms=None, stages={"endpoint": 80.0})]
+    assert after_endpoint_ms(turns) == [math.inf, 380.0, None, math.inf]
