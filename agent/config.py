@@ -194,7 +194,8 @@ class MemoryConfig:
     graph_pool: float = 0  # expected LLM decode-graph memory; 0: estimated from the model's shape
     min_sessions: int = 1  # refuse to start unless this many full quotas fit
     evict_idle: bool = True  # under KV pressure, evict idle sessions' KV (LRU) and re-prefill it at their next pause
-    # admission: refuse a new session when the LLM worker's recent p95 queue wait of urgent items exceeds this ...
+    # admission: refuse a new session when any GPU worker's (LLM, ASR, TTS, judge) recent p95 queue wait of urgent
+    # items exceeds this ...
     admit_wait_p95_ms: float = 150.0
     admit_busy: float = 0.9  # ... or when it was busy more than this fraction of the last window
     admit_load: bool | None = None  # the two load rules above; None: on a GPU only (a CPU worker is always busy)

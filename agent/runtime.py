@@ -51,6 +51,10 @@ class Runtime:
     def __post_init__(self):
         self.set_scheduler(self.config.pipeline.scheduler)
 
+    def worker_pools(self) -> tuple:
+        """(name, executor) of every worker thread the sessions share: their load is what admission reads."""
+        return (("llm", self.llm_pool), ("asr", self.asr_pool), ("tts", self.tts_pool), ("judge", self.judge_pool))
+
     def set_scheduler(self, policy: str) -> None:
         """"edf" or "fifo" ([pipeline] scheduler) for the LLM and TTS workers; may change while serving."""
         for pool in (self.asr_pool, self.llm_pool, self.tts_pool):
@@ -191,14 +195,13 @@ class Runtime:
         evictable = sum(c.own_pages() for c in list(self.llm.conversations) if c.idle) * eng.page_size
         if not self.llm.evict_idle:
             evictable = 0
-        load = self.llm_pool.load()
-        if not (m.admit_load if m.admit_load is not None else (self.meter is not None and self.meter.cuda)):
-            load = {"urgent_wait_p95_ms": None, "urgent_items": 0, "busy": None}
+        loads = {}  # every worker the sessions share, not only the LLM's (see admission)
+        if m.admit_load if m.admit_load is not None else (self.meter is not None and self.meter.cuda):
+            loads = {name: pool.load() for name, pool in self.worker_pools() if hasattr(pool, "load")}
         ok, code, why = admission(live, self.config.server.max_sessions, free_kv_tokens=free,
                                   evictable_kv_tokens=evictable, session_tokens=self.llm.quota_tokens or
                                   self.config.llm.max_context_tokens,
-                                  urgent_wait_p95_ms=load["urgent_wait_p95_ms"], urgent_items=load["urgent_items"],
-                                  busy=load["busy"], wait_target_ms=m.admit_wait_p95_ms, busy_limit=m.admit_busy)
+                                  loads=loads, wait_target_ms=m.admit_wait_p95_ms, busy_limit=m.admit_busy)
         if not ok:
             kind = "kv" if "KV" in why else "load" if code == "server_busy" else "cap"
             self.refusals[kind] = self.refusals.get(kind, 0) + 1

@@ -43,6 +43,26 @@ def test_busy_worker_refuses():
     assert not ok and code == "server_busy" and "95 %" in why
 
 
+def test_any_shared_worker_over_its_target_refuses_and_is_named():
+    """Every worker the sessions share counts, not only the LLM's: at 96 callers under fifo on the H100 the LLM's
+    urgent items waited 6 ms on average and the ASR's 2.3 s (sessions_order_4074be0_h100.json)."""
+    room = dict(free_kv_tokens=10 * Q, evictable_kv_tokens=0, session_tokens=Q, wait_target_ms=150, busy_limit=0.9)
+    calm = {"urgent_wait_p95_ms": 12.0, "urgent_items": 300, "busy": 0.4}
+    loads = {"llm": calm, "asr": {"urgent_wait_p95_ms": 2300.0, "urgent_items": 150, "busy": 0.5},
+             "tts": {"urgent_wait_p95_ms": 230.0, "urgent_items": 600, "busy": 0.55}, "judge": calm}
+    ok, code, why = admission(5, 128, loads=loads, **room)
+    assert not ok and code == "server_busy" and "asr worker" in why and "2300 ms" in why  # the worst one
+    loads["asr"] = calm
+    ok, code, why = admission(5, 128, loads=loads, **room)
+    assert not ok and "tts worker" in why
+    loads["tts"] = {"urgent_wait_p95_ms": 40.0, "urgent_items": 600, "busy": 0.95}
+    ok, code, why = admission(5, 128, loads=loads, **room)
+    assert not ok and "tts worker was busy 95 %" in why
+    loads["tts"] = {"urgent_wait_p95_ms": 900.0, "urgent_items": 3, "busy": None}  # three waits say nothing yet
+    assert admission(5, 128, loads=loads, **room) == (True, "", "")
+    assert admission(5, 128, loads={}, **room) == (True, "", "")  # load rules off
+
+
 # ---- the hook, on a real server and a real LLM worker ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -159,3 +179,33 @@ def test_client_reports_a_refusal_instead_of_raising(llm_runtime, monkeypatch, l
     assert [e["code"] for e in res.errors] == ["server_full"]
     assert "limit of 0" in res.errors[0]["message"] and res.errors[0]["fatal"]
     assert not res.of("reply_done") and not res.audio
+
+
+def test_the_runtime_reads_every_workers_load(llm_runtime):
+    """Runtime.admit asks each shared worker (`worker_pools`): urgent synthesis queued behind a slow item on the TTS
+    worker refuses a new session, with the LLM worker idle."""
+    import threading
+    import time
+
+    from agent.worker import Priority
+
+    rt = llm_runtime
+    busy, rt.config.memory.admit_busy = rt.config.memory.admit_busy, 0.99
+    gate = threading.Event()
+    try:
+        assert [name for name, _ in rt.worker_pools()] == ["llm", "asr", "tts", "judge"]
+        rt.tts_pool.reset_stats()
+        rt.tts_pool.submit_with(Priority.URGENT, gate.wait)
+        futs = [rt.tts_pool.submit_with(Priority.URGENT, time.sleep, 0.0) for _ in range(24)]
+        time.sleep(0.3)  # 24 urgent items wait 0.3 s behind the first
+        gate.set()
+        for f in futs:
+            f.result(5)
+        ok, code, why = rt.admit(0)
+        assert not ok and code == "server_busy" and "tts worker" in why
+        rt.tts_pool.reset_stats()
+        assert rt.admit(0)[0]
+    finally:
+        gate.set()
+        rt.config.memory.admit_busy = busy
+        rt.tts_pool.reset_stats()
