@@ -500,7 +500,7 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     await wait_sessions_closed(rt, srv, args.close_timeout)
     rt.set_scheduler(policy)  # once the previous run's work is done
     await asyncio.sleep(0.5)
-    for pool in (rt.llm_pool, rt.tts_pool, rt.asr_pool):
+    for _, pool in rt.worker_pools():  # every worker admission reads: a run starts from its own load
         if hasattr(pool, "reset_stats"):
             pool.reset_stats()
     lags: list[float] = []
