@@ -106,6 +106,7 @@ class Draft:
     tts: asyncio.Future | None = None  # the phrase's synthesis while it runs
     release: asyncio.Task | None = None  # frees the fork once a discarded draft's task has ended
     queued: list = field(default_factory=list)  # (worker, future, ready) of its items still queued or running
+    t: dict = field(default_factory=dict)  # stage -> time.monotonic(): fork, prefill, first_token, phrase, audio, taken
 
     def run(self, pool, fn, *args, ready=None) -> asyncio.Future:
         """One of the draft's model calls on a PriorityWorker, at the draft's priority (background until the
@@ -494,9 +495,11 @@ class Session:
         gen = None
         try:
             d.llm = await d.run(pool, self.llm.fork)
+            d.t["fork"] = time.monotonic()
             if d.cancelled:
                 return
             await d.run(pool, d.llm.sync_user, d.transcript, True)
+            d.t["prefill"] = time.monotonic()
             if d.cancelled:
                 return
             d.text = TokenText(rt.llm)
@@ -505,17 +508,20 @@ class Session:
             gen = await d.run(pool, d.llm.generate_reply)
             while not d.cancelled and d.phrase is None:
                 tok = await d.run(pool, next, gen, None, ready=getattr(d.llm, "token_ready", None))
+                d.t.setdefault("first_token", time.monotonic())
                 if tok is None:
                     d.ended = True
                     d.phrase = d.chunker.flush()
                     break
                 piece = d.text.add(tok)
                 d.phrase = d.chunker.push(piece if piece is not None else "")
+            d.t["phrase"] = time.monotonic()
             await d.run(pool, gen.close)
             gen = None
             if d.phrase is not None and not d.cancelled:  # background too: another session's first audio goes first
                 d.tts = d.run(rt.tts_pool, lambda text: list(rt.tts.synthesize(text)), d.phrase.text)
                 d.chunks = await d.tts  # _discard cancels it: a discarded draft does not wait for its audio
+                d.t["audio"] = time.monotonic()
         finally:
             if gen is not None:  # cancelled mid-way: close the generation on the worker, in order
                 pool.submit_with(Priority.URGENT, gen.close)
@@ -557,6 +563,7 @@ class Session:
             return None
         d = pw.draft
         if d is not None and not d.cancelled and d.transcript == text:
+            d.t["taken"] = time.monotonic()
             d.make_urgent()
             await asyncio.gather(d.task, return_exceptions=True)
             if d.phrase is not None and d.chunks and not d.cancelled:
@@ -602,6 +609,10 @@ class Session:
                 old, self.llm = self.llm, draft.llm
                 pool.submit_with(Priority.BACKGROUND, old.free)
                 r.trace.info.update(drafted=True, prefill_tokens=0)
+                if "speech_end" in r.trace.t:  # where the draft was when the endpoint took it, and when it got done
+                    t0 = r.trace.t["speech_end"]
+                    r.trace.info["draft_ms"] = {k: round((v - t0) * 1000, 1) for k, v in sorted(
+                        draft.t.items(), key=lambda kv: kv[1])}
                 r.trace.mark("llm_first_token")
                 tt, chunker = draft.text, draft.chunker
                 r.tokens = tt.tokens

@@ -307,6 +307,10 @@ def test_draft_early_drafts_without_any_verdict(rt, speech):
             turn = conv.turns[0]
             assert turn.reply
             drafted[early] = bool(turn.latency.info.get("drafted"))
+            if drafted[early]:  # the draft's own timeline, ms after the end of speech, in order
+                dm = turn.latency.info["draft_ms"]
+                assert {"fork", "prefill", "first_token", "phrase", "audio", "taken"} <= set(dm), dm
+                assert dm["fork"] <= dm["prefill"] <= dm["first_token"] <= dm["phrase"] <= dm["audio"], dm
             asyncio.run(conv.session.close())
     finally:
         rt.judge, t.llm_p_end, t.draft_early, t.unknown_delay_ms = judge, True, False, unknown
