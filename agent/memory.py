@@ -153,7 +153,6 @@ class KVLedger:
 
 
 def admission(live: int, max_sessions: int, *, free_kv_tokens: int, evictable_kv_tokens: int, session_tokens: int,
-              urgent_wait_p95_ms: float | None = None, urgent_items: int = 0, busy: float | None = None,
               loads: dict[str, dict] | None = None, wait_target_ms: float = 150.0, busy_limit: float = 0.9,
               min_items: int = 20) -> tuple[bool, str, str]:
     """May one more session start? Pure: fed the KV pool's state and the GPU workers' measured load.
@@ -166,15 +165,14 @@ def admission(live: int, max_sessions: int, *, free_kv_tokens: int, evictable_kv
     the TTS's, the judge's): any one over a limit refuses, and the reason names it. At 96 callers on the H100 under
     fifo the LLM's urgent items waited 6 ms on average while the ASR's waited 2.3 s and the TTS's 230 ms
     (sessions_order_4074be0_h100.json): the LLM's load alone admitted callers into sessions that were already late.
-    Without `loads`, the three single-worker arguments are one worker's (the model worker's)."""
+    None or {}: the load rules are off."""
     if live >= max_sessions:
         return False, "server_full", f"the server is at its limit of {max_sessions} sessions; try again later"
     if free_kv_tokens + evictable_kv_tokens < session_tokens:
         return False, "server_busy", (
             f"not enough KV cache for another session: {free_kv_tokens} tokens free and {evictable_kv_tokens} held by "
             f"idle sessions, a session may need {session_tokens}; try again later")
-    if loads is None:
-        loads = {"model": {"urgent_wait_p95_ms": urgent_wait_p95_ms, "urgent_items": urgent_items, "busy": busy}}
+    loads = loads or {}
     late = [(ld["urgent_wait_p95_ms"], name) for name, ld in loads.items()
             if ld.get("urgent_wait_p95_ms") is not None and ld.get("urgent_items", 0) >= min_items
             and ld["urgent_wait_p95_ms"] > wait_target_ms]

@@ -52,7 +52,8 @@ class Runtime:
         self.set_scheduler(self.config.pipeline.scheduler)
 
     def worker_pools(self) -> tuple:
-        """(name, executor) of every worker thread the sessions share: their load is what admission reads."""
+        """(name, executor) of every worker thread the sessions share: admission reads their load, /healthz their
+        snapshots (a stuck one), the benchmarks their statistics."""
         return (("llm", self.llm_pool), ("asr", self.asr_pool), ("tts", self.tts_pool), ("judge", self.judge_pool))
 
     def set_scheduler(self, policy: str) -> None:

@@ -167,8 +167,7 @@ class Hub:
     def health(self) -> dict:
         """Liveness: "ok", or "stuck" when a worker thread has run one item for [server] stuck_after_s or has died
         (every session waiting on it would hang: restart the process). Each worker's snapshot says what it runs."""
-        workers = {name: pool.snapshot() for name in ("asr", "llm", "tts", "judge")
-                   if hasattr(pool := getattr(self.rt, f"{name}_pool", None), "snapshot")}
+        workers = {name: pool.snapshot() for name, pool in self.rt.worker_pools() if hasattr(pool, "snapshot")}
         limit = self.cfg.stuck_after_s
         stuck = sorted(n for n, w in workers.items()
                        if not w["alive"] or (limit > 0 and w["running_s"] >= limit))
