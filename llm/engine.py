@@ -373,7 +373,11 @@ class Engine:
         ps, dev = self.page_size, self.device
         pos = torch.arange(start, end)
         pages = torch.tensor(s.pages, dtype=torch.int64)
-        slots = pages[pos // ps] * ps + pos % ps
+        # positions and slots in int32, as the decode graphs stage them: the Triton RoPE/KV kernel is specialized on
+        # their dtype, and an int64 variant that no warm-up made compiled on the LLM thread while serving (183 ms,
+        # the first 64-caller run on a fresh H100, sessions_fresh64_5d5764b_h100.json)
+        slots = (pages[pos // ps] * ps + pos % ps).to(torch.int32)
+        pos = pos.to(torch.int32)
         meta = AttnMeta(slot_mapping=slots.to(dev), block_table=pages.to(torch.int32)[None].to(dev),
                         seq_lens=torch.tensor([end], dtype=torch.int32, device=dev), prefill=[(end - start, end)],
                         logits_idx=torch.tensor([end - start - 1], device=dev))
@@ -472,11 +476,11 @@ class Engine:
         slots = [s.pages[p // ps] * ps + p % ps for s, p in zip(ss, pos)]
         width = max(len(s.pages) for s in ss)
         table = [s.pages + [0] * (width - len(s.pages)) for s in ss]
-        meta = AttnMeta(slot_mapping=torch.tensor(slots, device=dev),
+        meta = AttnMeta(slot_mapping=torch.tensor(slots, dtype=torch.int32, device=dev),  # int32: see _prefill
                         block_table=torch.tensor(table, dtype=torch.int32, device=dev),
                         seq_lens=torch.tensor([p + 1 for p in pos], dtype=torch.int32, device=dev))
         toks = torch.tensor([s.tokens[s.n_cached] for s in ss], device=dev)
-        logits = self.model(toks, torch.tensor(pos, device=dev), meta, self.kv)  # [B, vocab]
+        logits = self.model(toks, torch.tensor(pos, dtype=torch.int32, device=dev), meta, self.kv)  # [B, vocab]
         ids = self._sample(logits, reqs)
         self._finish_decode(reqs, ss, logits, ids)
 

@@ -29,7 +29,9 @@ class AttnMeta:
              the flat batch and sit at positions ctx_len - n_new .. ctx_len - 1.
     """
 
-    slot_mapping: Tensor  # [T] int64: flat cache slot (page * page_size + offset) of each new token
+    # [T] int32 on every path (the Triton RoPE/KV kernel is specialized on the dtype): flat cache slot
+    # (page * page_size + offset) of each new token
+    slot_mapping: Tensor
     block_table: Tensor  # [B, max_pages] int32: the pages of each sequence, in order
     seq_lens: Tensor  # [B] int32: context length of each sequence, new tokens included
     prefill: list[tuple[int, int]] | None = None
