@@ -58,7 +58,9 @@ class TorchWhisperASR:
         self.final_window = final_window or window  # encoder input at the endpoint (partials use `window`)
         self.decoder = GreedyDecoder(self.model, self.tokenizer, self.opts, max_batch=max_batch,
                                      cuda_graphs=cuda_graphs, chunked=chunked_decode)
-        self.mel = LogMel(self.model.dims.n_mels, device=self.device)
+        # on CUDA the STFT lengths are bucketed to 1 s (at most 31 cuFFT plans, made by warmup; see LogMel)
+        self.mel = LogMel(self.model.dims.n_mels, device=self.device,
+                          bucket_frames=100 if self.device.type == "cuda" else 0)
         self.gate = EnergyGate(energy_floor_dbfs)
         self.policy = StreamPolicy(partial_interval_s, SAMPLE_RATE)
         self.max_batch = max_batch
@@ -141,6 +143,7 @@ class TorchWhisperASR:
         """Run every prefill width (multiples of 16 up to max_prefix) and decoder-graph bucket once, so the
         first real request does not pay for kernel loading, cuBLAS heuristics or graph capture."""
         audio = (np.random.default_rng(0).standard_normal(int(seconds * SAMPLE_RATE)) * 0.1).astype(np.float32)
+        self.mel.warm(MAX_SAMPLES)
         for b in batches:
             for width in range(0, max_prefix + 1, 16):
                 self.recognize([audio] * b, [[0] * width] * b, max_new=2, stop_at_eot=False)
