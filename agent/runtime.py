@@ -214,6 +214,14 @@ class Runtime:
         return await self._urgent(self.asr_pool, self.asr.transcribe, getattr(self.asr, "transcribe_batch", None),
                                   audio)
 
+    async def transcribe_with_end(self, audio) -> tuple[str, float | None]:
+        """The transcript and the recogniser's P(end of text) after its last word, where the ASR reports one (see
+        asr/base.py); otherwise the batched transcribe() and None."""
+        fn = getattr(self.asr, "transcribe_with_end", None)
+        if fn is None:
+            return await self.transcribe(audio), None
+        return await self._urgent(self.asr_pool, fn, None, audio)
+
     async def judge_p_end(self, audio) -> float:
         """The audio judge's P(complete), on its thread; the GPU judge's pauses waiting together are one batch."""
         return await self._urgent(self.judge_pool, self.judge.p_end, getattr(self.judge, "p_end_batch", None),

@@ -135,6 +135,7 @@ class PauseWork:
     asr: asyncio.Task | None = None
     task: asyncio.Task | None = None
     transcript: str | None = None
+    asr_p_end: float | None = None  # the recogniser's P(end of text) after the transcript's last word, if known
     p_end: float | None = None
     prefilled: int = 0
     draft: Draft | None = None
@@ -282,7 +283,7 @@ class Session:
         if pw is None or pw.upto < d.speech_end - 1e-6:  # no pause yet: only the transcript, for the reply
             self._drop_pause()
             pw = self.pause = PauseWork(upto=d.speech_end)
-            pw.asr = asyncio.create_task(self._transcribe(self._slice(*turn_span(d))))
+            pw.asr = asyncio.create_task(self._transcribe_pause(pw, self._slice(*turn_span(d))))
         try:
             text = await asyncio.shield(pw.asr)
         except asyncio.CancelledError:
@@ -292,9 +293,12 @@ class Session:
             self._drop_pause()
             text = ""
         now = self._vad_pos / INTERNAL_RATE
-        if trails_off(text) and now - d.speech_end < self.turns.p.max_delay_s - 1e-6:
+        p_asr, min_p = pw.asr_p_end, self.cfg.turn.asr_end_min_p
+        unsure = p_asr is not None and p_asr < min_p  # Whisper doubts that the words stop there
+        if (trails_off(text) or unsure) and now - d.speech_end < self.turns.p.max_delay_s - 1e-6:
             self.turns.reject_end()
             log.info(json.dumps({"event": "endpoint_rejected", "turn": self.turn_index + 1, "text": text,
+                                 "asr_p_end": None if p_asr is None else round(p_asr, 3),
                                  "silence_ms": round((now - d.speech_end) * 1000)}))
         elif (end := self.turns.confirm_end(now)) is not None:
             self._end_turn(end, at)
@@ -410,7 +414,7 @@ class Session:
             return
         pw = PauseWork(upto=d.speech_end)
         pw.t["pause"] = time.monotonic()
-        pw.asr = asyncio.create_task(self._transcribe(self._slice(*turn_span(d))))
+        pw.asr = asyncio.create_task(self._transcribe_pause(pw, self._slice(*turn_span(d))))
         pw.task = asyncio.create_task(self._pause_work(pw))
         self.pause = pw
 
@@ -447,6 +451,14 @@ class Session:
 
     async def _transcribe(self, audio: np.ndarray) -> str:
         return (await self.rt.transcribe(audio)).strip()
+
+    async def _transcribe_pause(self, pw: PauseWork, audio: np.ndarray) -> str:
+        """A pause's transcript; keeps the recogniser's P(end of text) for the endpoint check when the check is on
+        and the ASR reports it (otherwise the batched path)."""
+        if not self.cfg.turn.confirm_endpoint or self.cfg.turn.asr_end_min_p <= 0:
+            return await self._transcribe(audio)
+        text, pw.asr_p_end = await self.rt.transcribe_with_end(audio)
+        return text.strip()
 
     async def _pause_work(self, pw: PauseWork) -> None:
         rt, t = self.rt, self.cfg.turn

@@ -27,6 +27,9 @@ class ASR(Protocol):
         """A streaming recogniser for one utterance."""
         ...
 
+    # Optional: transcribe_with_end(audio) -> (text, P(end of text) after the last token, or None). The session's
+    # endpoint check reads it (agent/session.py); faster-whisper's backend has it, the torch one does not yet.
+
 
 class ASRStream(Protocol):
     def feed(self, audio: np.ndarray) -> Transcript | None:

@@ -54,21 +54,29 @@ class FasterWhisperASR:
         self.prompt = self.model.get_prompt(self.tokenizer, previous_tokens=[], without_timestamps=True)
 
     def transcribe(self, audio: np.ndarray) -> str:
+        return self.transcribe_with_end(audio, want_end=False)[0]
+
+    def transcribe_with_end(self, audio: np.ndarray, want_end: bool = True) -> tuple[str, float | None]:
+        """The transcript, and Whisper's own P(end of text) right after its last token: how sure the recogniser is
+        that the words stop there. A voice cut mid-sentence often gets a finished-looking transcript ("Feels like
+        these days") but a low P here (bench/pause_judge.py: < 0.4 for 24 of 66 spliced pauses whose words do not
+        trail off, never for the 39 finished turns). None where it is not known (the 30 s path, or the text ran
+        into the length cap)."""
         if audio.size < SAMPLE_RATE // 10:
-            return ""
+            return "", None
         audio = audio.astype(np.float32, copy=False)
         if self.window == "short":
-            text = self._transcribe_short(audio)
-            if text is not None:
-                return text
+            out = self._transcribe_short(audio, want_end)
+            if out is not None:
+                return out
         segments, _ = self.model.transcribe(
             audio, language=self.language, beam_size=self.beam_size,
             vad_filter=True,  # Silero gate: silence and noise give no segments instead of hallucinations
             condition_on_previous_text=False, without_timestamps=True,
         )
-        return " ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.8).strip()
+        return " ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.8).strip(), None
 
-    def _transcribe_short(self, audio: np.ndarray) -> str | None:
+    def _transcribe_short(self, audio: np.ndarray, want_end: bool = False) -> tuple[str, float | None] | None:
         """The same steps as faster-whisper's transcribe (Silero VAD filter, greedy, its no-speech rule) on a short
         encoder window; None when the speech is longer than 29 s (then the 30 s path runs)."""
         import ctranslate2
@@ -78,7 +86,7 @@ class FasterWhisperASR:
 
         chunks = get_speech_timestamps(audio, VadOptions())
         if not chunks:
-            return ""
+            return "", None
         audio = np.concatenate(collect_chunks(audio, chunks)[0])
         features = self.model.feature_extractor(audio)[:, :-1]  # content frames, as transcribe's
         n = features.shape[-1]
@@ -92,12 +100,18 @@ class FasterWhisperASR:
         cap = min(448, len(self.prompt) + int(TOKENS_PER_S * seconds) + 8)  # no loop runs longer than speech could
         r = self.model.model.generate(enc, [self.prompt], beam_size=self.beam_size, max_length=cap,
                                       return_scores=True, return_no_speech_prob=True, suppress_blank=True,
-                                      suppress_tokens=[-1])[0]
+                                      suppress_tokens=[-1], return_logits_vocab=want_end)[0]
         tokens = [t for t in r.sequences_ids[0] if t < self.tokenizer.eot]
         avg_logprob = r.scores[0] * len(tokens) / (len(tokens) + 1)  # faster-whisper's (length penalty 1)
         if r.no_speech_prob >= 0.8 or (r.no_speech_prob > 0.6 and avg_logprob < -1.0):
-            return ""
-        return self.tokenizer.decode(strip_loop(tokens)).strip()
+            return "", None
+        p_end = None
+        steps = r.logits[0] if want_end and r.logits else []
+        if len(steps) > len(tokens):  # the step after the last token (the one that chose <|endoftext|>)
+            x = np.asarray(steps[len(tokens)], dtype=np.float64).ravel()
+            e = np.exp(x - x.max())
+            p_end = float(e[self.tokenizer.eot] / e.sum())
+        return self.tokenizer.decode(strip_loop(tokens)).strip(), p_end
 
     def stream(self) -> "RetranscribeStream":
         return RetranscribeStream(self, self.partial_interval_s)

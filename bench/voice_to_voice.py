@@ -290,7 +290,7 @@ def main() -> None:
     ap.add_argument("--ablation-spliced", type=int, default=None, help="spliced clips for each ablation")
     ap.add_argument("--variants", default="all",
                     help="comma-separated subset of full,no_pause_prefill,no_drafting,fixed_silence_500ms,"
-                         "no_transcript_check,no_audio_judge (tuning runs; the recorded run uses all)")
+                         "no_transcript_check,no_asr_end_check,no_audio_judge (tuning runs; the recorded run uses all)")
     ap.add_argument("--out", default=None, help="result file name (default v2v_<device>.json)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value (tuning), e.g. --set turn.judge_p_high=0.9")
@@ -316,6 +316,8 @@ def main() -> None:
     }
     if cfg.turn.confirm_endpoint:
         variants["no_transcript_check"] = {"confirm_endpoint": False}
+        if cfg.turn.asr_end_min_p > 0:  # the words' check without Whisper's P(end of text)
+            variants["no_asr_end_check"] = {"asr_end_min_p": 0.0}
     judge = rt.judge
     if judge is not None:
         variants["no_audio_judge"] = {}  # rt.judge is set aside for this one: the LLM's P(end) and silence only

@@ -55,3 +55,28 @@ def test_short_window_rejects_silence_and_noise_and_falls_back_when_long(both, s
     assert "country" in normalize(text), text
     with pytest.raises(ValueError):
         type(short)(require("whisper-tiny.en"), window="trunc")
+
+
+def test_whisper_doubts_the_end_of_words_cut_mid_sentence(both, speech):
+    """transcribe_with_end: the transcript, and Whisper's P(end of text) after its last word. Finished sentences
+    with the session's 0.2 s of trailing silence score high; the same voices cut at a word gap mid-sentence (the
+    v2v benchmark's own gaps, bench/splice_points.json) score low, though their transcripts read as finished
+    ("Feels like these days", "... who would"). The endpoint check reads it (agent/session.py)."""
+    import json
+    from pathlib import Path
+
+    short, pad30 = both
+    gaps = json.loads((Path(__file__).resolve().parents[1] / "bench/splice_points.json").read_text())
+    tail = np.zeros(int(0.2 * 16000), np.float32)
+    for clip in ["librispeech/stereo_diarization_left.wav", "librispeech/1272-128104-0000.wav",
+                 "pocketsphinx_misc/forever_input_2_16k.wav"]:
+        audio = load_audio(speech / clip)
+        cut = np.concatenate([audio[: int(gaps[clip] * 16000)], tail])
+        text, p = short.transcribe_with_end(cut)
+        assert text == short.transcribe(cut) and text
+        assert p is not None and p < 0.4, (clip, text, p)
+    for clip in ["jfk/jfk.flac", "librispeech/stereo_diarization_left.wav", "speechbrain_harvard/spk1_snt1.wav"]:
+        text, p = short.transcribe_with_end(np.concatenate([load_audio(speech / clip), tail]))
+        assert p is not None and p > 0.6, (clip, text, p)
+    assert short.transcribe_with_end(np.zeros(3 * 16000, np.float32)) == ("", None)
+    assert pad30.transcribe_with_end(load_audio(speech / "jfk/jfk.flac"))[1] is None  # not known on the 30 s path
