@@ -139,6 +139,8 @@ class Policy:
     # [turn] confirm_endpoint: the silence only makes the endpoint pending; it holds once the pause's transcript is
     # in, unless the words trail off (agent.session.trails_off), when max_delay applies
     confirm: bool = False
+    # ... or Whisper's P(end of text) after the transcript's last word is below this ([turn] asr_end_min_p; 0: off)
+    asr_end_min_p: float = 0.0
 
     def params(self) -> TurnParams:
         return TurnParams(min_delay_s=self.min_delay, unknown_delay_s=self.unknown_delay,
@@ -161,7 +163,9 @@ def endpoint_of(rec: dict, pol: Policy, tp: TurnParams, judge_latency: float, pa
         return t
     # the session's transcript check: the endpoint holds when the pause's transcript is in (or at once, if it is)
     t = max(t, pause_s + ASR_SCALE * rec["asr_ms"] / 1000)
-    if trails_off(rec.get("transcript", "")) and t < pol.max_delay - 1e-6:
+    p_asr = rec.get("asr_p_end")
+    unsure = pol.asr_end_min_p > 0 and p_asr is not None and p_asr < pol.asr_end_min_p
+    if (trails_off(rec.get("transcript", "")) or unsure) and t < pol.max_delay - 1e-6:
         t = frame_ceil(pol.max_delay)  # rejected: the words are unfinished, max_delay applies
     limit = rec["silence"] if rec["silence"] is not None else math.inf
     return t if t <= limit + 1e-6 else math.inf
@@ -230,8 +234,8 @@ def policy_grid(llm: bool):
             if lo >= hi or unk > mx:
                 continue
             for use_llm in ((False, True) if llm else (False,)):
-                for confirm in ((False, True) if llm else (False,)):
-                    yield Policy(c, lo, hi, mn, unk, mx, use_llm, confirm=confirm)
+                for confirm, min_p in (((False, 0.0), (True, 0.0), (True, 0.4)) if llm else ((False, 0.0),)):
+                    yield Policy(c, lo, hi, mn, unk, mx, use_llm, confirm=confirm, asr_end_min_p=min_p)
 
 
 def distance(m: dict, max_cut_rate: float, max_delay_ms: float) -> tuple:
@@ -250,7 +254,9 @@ def simulate(path: str, max_cut_rate: float, out_name: str | None, max_delay_ms:
     test = [r for r in recs if r["half"] == 1]
     bench = [r for r in recs if r.get("bench")]
     # configs/cpu.toml's [turn]
-    current = Policy((0.032,), 0.3, 0.95, 0.064, 0.8, 1.0, llm=False, confirm=has_llm)
+    has_asr_p = any(r.get("asr_p_end") is not None for r in recs)
+    current = Policy((0.032,), 0.3, 0.95, 0.064, 0.8, 1.0, llm=False, confirm=has_llm,
+                     asr_end_min_p=0.4 if has_asr_p else 0.0)
     rows = []
     t0 = time.time()
     for pol in policy_grid(has_llm):
@@ -279,6 +285,9 @@ def simulate(path: str, max_cut_rate: float, out_name: str | None, max_delay_ms:
                            timing={"judge_latency_s": JUDGE_LATENCY_S, "llm_slowdown": LLM_SLOWDOWN,
                                    "asr_scale": ASR_SCALE, "endpoint_overhead_s": ENDPOINT_OVERHEAD_S},
                            n_policies=len(rows), current=show("current", current))
+    if has_asr_p:  # the same without Whisper's P(end of text): what that check buys
+        report["current_without_asr_end_check"] = show("current, no asr_end_min_p",
+                                                       dataclasses.replace(current, asr_end_min_p=0.0))
     report["meeting_both_on_half0"] = sum(1 for _, m in rows if distance(m, max_cut_rate, max_delay_ms)[0] <= 1)
     print(f"meeting both targets on half 0: {report['meeting_both_on_half0']} of {len(rows)}")
     print("within the false cut-off budget on half 0, shortest mean endpoint first:")
@@ -400,7 +409,12 @@ def main() -> None:
                 rec["judge_ms"] = round((time.perf_counter() - tj) * 1000 / max(1, len(rec["p_audio"])), 1)
                 if llm is not None and kind != "natural":
                     ta = time.perf_counter()
-                    text = asr.transcribe(x[a:int((e + POST_ROLL_S) * INTERNAL_RATE)]).strip()
+                    clip = x[a:int((e + POST_ROLL_S) * INTERNAL_RATE)]
+                    if hasattr(asr, "transcribe_with_end"):  # Whisper's P(end of text) after the last word
+                        text, rec["asr_p_end"] = asr.transcribe_with_end(clip)
+                        text = text.strip()
+                    else:
+                        text = asr.transcribe(clip).strip()
                     tb = time.perf_counter()
                     p_end = chat.end_probability(text) if text else None
                     rec["asr_ms"] = round((tb - ta) * 1000, 1)
