@@ -181,6 +181,7 @@ class Session:
         self.pause: PauseWork | None = None  # the current pause's work, if any
         self.judge_task: asyncio.Task | None = None  # the audio end-of-turn judge on the current pause
         self.confirm_task: asyncio.Task | None = None  # reads the transcript of a pending endpoint
+        self._rejected: list[dict] = []  # endpoints the words took back in the current turn (for its trace)
         self.p_audio: tuple[float, float] | None = None  # its last verdict: (P(complete), speech end it saw)
         self._judged_upto = -1.0  # the speech end whose silence the judge last ran on (once per silence)
         self._judge_at = 0.0  # time.monotonic() of the last verdict
@@ -297,6 +298,8 @@ class Session:
         unsure = p_asr is not None and p_asr < min_p  # Whisper doubts that the words stop there
         if (trails_off(text) or unsure) and now - d.speech_end < self.turns.p.max_delay_s - 1e-6:
             self.turns.reject_end()
+            self._rejected.append({"text": text, "asr_p_end": None if p_asr is None else round(p_asr, 4),
+                                   "why": "trails_off" if trails_off(text) else "asr_p_end"})
             log.info(json.dumps({"event": "endpoint_rejected", "turn": self.turn_index + 1, "text": text,
                                  "asr_p_end": None if p_asr is None else round(p_asr, 3),
                                  "silence_ms": round((now - d.speech_end) * 1000)}))
@@ -329,6 +332,10 @@ class Session:
         trace.info["endpoint_delay_ms"] = round(d.delay * 1000)
         if pause is not None and pause.p_end is not None:
             trace.info["p_end"] = round(pause.p_end, 4)
+        if pause is not None and pause.asr_p_end is not None:
+            trace.info["asr_p_end"] = round(pause.asr_p_end, 4)  # Whisper's P(end of text) for the checked words
+        if self._rejected:  # endpoints of this turn the words took back (the caller went on, or max_delay came)
+            trace.info["endpoints_rejected"], self._rejected = self._rejected, []
         if self.p_audio is not None and self.p_audio[1] >= d.speech_end - 1e-6:
             trace.info["p_audio"] = round(self.p_audio[0], 4)
             trace.info["judge_ms"] = round((self._judge_at - trace.t["speech_end"]) * 1000, 1)  # verdict in

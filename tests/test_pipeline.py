@@ -346,6 +346,8 @@ def test_an_endpoint_whisper_doubts_is_taken_back(rt, speech):
     assert len(turns) == 1 and len(stops) == 1, [x.transcript for x in turns]
     assert "forever" in normalize(turns[0].transcript), turns[0].transcript
     assert turns[0].reply and not turns[0].interrupted
+    rejected = turns[0].latency.info.get("endpoints_rejected", [])  # the trace says which check took it back
+    assert any(r["why"] == "asr_p_end" and r["asr_p_end"] < old[-1] for r in rejected), turns[0].latency.info
     turns, stops = outcome[0.0]
     assert len(turns) >= 2 and len(stops) >= 2, [x.transcript for x in turns]  # the fragment was answered
 
