@@ -65,8 +65,8 @@ class TurnConfig:
     confirm_endpoint: bool = True
     # ... and only when the recogniser's own P(end of text) after the last word is at least this (where the ASR
     # reports it: faster-whisper). Whisper writes a voice cut mid-sentence as a finished-looking sentence ("Feels
-    # like these days") but doubts its end: P < 0.4 for 24 of 66 such spliced pauses, never for 39 finished turns
-    # (min 0.43; bench/pause_judge.py). 0 = off
+    # like these days") but doubts its end: P < 0.4 for 23 of 62 such spliced pauses, never for 36 finished turns
+    # (min 0.43; bench/pause_judge.py, faster-whisper; weaker on the torch backend, see perf-notes). 0 = off
     asr_end_min_p: float = 0.4
     llm_p_end: bool = True  # also use the LLM's P(end-of-turn token) (False: synthetic weights; judge/silence only)
     # draft at every pause as soon as its transcript is in, without waiting for a verdict (a GPU with time to spare:

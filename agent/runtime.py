@@ -220,7 +220,7 @@ class Runtime:
         fn = getattr(self.asr, "transcribe_with_end", None)
         if fn is None:
             return await self.transcribe(audio), None
-        return await self._urgent(self.asr_pool, fn, None, audio)
+        return await self._urgent(self.asr_pool, fn, getattr(self.asr, "transcribe_with_end_batch", None), audio)
 
     async def judge_p_end(self, audio) -> float:
         """The audio judge's P(complete), on its thread; the GPU judge's pauses waiting together are one batch."""

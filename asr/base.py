@@ -28,7 +28,8 @@ class ASR(Protocol):
         ...
 
     # Optional: transcribe_with_end(audio) -> (text, P(end of text) after the last token, or None). The session's
-    # endpoint check reads it (agent/session.py); faster-whisper's backend has it, the torch one does not yet.
+    # endpoint check reads it (agent/session.py). Both backends have it (the torch one also batched:
+    # transcribe_with_end_batch).
 
 
 class ASRStream(Protocol):

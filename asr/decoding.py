@@ -362,6 +362,22 @@ class GreedyDecoder:
                 cur = cur + 1
         return self._hypotheses(prefixes, out[:, :steps], sum_lp, no_speech)
 
+    @torch.no_grad()
+    def end_probability(self, texts: list[list[int]]) -> list[float]:
+        """P(<|endoftext|>) right after each row's text tokens (rows 0..n-1, after encode()): how sure the model is
+        that the words stop there. One decoder prefill of prompt + text (the rows' self-attention cache is
+        overwritten, the encoder's cross-attention is kept)."""
+        n, prompt = len(texts), self.tok.prompt
+        seqs = [prompt + list(t) for t in texts]
+        width = min(-(-max(len(s) for s in seqs) // 16) * 16, self.model.dims.n_text_ctx - 1)
+        seqs = [s[-width:] for s in seqs]
+        tokens = torch.tensor([s + [self.tok.eot] * (width - len(s)) for s in seqs]).to(self.device)
+        lens = torch.tensor([len(s) for s in seqs]).to(self.device)
+        pos = torch.arange(width, device=self.device).expand(n, width).contiguous()
+        logits = self.model.decoder(tokens, pos, self.cache.narrow(n)).float()
+        last = logits[torch.arange(n, device=self.device), lens - 1] + self.suppress
+        return last.softmax(-1)[:, self.tok.eot].tolist()
+
     def _hypotheses(self, prefixes, out, sum_lp, no_speech) -> list[Hypothesis]:
         self.launched_at = time.perf_counter()  # every step is queued; the read-back below waits for them
         out, sum_lp, no_speech = out.tolist(), sum_lp.tolist(), no_speech.tolist()

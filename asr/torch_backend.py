@@ -167,6 +167,26 @@ class TorchWhisperASR:
     def transcribe(self, audio: np.ndarray) -> str:
         return self.transcribe_batch([np.asarray(audio, dtype=np.float32)])[0]
 
+    def transcribe_with_end_batch(self, audios: list[np.ndarray]) -> list[tuple[str, float | None]]:
+        """Transcripts, each with Whisper's P(end of text) right after its last token (see asr/base.py and
+        FasterWhisperASR.transcribe_with_end): one more decoder prefill per batch. None for silence, and for
+        scripted transcripts (synthetic weights: the words are not the model's)."""
+        out: list[tuple[str, float | None]] = [("", None)] * len(audios)
+        live = [i for i, a in enumerate(audios) if len(a) >= SAMPLE_RATE // 10 and not self.gate.is_silent(a)]
+        if self.script:
+            return [(t, None) for t in self._scripted(audios, live, [""] * len(audios))]
+        for k in range(0, len(live), self.max_batch):
+            rows = live[k:k + self.max_batch]
+            hyps = self.recognize([audios[i] for i in rows], window=self.final_window)  # encoder rows 0..n-1
+            ends = self.decoder.end_probability([h.tokens for h in hyps])  # row j is hyps[j]'s audio
+            for i, h, p in zip(rows, hyps, ends):
+                text = self.text(h)
+                out[i] = (text, float(p)) if text else ("", None)
+        return out
+
+    def transcribe_with_end(self, audio: np.ndarray) -> tuple[str, float | None]:
+        return self.transcribe_with_end_batch([np.asarray(audio, dtype=np.float32)])[0]
+
     WORDS_PER_S = 2.5  # conversational English
     TOKENS_PER_WORD = 1.3
 
