@@ -295,13 +295,11 @@ class Session:
             text = ""
         now = self._vad_pos / INTERNAL_RATE
         p_asr, min_p = pw.asr_p_end, self.cfg.turn.asr_end_min_p
-        unsure = p_asr is not None and p_asr < min_p  # Whisper doubts that the words stop there
-        if (trails_off(text) or unsure) and now - d.speech_end < self.turns.p.max_delay_s - 1e-6:
+        why = "trails_off" if trails_off(text) else "asr_p_end" if p_asr is not None and p_asr < min_p else None
+        if why and now - d.speech_end < self.turns.p.max_delay_s - 1e-6:  # asr_p_end: Whisper doubts the end
             self.turns.reject_end()
-            self._rejected.append({"text": text, "asr_p_end": None if p_asr is None else round(p_asr, 4),
-                                   "why": "trails_off" if trails_off(text) else "asr_p_end"})
-            log.info(json.dumps({"event": "endpoint_rejected", "turn": self.turn_index + 1, "text": text,
-                                 "asr_p_end": None if p_asr is None else round(p_asr, 3),
+            self._rejected.append({"text": text, "asr_p_end": None if p_asr is None else round(p_asr, 4), "why": why})
+            log.info(json.dumps({"event": "endpoint_rejected", "turn": self.turn_index + 1, **self._rejected[-1],
                                  "silence_ms": round((now - d.speech_end) * 1000)}))
         elif (end := self.turns.confirm_end(now)) is not None:
             self._end_turn(end, at)

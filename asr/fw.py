@@ -59,9 +59,9 @@ class FasterWhisperASR:
     def transcribe_with_end(self, audio: np.ndarray, want_end: bool = True) -> tuple[str, float | None]:
         """The transcript, and Whisper's own P(end of text) right after its last token: how sure the recogniser is
         that the words stop there. A voice cut mid-sentence often gets a finished-looking transcript ("Feels like
-        these days") but a low P here (bench/pause_judge.py: < 0.4 for 24 of 66 spliced pauses whose words do not
-        trail off, never for the 39 finished turns). None where it is not known (the 30 s path, or the text ran
-        into the length cap)."""
+        these days") but a low P here (bench/results/pause_judge_cpu.json: < 0.4 for 23 of 62 spliced pauses whose
+        words do not trail off, never for the 36 finished turns). None where it is not known (the 30 s path, or the
+        text ran into the length cap)."""
         if audio.size < SAMPLE_RATE // 10:
             return "", None
         audio = audio.astype(np.float32, copy=False)
