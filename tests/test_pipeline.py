@@ -317,67 +317,69 @@ def test_draft_early_drafts_without_any_verdict(rt, speech):
     assert drafted == {False: False, True: True}
 
 
-def test_an_endpoint_whisper_doubts_is_taken_back(rt, speech):
-    """A caller pauses 600 ms inside "Feels like these days | go on forever", and the silence alone (200 ms here,
-    whatever the audio judge says) calls the turn over. tiny.en's transcript of the pause reads as finished ("Feels
-    like these days", nothing trails off), but Whisper's own P(end of text) after "days" is low
-    (`[turn] asr_end_min_p`): the endpoint does not hold, and the sentence is one turn with one answer. With the
-    rule off (0) the fragment is answered: the case is real. This splice was the v2v benchmark's last false
-    cut-off on the CPU (the audio judge is sure of it: P 0.98)."""
-    audio = load_audio(speech / "pocketsphinx_misc/forever_input_2_16k.wav")
-    cut = int(1.44 * INTERNAL_RATE)  # bench/splice_points.json: the v2v benchmark's word gap in this clip
+def _spliced_with_every_silence_ending_the_turn(rt, speech, clip, variants: dict) -> dict:
+    """The clip with 600 ms of silence spliced in at the v2v benchmark's word gap (bench/splice_points.json),
+    conversed once per variant ([turn] settings), with every silence of 200 ms ending the turn whatever the audio
+    judge says: only the check of the words can keep the turn open. -> variant -> (turns, SpeechStopped events)."""
+    import json
+    from pathlib import Path
+
+    gap = json.loads((Path(__file__).resolve().parents[1] / "bench/splice_points.json").read_text())[clip]
+    audio = load_audio(speech / clip)
+    cut = int(gap * INTERNAL_RATE)
     spliced = np.concatenate([audio[:cut], np.zeros(int(0.6 * INTERNAL_RATE), np.float32), audio[cut:]])
     t = rt.config.turn
-    old = (t.unknown_delay_ms, t.min_delay_ms, t.judge_p_low, t.judge_p_high, t.asr_end_min_p)
+    keys = ["unknown_delay_ms", "min_delay_ms", "judge_p_low", "judge_p_high"]
+    keys += sorted({k for over in variants.values() for k in over})
+    old = {k: getattr(t, k) for k in keys}
     outcome = {}
     try:
         t.unknown_delay_ms = t.min_delay_ms = 200  # every silence of 200 ms ends the turn, verdict or not ...
         t.judge_p_low, t.judge_p_high = -1.0, 0.0  # ... (any verdict counts as "finished")
-        assert t.confirm_endpoint
-        for min_p in (old[-1], 0.0):
-            t.asr_end_min_p = min_p
+        for name, over in variants.items():
+            for k, v in over.items():
+                setattr(t, k, v)
             conv = asyncio.run(converse(rt, [spliced], gap_s=1.0))
-            stops = [e for e in conv.events if isinstance(e, ev.SpeechStopped)]
-            outcome[min_p] = (conv.turns, stops)
+            outcome[name] = (conv.turns, [e for e in conv.events if isinstance(e, ev.SpeechStopped)])
     finally:
-        t.unknown_delay_ms, t.min_delay_ms, t.judge_p_low, t.judge_p_high, t.asr_end_min_p = old
-    assert old[-1] > 0
-    turns, stops = outcome[old[-1]]
+        for k, v in old.items():
+            setattr(t, k, v)
+    return outcome
+
+
+def test_an_endpoint_whisper_doubts_is_taken_back(rt, speech):
+    """A caller pauses 600 ms inside "Feels like these days | go on forever", and the silence alone calls the turn
+    over. tiny.en's transcript of the pause reads as finished ("Feels like these days", nothing trails off), but
+    Whisper's own P(end of text) after "days" is low (`[turn] asr_end_min_p`): the endpoint does not hold, and the
+    sentence is one turn with one answer. With the rule off (0) the fragment is answered: the case is real. This
+    splice was the v2v benchmark's last false cut-off on the CPU (the audio judge is sure of it: P 0.98)."""
+    min_p = rt.config.turn.asr_end_min_p
+    assert min_p > 0 and rt.config.turn.confirm_endpoint
+    outcome = _spliced_with_every_silence_ending_the_turn(rt, speech, "pocketsphinx_misc/forever_input_2_16k.wav",
+                                                          {"on": {"asr_end_min_p": min_p},
+                                                           "off": {"asr_end_min_p": 0.0}})
+    turns, stops = outcome["on"]
     assert len(turns) == 1 and len(stops) == 1, [x.transcript for x in turns]
     assert "forever" in normalize(turns[0].transcript), turns[0].transcript
     assert turns[0].reply and not turns[0].interrupted
     rejected = turns[0].latency.info.get("endpoints_rejected", [])  # the trace says which check took it back
-    assert any(r["why"] == "asr_p_end" and r["asr_p_end"] < old[-1] for r in rejected), turns[0].latency.info
-    turns, stops = outcome[0.0]
+    assert any(r["why"] == "asr_p_end" and r["asr_p_end"] < min_p for r in rejected), turns[0].latency.info
+    turns, stops = outcome["off"]
     assert len(turns) >= 2 and len(stops) >= 2, [x.transcript for x in turns]  # the fragment was answered
 
 
 def test_an_endpoint_whose_transcript_trails_off_is_taken_back(rt, speech):
-    """A caller pauses 600 ms mid-list ("Eight of spades, four of | clubs, ..."), and the silence alone (200 ms here,
-    whatever the audio judge says) calls the turn over. The words then get the last say: tiny.en's transcript of
-    that pause trails off ("... four of cl..."), so the endpoint does not hold, the caller goes on, and the whole
-    list is one turn with one answer. The same session with `confirm_endpoint` off answers the fragment: the case
-    is real."""
-    audio = load_audio(speech / "pocketsphinx_cards/005.wav")
-    cut = int(1.82 * INTERNAL_RATE)  # bench/splice_points.json: the v2v benchmark's word gap in this clip
-    spliced = np.concatenate([audio[:cut], np.zeros(int(0.6 * INTERNAL_RATE), np.float32), audio[cut:]])
-    t = rt.config.turn
-    old = (t.unknown_delay_ms, t.min_delay_ms, t.judge_p_low, t.judge_p_high, t.confirm_endpoint)
-    outcome = {}
-    try:
-        t.unknown_delay_ms = t.min_delay_ms = 200  # every silence of 200 ms ends the turn, verdict or not ...
-        t.judge_p_low, t.judge_p_high = -1.0, 0.0  # ... (any verdict counts as "finished")
-        for confirm in (True, False):
-            t.confirm_endpoint = confirm
-            conv = asyncio.run(converse(rt, [spliced], gap_s=1.0))
-            stops = [e for e in conv.events if isinstance(e, ev.SpeechStopped)]
-            outcome[confirm] = (conv.turns, stops)
-    finally:
-        t.unknown_delay_ms, t.min_delay_ms, t.judge_p_low, t.judge_p_high, t.confirm_endpoint = old
-    turns, stops = outcome[True]
+    """A caller pauses 600 ms mid-list ("Eight of spades, four of | clubs, ..."), and the silence alone calls the
+    turn over. The words then get the last say: tiny.en's transcript of that pause trails off ("... four of cl..."),
+    so the endpoint does not hold, the caller goes on, and the whole list is one turn with one answer. The same
+    session with `confirm_endpoint` off answers the fragment: the case is real."""
+    outcome = _spliced_with_every_silence_ending_the_turn(rt, speech, "pocketsphinx_cards/005.wav",
+                                                          {"on": {"confirm_endpoint": True},
+                                                           "off": {"confirm_endpoint": False}})
+    turns, stops = outcome["on"]
     assert len(turns) == 1 and len(stops) == 1, [x.transcript for x in turns]
     words = normalize(turns[0].transcript)
     assert "spades" in words and words.index("spades") < len(words) - 3, turns[0].transcript  # the list goes on
     assert turns[0].reply and not turns[0].interrupted
-    turns, stops = outcome[False]
+    turns, stops = outcome["off"]
     assert len(turns) >= 2 and len(stops) >= 2  # without the check the fragment was answered (and barged into)
