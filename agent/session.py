@@ -294,9 +294,9 @@ class Session:
             self._drop_pause()
             text = ""
         now = self._vad_pos / INTERNAL_RATE
-        p_asr, min_p = pw.asr_p_end, self.cfg.turn.asr_end_min_p
-        why = "trails_off" if trails_off(text) else "asr_p_end" if p_asr is not None and p_asr < min_p else None
-        if why and now - d.speech_end < self.turns.p.max_delay_s - 1e-6:  # asr_p_end: Whisper doubts the end
+        p_asr = pw.asr_p_end
+        why = unfinished(text, p_asr, self.cfg.turn.asr_end_min_p)
+        if why and now - d.speech_end < self.turns.p.max_delay_s - 1e-6:
             self.turns.reject_end()
             self._rejected.append({"text": text, "asr_p_end": None if p_asr is None else round(p_asr, 4), "why": why})
             log.info(json.dumps({"event": "endpoint_rejected", "turn": self.turn_index + 1, **self._rejected[-1],
@@ -880,6 +880,15 @@ def trails_off(text: str) -> bool:
         return True
     words = t.lower().rstrip(".,;:!?\"')").split()
     return bool(words) and words[-1] in _DANGLING
+
+
+def unfinished(text: str, p_end: float | None, min_p: float) -> str | None:
+    """Why the words of a pending endpoint say the turn goes on, or None: "trails_off" (see trails_off), or
+    "asr_p_end" when the recogniser's P(end of text) after the last word is below min_p ([turn] asr_end_min_p; 0:
+    never). The endpoint check and bench/pause_judge.py's replay of it."""
+    if trails_off(text):
+        return "trails_off"
+    return "asr_p_end" if p_end is not None and p_end < min_p else None
 
 
 def word_boundary(decode, tokens: list[int], n_words: int) -> int:

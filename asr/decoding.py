@@ -314,15 +314,6 @@ class GreedyDecoder:
         prefixes = prefixes or [[] for _ in range(n or 1)]
         n = len(prefixes)
         max_new = max_new or self.opts.max_new_tokens
-        prompt = self.tok.prompt
-        seqs = [prompt + list(p) for p in prefixes]
-        # prefill width rounded up to a multiple of 16: few distinct shapes, so warm-up covers them all
-        # (padding positions are written to the cache but masked, and overwritten by the following steps)
-        width = min(-(-max(len(s) for s in seqs) // 16) * 16, self.model.dims.n_text_ctx - 1)
-        tokens = torch.tensor([s + [self.tok.eot] * (width - len(s)) for s in seqs]).to(self.device)  # (n, width)
-        lens = torch.tensor([len(s) for s in seqs]).to(self.device)
-        pos = torch.arange(width, device=self.device).expand(n, width).contiguous()
-        cache = self.cache.narrow(n)
         if self.chunked and self.use_graphs:
             try:  # a first capture runs the chunk once: before the prefill writes these cache rows
                 self._graphed_chunk(n)
@@ -330,7 +321,7 @@ class GreedyDecoder:
                 log.warning("chunked ASR decode could not be captured (%s: %s); decoding one token per step",
                             type(e).__name__, e)
                 self.chunked = False
-        logits = self.model.decoder(tokens, pos, cache).float()  # prefill (n, width, V)
+        logits, lens, width = self._prefill(prefixes)  # (n, width, V)
         sot_at = self.tok.sot_sequence.index(self.tok.sot)
         no_speech = logits[:, sot_at].softmax(-1)[:, self.tok.no_speech]
         last = logits[torch.arange(n, device=self.device), lens - 1]  # (n, V)
@@ -367,16 +358,23 @@ class GreedyDecoder:
         """P(<|endoftext|>) right after each row's text tokens (rows 0..n-1, after encode()): how sure the model is
         that the words stop there. One decoder prefill of prompt + text (the rows' self-attention cache is
         overwritten, the encoder's cross-attention is kept)."""
-        n, prompt = len(texts), self.tok.prompt
-        seqs = [prompt + list(t) for t in texts]
+        logits, lens, _ = self._prefill(texts)
+        last = logits[torch.arange(len(texts), device=self.device), lens - 1] + self.suppress
+        return last.softmax(-1)[:, self.tok.eot].tolist()
+
+    def _prefill(self, prefixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The decoder over prompt + prefix for rows 0..n-1 (their self-attention cache rows written) ->
+        (float logits (n, width, V), lengths (n,), width). The width is rounded up to a multiple of 16: few distinct
+        shapes, so warm-up covers them all (padding positions are written to the cache but masked, and overwritten
+        by the following steps)."""
+        n, prompt = len(prefixes), self.tok.prompt
+        seqs = [prompt + list(p) for p in prefixes]
         width = min(-(-max(len(s) for s in seqs) // 16) * 16, self.model.dims.n_text_ctx - 1)
-        seqs = [s[-width:] for s in seqs]
-        tokens = torch.tensor([s + [self.tok.eot] * (width - len(s)) for s in seqs]).to(self.device)
+        seqs = [s[-width:] for s in seqs]  # (only a sequence longer than the context is cut)
+        tokens = torch.tensor([s + [self.tok.eot] * (width - len(s)) for s in seqs]).to(self.device)  # (n, width)
         lens = torch.tensor([len(s) for s in seqs]).to(self.device)
         pos = torch.arange(width, device=self.device).expand(n, width).contiguous()
-        logits = self.model.decoder(tokens, pos, self.cache.narrow(n)).float()
-        last = logits[torch.arange(n, device=self.device), lens - 1] + self.suppress
-        return last.softmax(-1)[:, self.tok.eot].tolist()
+        return self.model.decoder(tokens, pos, self.cache.narrow(n)).float(), lens, width
 
     def _hypotheses(self, prefixes, out, sum_lp, no_speech) -> list[Hypothesis]:
         self.launched_at = time.perf_counter()  # every step is queued; the read-back below waits for them

@@ -155,9 +155,13 @@ class TorchWhisperASR:
             return ""
         return self.tokenizer.decode(hyp.tokens)
 
+    def _live(self, audios: list[np.ndarray]) -> list[int]:
+        """The audios worth recognising: at least 0.1 s and above the energy gate (the rest transcribe as "")."""
+        return [i for i, a in enumerate(audios) if len(a) >= SAMPLE_RATE // 10 and not self.gate.is_silent(a)]
+
     def transcribe_batch(self, audios: list[np.ndarray]) -> list[str]:
         texts = [""] * len(audios)
-        live = [i for i, a in enumerate(audios) if len(a) >= SAMPLE_RATE // 10 and not self.gate.is_silent(a)]
+        live = self._live(audios)
         if self.script:
             return self._scripted(audios, live, texts)
         for i, h in zip(live, self.recognize([audios[i] for i in live], window=self.final_window)):
@@ -172,7 +176,7 @@ class TorchWhisperASR:
         FasterWhisperASR.transcribe_with_end): one more decoder prefill per batch. None for silence, and for
         scripted transcripts (synthetic weights: the words are not the model's)."""
         out: list[tuple[str, float | None]] = [("", None)] * len(audios)
-        live = [i for i, a in enumerate(audios) if len(a) >= SAMPLE_RATE // 10 and not self.gate.is_silent(a)]
+        live = self._live(audios)
         if self.script:
             return [(t, None) for t in self._scripted(audios, live, [""] * len(audios))]
         for k in range(0, len(live), self.max_batch):

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from bench.common import result_header, write_result  # noqa: E402
 from agent.audio import INTERNAL_RATE, load_audio  # noqa: E402
 from agent.config import Config  # noqa: E402
-from agent.session import PRE_ROLL_S, POST_ROLL_S, trails_off  # noqa: E402
+from agent.session import PRE_ROLL_S, POST_ROLL_S, trails_off, unfinished  # noqa: E402
 from agent.turn import Kind, TurnParams, TurnTaker, endpoint_delay  # noqa: E402
 from agent.vad import speech_bounds  # noqa: E402
 
@@ -163,9 +163,7 @@ def endpoint_of(rec: dict, pol: Policy, tp: TurnParams, judge_latency: float, pa
         return t
     # the session's transcript check: the endpoint holds when the pause's transcript is in (or at once, if it is)
     t = max(t, pause_s + ASR_SCALE * rec["asr_ms"] / 1000)
-    p_asr = rec.get("asr_p_end")
-    unsure = pol.asr_end_min_p > 0 and p_asr is not None and p_asr < pol.asr_end_min_p
-    if (trails_off(rec.get("transcript", "")) or unsure) and t < pol.max_delay - 1e-6:
+    if unfinished(rec.get("transcript", ""), rec.get("asr_p_end"), pol.asr_end_min_p) and t < pol.max_delay - 1e-6:
         t = frame_ceil(pol.max_delay)  # rejected: the words are unfinished, max_delay applies
     limit = rec["silence"] if rec["silence"] is not None else math.inf
     return t if t <= limit + 1e-6 else math.inf

@@ -1,6 +1,7 @@
 """The real-speech test set (../shared/speech): where it is and which clips have trustworthy references."""
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -25,3 +26,8 @@ def finished(row: dict) -> bool:
 def dev_set() -> list[dict]:
     """Utterances whose reference came from the source, not from an ASR (see shared/speech/README.md)."""
     return [r for r in speech_rows() if "unverified" not in r["note"] and "ASR-derived" not in r["reference_source"]]
+
+
+def splice_gaps() -> dict[str, float]:
+    """The v2v benchmark's word gaps: clip -> seconds where it splices 600 ms of silence (bench/splice_points.json)."""
+    return json.loads((REPO / "bench" / "splice_points.json").read_text())

@@ -32,4 +32,3 @@ def test_batched_equals_single(speech):
     both = mel(torch.from_numpy(np.stack([a, b])))
     torch.testing.assert_close(both[0], mel(a))
     torch.testing.assert_close(both[1], mel(b))
-

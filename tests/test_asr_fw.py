@@ -3,6 +3,7 @@ transcripts of faster-whisper's own 30 s path, keeps rejecting silence and noise
 
 import numpy as np
 import pytest
+from speechdata import splice_gaps
 
 from agent.audio import load_audio
 from agent.models import require
@@ -62,11 +63,8 @@ def test_whisper_doubts_the_end_of_words_cut_mid_sentence(both, speech):
     with the session's 0.2 s of trailing silence score high; the same voices cut at a word gap mid-sentence (the
     v2v benchmark's own gaps, bench/splice_points.json) score low, though their transcripts read as finished
     ("Feels like these days", "... who would"). The endpoint check reads it (agent/session.py)."""
-    import json
-    from pathlib import Path
-
     short, pad30 = both
-    gaps = json.loads((Path(__file__).resolve().parents[1] / "bench/splice_points.json").read_text())
+    gaps = splice_gaps()
     tail = np.zeros(int(0.2 * 16000), np.float32)
     for clip in ["librispeech/stereo_diarization_left.wav", "librispeech/1272-128104-0000.wav",
                  "pocketsphinx_misc/forever_input_2_16k.wav"]:

@@ -4,6 +4,7 @@ streaming on a real clip; batching."""
 import numpy as np
 import pytest
 import torch
+from speechdata import splice_gaps
 
 from agent.audio import load_audio
 from agent.models import require
@@ -144,10 +145,7 @@ def test_whisper_doubts_the_end_of_words_cut_mid_sentence(asr, speech):
     Weaker here than on faster-whisper's VAD-trimmed short window: of the v2v benchmark's 12 gaps, 3 score below 0.4
     here against 4 there, and "Feels like these days" gets a period and 0.99 here (0.37 there); the finished clips
     score 0.99 (docs/perf-notes.md, twelfth session). The two cuts below are low on both."""
-    import json
-    from pathlib import Path
-
-    gaps = json.loads((Path(__file__).resolve().parents[1] / "bench/splice_points.json").read_text())
+    gaps = splice_gaps()
     tail = np.zeros(int(0.2 * 16000), np.float32)
     cut = [np.concatenate([load_audio(speech / c)[: int(gaps[c] * 16000)], tail])
            for c in ["librispeech/stereo_diarization_left.wav", "librispeech/1272-128104-0000.wav"]]

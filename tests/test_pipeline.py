@@ -4,7 +4,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from speechdata import dev_set
+from speechdata import dev_set, splice_gaps
 
 from agent import events as ev
 from agent.audio import INTERNAL_RATE, load_audio, resample
@@ -321,10 +321,7 @@ def _spliced_with_every_silence_ending_the_turn(rt, speech, clip, variants: dict
     """The clip with 600 ms of silence spliced in at the v2v benchmark's word gap (bench/splice_points.json),
     conversed once per variant ([turn] settings), with every silence of 200 ms ending the turn whatever the audio
     judge says: only the check of the words can keep the turn open. -> variant -> (turns, SpeechStopped events)."""
-    import json
-    from pathlib import Path
-
-    gap = json.loads((Path(__file__).resolve().parents[1] / "bench/splice_points.json").read_text())[clip]
+    gap = splice_gaps()[clip]
     audio = load_audio(speech / clip)
     cut = int(gap * INTERNAL_RATE)
     spliced = np.concatenate([audio[:cut], np.zeros(int(0.6 * INTERNAL_RATE), np.float32), audio[cut:]])
