@@ -124,8 +124,8 @@ class ChatSession:
     @property
     def idle(self) -> bool:
         r = self.s._request
-        return (self.saved is None and not self.s.freed and (r is None or r.done) and not self.forks
-                and self.user_start is None)
+        return (self.saved is None and not self.s.freed and (r is None or (r.done and not r.out)) and not self.forks
+                and self.user_start is None)  # a reply generated to its end but not all read yet is not idle
 
     def own_pages(self) -> int:
         """Pages only this conversation holds (what evicting it gives back)."""

@@ -139,9 +139,11 @@ class Session:
 
     def generate(self, max_new_tokens: int, sampling: Sampling | None = None, stop_ids: Sequence[int] = (),
                  stop_strings: Sequence[str] = ()) -> Iterator[int]:
-        """Yield up to `max_new_tokens` sampled tokens. Each yielded token joins the history (and is fed to the
-        model on the next step); a stop token / the token completing a stop string is yielded last and not kept.
-        Closing the iterator early keeps the tokens yielded so far."""
+        """Yield up to `max_new_tokens` sampled tokens. Each token joins the history when it is sampled (and is fed
+        to the model on the next step); a stop token / the token completing a stop string is yielded last and not
+        kept. The engine's batched steps advance this generation whether or not its consumer has taken the tokens
+        before (up to `Engine.run_ahead` waiting): a slow consumer neither holds back nor leaves the batch. Closing
+        the iterator early keeps the tokens yielded so far; those sampled but not yielded leave the history."""
         self._check_idle()
         if not self.tokens:
             raise ValueError("generate() needs at least one token in the session")
@@ -157,28 +159,32 @@ class Session:
                 if not req.out:
                     if req.done:
                         return
-                    self.engine.step()
+                    self.engine.step(first=req)
                     if not req.out and not req.done:  # would spin here forever, holding the engine's thread
                         raise RuntimeError("the engine's decode step did not advance this generation")
                     continue
                 tok = req.out.popleft()
                 is_stop = req.done and not req.out and req.stopped
                 if not is_stop:
-                    self.tokens.append(tok)  # pending: fed on the next step / append
+                    req.unread -= 1  # in the history since it was sampled (_emit)
                 yield tok
                 if is_stop:
                     return
         finally:
-            req.done = True
-            req.out.clear()
             if self._request is req:  # a stale iterator closed late must not end a newer generation's request
-                self._request = None
+                self._end(req)
+            else:
+                req.done = True
+                req.out.clear()
 
     def truncate(self, n_tokens: int) -> None:
         """Keep the first n_tokens of the history; pages past them go back to the pool."""
         self._check_idle()
         if not 0 <= n_tokens <= len(self.tokens):
             raise ValueError(f"truncate({n_tokens}) outside 0..{len(self.tokens)}")
+        self._cut(n_tokens)
+
+    def _cut(self, n_tokens: int) -> None:
         if n_tokens == len(self.tokens):
             return
         del self.tokens[n_tokens:]
@@ -208,6 +214,7 @@ class Session:
         if self._request is not None:  # its generation ends now: nothing more is yielded, even tokens already made
             self._request.done = True
             self._request.out.clear()
+            self._request.unread = 0
             self._request = None
         for p in self.pages:
             self.engine.pool.decref(p)
@@ -228,7 +235,16 @@ class Session:
                 raise RuntimeError("session is generating; close its iterator first")
             # a finished generation whose iterator is still open: detach it (it yields nothing more; the history
             # holds what it yielded)
-            self._request = None
+            self._end(r)
+
+    def _end(self, req: "_Request") -> None:
+        """End this session's generation `req`: tokens it sampled that no consumer took leave the history."""
+        req.done = True
+        req.out.clear()
+        n, req.unread = req.unread, 0
+        self._request = None
+        if n and not self.freed:
+            self._cut(len(self.tokens) - n)
 
     def _refeed_last(self):
         """Logits of the last position are unknown (after truncate/fork of a fresh state): run it again."""
@@ -280,6 +296,7 @@ class _Request:
     done: bool = False
     stopped: bool = False  # ended on a stop token / string
     text: str = ""
+    unread: int = 0  # tokens in `out` already in the session's history (all but a final stop token)
 
 
 class Engine:
@@ -316,6 +333,11 @@ class Engine:
         self.graph_prefill_max = 32
         self.n_graph_prefills = 0
         self.lookahead = True  # greedy graph decode runs one step ahead (see _launch_ahead)
+        # a generation keeps stepping with the batch while up to this many of its tokens wait for its consumer
+        # (1: only once the consumer took the last one). Replies are consumed at their own pace (the worker hands
+        # paced tokens out by deadline): with 1, every step had to wait for every consumer to take its token, or
+        # the consumers that had not dropped out of the batch
+        self.run_ahead = 32
         if self.device.type == "cuda":
             # cuBLAS may otherwise add split-K partial sums in bf16/fp16 (it picks split-K for small-M GEMMs such as
             # a short prefill: the 8B warm append runs `nvjet_..._splitK` kernels), i.e. an extra rounding whose
@@ -409,18 +431,25 @@ class Engine:
         return True
 
     @torch.inference_mode()
-    def step(self) -> int:
-        """One decode step for every generating session: feed its pending token, sample the next one.
-        Returns how many sessions advanced."""
+    def step(self, first: "_Request | None" = None) -> int:
+        """One decode step for every generating session with fewer than `run_ahead` tokens waiting for their
+        consumer: feed its pending token, sample the next one. `first`: the request whose consumer waits for this
+        step (always in it). Returns how many sessions advanced."""
         reqs: list[_Request] = []
         for s in list(self.sessions):
             r = s._request
-            if r is None or r.done or r.out:
+            if r is None or r.done or len(r.out) >= max(1, self.run_ahead):
                 continue
             if s.n_cached == len(s.tokens):  # nothing pending: sample from the logits the prompt left
                 self._emit(r, self._sample(s.last_logits[None], [r])[0])
                 continue
             reqs.append(r)
+        cap = self.graphs.buckets[-1] if self.graphs is not None else self.max_batch
+        if len(reqs) > cap:  # the rest step next time (a graph step, not one eager step of the whole batch):
+            # `first`, then the consumers with nothing to take, then those with tokens waiting (same order kept
+            # otherwise: a step launched ahead is only used for the same requests in the same order)
+            reqs.sort(key=lambda r: (r is not first, bool(r.out)))
+            reqs = reqs[:cap]
         if reqs:
             self._decode(reqs)
         return len(reqs)
@@ -554,6 +583,9 @@ class Engine:
                 r.done = r.stopped = True
         if r.n_generated >= r.max_new:
             r.done = True
+        if not r.stopped:  # joins the history now (fed on the next step); a stop token is yielded, never kept
+            r.session.tokens.append(tok)
+            r.unread += 1
 
     @torch.inference_mode()
     def _copy_page(self, src: int, dst: int) -> None:

@@ -487,8 +487,7 @@ def test_short_appends_run_as_one_decode_step():
 
 
 def test_every_path_hands_the_rope_kernel_int32_positions_and_slots(monkeypatch):
-    """The eager prefill (long appends, one-token appends), the eager decode (more sessions than the largest graph)
-    and the graph steps give the RoPE/KV write int32 positions and slots. Triton specializes a kernel on its
+    """The eager prefill (long appends, one-token appends), the eager decode (no graphs) and the graph steps give the RoPE/KV write int32 positions and slots. Triton specializes a kernel on its
     arguments' dtypes, and the warm-up only runs graph steps: an int64 eager path compiled a second variant on the
     LLM thread while serving 64 callers (183 ms on the H100)."""
     from llm import llama
@@ -509,11 +508,15 @@ def test_every_path_hands_the_rope_kernel_int32_positions_and_slots(monkeypatch)
     ss[1].append([5])  # one token: the eager prefill
     for s in ss[2:]:
         s.append([6, 7, 8])  # a graph step of 3 rows (the warm-up's path)
-    gens = [s.generate(3) for s in ss]
-    for _ in range(3):  # five sessions, graphs up to four rows: eager decode steps
+    gens = [s.generate(4) for s in ss]
+    for _ in range(3):  # five sessions, graphs up to four rows: graph steps of at most four rows
         for g in gens:
             next(g)
-    assert eng.n_eager_steps > 0 and eng.n_graph_prefills > 0
+    assert eng.n_eager_steps == 0 and eng.n_graph_steps > 0 and eng.n_graph_prefills > 0
+    eng.graphs = None  # no graphs (as on the CPU): eager decode steps
+    for g in gens:
+        next(g)
+    assert eng.n_eager_steps > 0
     assert {(p, sl) for _, p, sl in seen} == {(torch.int32, torch.int32)}, seen
 
 
@@ -551,17 +554,29 @@ def test_a_detached_request_fails_instead_of_spinning():
         next(g)
 
 
-def test_interleaved_generations_with_lookahead_stay_exact():
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device,run_ahead", [("cpu", 32), ("cpu", 1), pytest.param("cuda", 32, marks=NEEDS_CUDA)])
+def test_interleaved_generations_with_lookahead_stay_exact(device, run_ahead):
     """Several sessions generating at once, their consumers taking tokens in random order, closing early, freed
-    mid-reply, appending a few tokens (the decode-step prefill), truncating, forking and freeing in between — the decode graphs' path
-    (static buffers run eagerly; greedy steps launched ahead). Every generation is the one a session alone would
-    produce, every next() returns, and each cache ends equal to a fresh prefill of its tokens."""
+    mid-reply, appending a few tokens (the decode-step prefill), truncating, forking and freeing in between — the
+    decode graphs' path (on the CPU static buffers run eagerly; on a GPU captured CUDA graphs, fp32; greedy steps
+    launched ahead; generations running ahead of their consumers or not). Every generation is the one a session
+    alone would produce, every next() returns, and each cache ends equal to a fresh prefill of its tokens."""
     from llm.engine import DecodeGraphs
 
     torch.set_num_threads(1)
     rng = random.Random(7)
-    eng = _tiny_engine(num_pages=160, page_size=4)
-    eng.graphs = DecodeGraphs(eng, max_batch=8, max_pages=40, capture=False)
+    if device == "cuda":
+        torch.manual_seed(0)
+        model = init_synthetic(Llama(tiny(vocab_size=97)), seed=1).eval().to(device)
+        eng = Engine(model, num_pages=160, page_size=4, device=device, max_batch=8, max_seq_len=160)
+        eng.capture()
+    else:
+        eng = _tiny_engine(num_pages=160, page_size=4)
+        eng.graphs = DecodeGraphs(eng, max_batch=8, max_pages=40, capture=False)
+    eng.run_ahead = run_ahead
     live = [eng.new_session() for _ in range(5)]
     for s in live:
         s.append([rng.randrange(97) for _ in range(rng.randint(1, 6))])
@@ -611,3 +626,63 @@ def test_interleaved_generations_with_lookahead_stay_exact():
         assert torch.allclose(s.append([], return_logits=True), ref.append(list(s.tokens), return_logits=True),
                               atol=1e-4)
         ref.free()
+
+
+@pytest.mark.parametrize("run_ahead", [1, 4, 32])
+def test_a_slow_consumer_keeps_stepping_with_the_batch(run_ahead):
+    """A generation whose consumer has not taken its tokens yet (a paced reply) still advances in the steps other
+    consumers ask for, up to `run_ahead` tokens waiting; what it yields is what it would alone. Closing it early
+    keeps exactly the tokens it yielded: the ones sampled ahead leave the history and the cache."""
+    eng = _tiny_engine(num_pages=96)
+    eng.run_ahead = run_ahead
+    a, b = eng.new_session(), eng.new_session()
+    a.append([5, 6, 7, 8])
+    b.append([9, 10, 11])
+    want_b = _greedy(eng, [9, 10, 11], 12)
+    ga, gb = a.generate(12), b.generate(12)
+    took_b = [next(gb)]
+    took_a = [next(ga) for _ in range(8)]  # steps asked for by a's consumer only
+    waiting = len(b._request.out)
+    assert waiting == min(run_ahead, 8)
+    assert b.n_tokens == 3 + 1 + waiting  # sampled tokens join the history at once
+    took_b += [next(gb) for _ in range(3)]
+    assert took_b == want_b[:4]
+    gb.close()  # hung up after four tokens
+    assert b.tokens == [9, 10, 11] + took_b and b._request is None
+    assert b.n_cached <= b.n_tokens and len(b.pages) == -(-b.n_cached // eng.page_size)
+    ref = eng.new_session()
+    assert torch.allclose(b.append([], return_logits=True), ref.append(list(b.tokens), return_logits=True),
+                          atol=1e-5)
+    assert took_a + list(ga) == _greedy(eng, [5, 6, 7, 8], 12)
+    for s in (a, b, ref):
+        s.free()
+    assert eng.free_pages == eng.pool.num_pages
+
+
+def test_a_finished_generation_not_yet_read_is_kept_for_its_consumer():
+    """A generation that ran to its end ahead of its consumer still yields every token, then its consumer's
+    history is the whole reply; an operation on the session before the consumer read it all detaches it and drops
+    the unread tail (as a closed iterator would)."""
+    eng = _tiny_engine()
+    a, b = eng.new_session(), eng.new_session()
+    a.append([5, 6, 7])
+    b.append([8, 9])
+    ga, gb = a.generate(4), b.generate(20)
+    first = next(ga)
+    for _ in range(6):
+        next(gb)  # a ran to its end in b's steps
+    assert a._request.done and len(a._request.out) == 3
+    rest = list(ga)
+    assert [first] + rest == _greedy(eng, [5, 6, 7], 4) and a.tokens == [5, 6, 7, first] + rest
+    gb2 = next(gb)  # b goes on
+    assert b._request is not None and gb2 is not None
+    c = eng.new_session()
+    c.append([1, 2])
+    gc = c.generate(3)
+    t0 = next(gc)
+    while not c._request.done:
+        next(gb)  # b's steps run c to its end: two tokens unread
+    assert len(c._request.out) == 2
+    c.append([40])  # the session moves on: c's generation is detached and its unread tokens dropped
+    assert c.tokens == [1, 2, t0, 40]
+    assert list(gc) == []

@@ -36,9 +36,12 @@ def test_pick_is_the_minimum_of_order_key():
     for _ in range(300):
         items = [Item(rng.choice(list(Priority)), rng.choice([math.inf, rng.uniform(0, 5)]), k, None)
                  for k in range(rng.randint(1, 12))]
+        for it in items:  # some deadlines equal (ready breaks those ties under "deadline")
+            if it.deadline != math.inf and rng.random() < 0.3:
+                it.deadline = round(it.deadline)
         ready_set = {k for k in range(len(items)) if rng.random() < 0.3}
         ready = lambda it: it.seq in ready_set  # noqa: E731
-        for policy in ("edf", "fifo", "edf-urgent"):
+        for policy in ("edf", "fifo", "edf-urgent", "deadline"):
             now = rng.uniform(0, 5)
             best = min(items, key=lambda it: order_key(it, policy, policy != "fifo" and ready(it), now))
             assert items[pick(items, policy, ready, now)] is best
@@ -59,6 +62,25 @@ def test_edf_urgent_runs_urgent_work_before_ready_paced_tokens():
     assert pick(items, "edf-urgent", ready, now) == 5
     order = sorted(items, key=lambda it: order_key(it, "edf-urgent", ready(it), now))
     assert [it.seq for it in order[:3]] == [5, 40, 0] and order[-1].seq == 41
+
+
+def test_deadline_runs_the_first_phrase_step_before_ready_paced_tokens_unless_they_are_due_first():
+    """The same 40 ready paced tokens and one urgent first-phrase step under "deadline": the step first (due in 0.1 s,
+    the tokens in ~2 s); a paced token due before it goes before it; background last; among items due at the same
+    moment a ready one first."""
+    now = 10.0
+    items = [Item(Priority.PACED, now + 2.0 + k / 100, k, None) for k in range(40)]
+    items.append(Item(Priority.URGENT, now + 0.1, 40, None))  # not ready: the next step of a first phrase
+    items.append(Item(Priority.BACKGROUND, math.inf, 41, None))
+    ready = lambda it: it.seq < 40  # noqa: E731
+    assert pick(items, "deadline", ready, now) == 40
+    items[7].deadline = now + 0.05  # its audio runs out sooner
+    assert pick(items, "deadline", ready, now) == 7
+    items[9].deadline = items[7].deadline
+    items[7].seq, items[9].seq = 9, 7
+    assert pick(items, "deadline", lambda it: it is items[7], now) == 7  # a tie: the ready one, though queued later
+    order = sorted(items, key=lambda it: order_key(it, "deadline", ready(it), now))
+    assert order[-1].seq == 41 and order[2].seq == 40
 
 
 # ---- a discrete-event simulation of one worker: jobs arrive, each costs some seconds, none is preempted ----
