@@ -57,10 +57,17 @@ class Runtime:
         return (("llm", self.llm_pool), ("asr", self.asr_pool), ("tts", self.tts_pool), ("judge", self.judge_pool))
 
     def set_scheduler(self, policy: str) -> None:
-        """"edf" or "fifo" ([pipeline] scheduler) for the LLM and TTS workers; may change while serving."""
+        """The order of the LLM, ASR and TTS workers ([pipeline] scheduler, agent/worker.py); may change while
+        serving. "deadline" hands ready tokens over by their deadlines, so it lets generations run ahead of their
+        consumers in the engine's batched steps (llm/engine.py `Engine.run_ahead`); the others keep 1."""
         for pool in (self.asr_pool, self.llm_pool, self.tts_pool):
             if isinstance(pool, PriorityWorker):
                 pool.policy = policy
+        eng = getattr(self.llm, "engine", None)
+        if eng is not None and hasattr(eng, "run_ahead"):
+            from llm.engine import RUN_AHEAD
+
+            eng.run_ahead = RUN_AHEAD if policy == "deadline" else 1
         self.config.pipeline.scheduler = policy
 
     @classmethod

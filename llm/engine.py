@@ -299,6 +299,9 @@ class _Request:
     unread: int = 0  # tokens in `out` already in the session's history (all but a final stop token)
 
 
+RUN_AHEAD = 32  # tokens a generation may run ahead of its consumer when the scheduler lets consumers lag
+
+
 class Engine:
     def __init__(self, model: Llama, tokenizer=None, *, num_pages: int = 1024, page_size: int = 16,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
@@ -333,11 +336,12 @@ class Engine:
         self.graph_prefill_max = 32
         self.n_graph_prefills = 0
         self.lookahead = True  # greedy graph decode runs one step ahead (see _launch_ahead)
-        # a generation keeps stepping with the batch while up to this many of its tokens wait for its consumer
-        # (1: only once the consumer took the last one). Replies are consumed at their own pace (the worker hands
-        # paced tokens out by deadline): with 1, every step had to wait for every consumer to take its token, or
-        # the consumers that had not dropped out of the batch
-        self.run_ahead = 32
+        # a generation keeps stepping with the batch while up to this many of its tokens wait for its consumer.
+        # 1 (the default): only once the consumer took the last one, so a step leaves out every generation whose
+        # consumer has not taken its token yet, and a scheduler that keeps the batch full must hand ready tokens
+        # over before the next step (agent/worker.py "edf"). More (the "deadline" policy sets RUN_AHEAD): consumers
+        # may take their tokens at their own pace without leaving the batch
+        self.run_ahead = 1
         if self.device.type == "cuda":
             # cuBLAS may otherwise add split-K partial sums in bf16/fp16 (it picks split-K for small-M GEMMs such as
             # a short prefill: the 8B warm append runs `nvjet_..._splitK` kernels), i.e. an extra rounding whose

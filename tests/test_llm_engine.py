@@ -664,6 +664,7 @@ def test_a_finished_generation_not_yet_read_is_kept_for_its_consumer():
     history is the whole reply; an operation on the session before the consumer read it all detaches it and drops
     the unread tail (as a closed iterator would)."""
     eng = _tiny_engine()
+    eng.run_ahead = 32
     a, b = eng.new_session(), eng.new_session()
     a.append([5, 6, 7])
     b.append([8, 9])

@@ -316,6 +316,31 @@ def test_runtime_close_waits_for_the_running_items():
     assert not rt.tts_pool._thread.is_alive() and not rt.llm_pool._thread.is_alive()
 
 
+def test_the_deadline_policy_lets_generations_run_ahead_and_the_others_do_not():
+    """Under "deadline" ready tokens wait for their deadlines, so the engine must keep stepping generations whose
+    consumers lag (Engine.run_ahead); edf, fifo and edf-urgent keep the batch full by handing tokens over first and
+    run with 1. Switched while serving (the benchmark compares policies on one Runtime)."""
+    import types
+
+    from agent.config import Config
+    from agent.runtime import Runtime
+    from llm.engine import RUN_AHEAD
+
+    eng = types.SimpleNamespace(run_ahead=1)
+    cfg = Config.load("cpu")
+    cfg.pipeline.scheduler = "deadline"
+    rt = Runtime(config=cfg, vad=None, asr=None, llm=types.SimpleNamespace(engine=eng), tts=None)
+    try:
+        assert eng.run_ahead == RUN_AHEAD > 1 and rt.llm_pool.policy == "deadline"
+        for policy in ("edf", "fifo", "edf-urgent"):
+            rt.set_scheduler(policy)
+            assert eng.run_ahead == 1 and rt.llm_pool.policy == policy
+        rt.set_scheduler("deadline")
+        assert eng.run_ahead == RUN_AHEAD
+    finally:
+        rt.close()
+
+
 def test_cuda_sync_mode_is_checked_when_the_config_loads():
     """[pipeline] cuda_sync (how GPU threads wait, agent/cuda_sync.py) accepts auto / spin / yield only ("blocking"
     stalled the pipeline on an H100 and is refused with the list of choices), and on a machine without CUDA setting
