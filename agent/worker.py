@@ -11,7 +11,8 @@ order a policy gives. The policy is a tiny explicit rule, kept pure so it is tes
     engine's run-ahead (llm/engine.py `Engine.run_ahead`): a batched step no longer needs every consumer to have
     taken its last token, so the ready tokens of paced replies (due in seconds) need not go before an urgent first
     phrase's next step (due in 0.1 s). At 64 callers (H100, a754145) a first phrase's tokens took 13.5 ms each
-    against 5 ms alone, the difference being the hand-over of ~60 paced tokens after every step.
+    against 5 ms alone; the hypothesis was the hand-over of ~60 paced tokens after every step. A CPU model of the
+    host side (bench/handover.py) does not support it (8 ms a token under edf and deadline); not measured on a GPU.
     fifo (baseline): arrival order.
     edf-urgent (experimental): as edf, but by class first: urgent items (and paced ones already overdue) before
     paced ones, before background; ready items first within a class. Made for a measured problem (8da962a, 64
