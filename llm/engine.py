@@ -212,10 +212,7 @@ class Session:
         if self.freed:
             return
         if self._request is not None:  # its generation ends now: nothing more is yielded, even tokens already made
-            self._request.done = True
-            self._request.out.clear()
-            self._request.unread = 0
-            self._request = None
+            self._end(self._request)
         for p in self.pages:
             self.engine.pool.decref(p)
         self.pages.clear()

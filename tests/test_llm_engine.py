@@ -160,10 +160,10 @@ def test_concurrent_sessions_match_single(smol):
 # ---- engine mechanics on a tiny synthetic model ----------------------------------------------------------------
 
 
-def _tiny_engine(num_pages=64, page_size=4, **kw):
+def _tiny_engine(num_pages=64, page_size=4, device="cpu", **kw):
     torch.manual_seed(0)
-    model = init_synthetic(Llama(tiny(vocab_size=97)), seed=1).eval()
-    return Engine(model, num_pages=num_pages, page_size=page_size, **kw)
+    model = init_synthetic(Llama(tiny(vocab_size=97)), seed=1).eval().to(device)
+    return Engine(model, num_pages=num_pages, page_size=page_size, device=device, **kw)
 
 
 def test_cancel_between_chunks():
@@ -569,9 +569,7 @@ def test_interleaved_generations_with_lookahead_stay_exact(device, run_ahead):
     torch.set_num_threads(1)
     rng = random.Random(7)
     if device == "cuda":
-        torch.manual_seed(0)
-        model = init_synthetic(Llama(tiny(vocab_size=97)), seed=1).eval().to(device)
-        eng = Engine(model, num_pages=160, page_size=4, device=device, max_batch=8, max_seq_len=160)
+        eng = _tiny_engine(num_pages=160, page_size=4, device=device, max_batch=8, max_seq_len=160)
         eng.capture()
     else:
         eng = _tiny_engine(num_pages=160, page_size=4)
