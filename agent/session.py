@@ -431,13 +431,16 @@ class Session:
         if not tt.in_turn or end == self._judged_upto or t - end < self.cfg.turn.judge_after_ms / 1000 - 1e-6:
             return
         self._judged_upto = end
-        self._run_judge(int(max(0.0, tt.turn_start - PRE_ROLL_S) * INTERNAL_RATE), end)
+        # up to the VAD frame that reached judge_after_ms, not to the last sample received: the judge hears the
+        # same silence whatever the client's chunk size and the server's load (its P moves by up to 0.3 with a
+        # few ms more or less of silence: perf-notes, "Fourteenth session")
+        self._run_judge(int(max(0.0, tt.turn_start - PRE_ROLL_S) * INTERNAL_RATE), round(t * INTERNAL_RATE), end)
 
-    def _run_judge(self, a: int, upto: float) -> None:
-        """The audio judge on the turn's audio (from sample a up to now), on its own thread."""
+    def _run_judge(self, a: int, b: int, upto: float) -> None:
+        """The audio judge on the turn's audio (samples a to b), on its own thread."""
         if self.judge_task is not None:
             self.judge_task.cancel()  # a verdict on older audio nobody waits for
-        self.judge_task = asyncio.create_task(self._judge(self._slice(a, self._n_in), upto))
+        self.judge_task = asyncio.create_task(self._judge(self._slice(a, b), upto))
 
     async def _judge(self, audio: np.ndarray, upto: float) -> float | None:
         """P(complete) from the audio judge for the turn's audio up to a pause; fed to the turn taker, which

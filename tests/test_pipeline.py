@@ -380,3 +380,27 @@ def test_an_endpoint_whose_transcript_trails_off_is_taken_back(rt, speech):
     assert turns[0].reply and not turns[0].interrupted
     turns, stops = outcome["off"]
     assert len(turns) >= 2 and len(stops) >= 2  # without the check the fragment was answered (and barged into)
+
+
+def test_the_judge_hears_the_same_audio_whatever_the_chunk_size(rt, speech, monkeypatch):
+    """The audio judge is given the turn's audio up to the VAD frame whose silence reached judge_after_ms, not up
+    to the last sample received: 20 ms and 50 ms client chunks (the VAD's frame is 32 ms) give it the same samples,
+    so the same verdict. Its P moves with a few ms more or less of silence (perf-notes, "Fourteenth session")."""
+    import agent.offline as offline
+
+    clip = load_audio(speech / "speechbrain_harvard/spk1_snt5.wav")
+    heard = {}
+    judge_p_end = rt.judge_p_end
+
+    async def recording(audio):
+        heard.setdefault(chunk, []).append(np.array(audio, copy=True))
+        return await judge_p_end(audio)
+
+    monkeypatch.setattr(rt, "judge_p_end", recording)
+    for chunk in (0.02, 0.05):
+        monkeypatch.setattr(offline, "FRAME_S", chunk)
+        conv = asyncio.run(converse(rt, [clip], realtime=False))
+        assert conv.turns and conv.turns[0].reply
+        asyncio.run(conv.session.close())
+    a, b = heard[0.02][0], heard[0.05][0]
+    assert len(a) == len(b) and np.array_equal(a, b), (len(a), len(b))
