@@ -239,6 +239,7 @@ def plots(results: dict, tag: str, out_dir: Path | None = None) -> list[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        print("no plots: matplotlib is not installed (pip install -e '.[bench]')", flush=True)
         return []
     out = []
     fig, ax = plt.subplots(figsize=(7, 4))
