@@ -30,6 +30,12 @@ def device_name() -> str:
             return torch.cuda.get_device_name(0)
     except Exception:
         pass
+    return f"cpu: {host_cpu()}"
+
+
+def host_cpu() -> str:
+    """The host's CPU model and core count: on a GPU machine the host-bound work (Python, the GIL, the launches)
+    runs on it, so two machines with the same GPU can give different timings."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -38,7 +44,7 @@ def device_name() -> str:
                 break
     except OSError:
         pass
-    return f"cpu: {cpu} ({os.cpu_count()} cores)"
+    return f"{cpu} ({os.cpu_count()} cores)"
 
 
 def gpu_tag() -> str:
@@ -56,7 +62,7 @@ def result_header(**extra) -> dict:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         pass
-    return {"device": device_name(), "commit": git_commit(),
+    return {"device": device_name(), "host": host_cpu(), "commit": git_commit(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "load_average": load,
             **extra}
 

@@ -3,7 +3,7 @@ words the caller had not finished (a false cut-off): pure functions of what the 
 
 import numpy as np
 
-from bench.common import answered, first_audible_ms, percentile, reply_chunks
+from bench.common import answered, first_audible_ms, percentile, reply_chunks, result_header
 
 RATE = 16_000
 
@@ -160,3 +160,10 @@ def test_after_endpoint_leaves_out_answered_turns_without_a_server_trace():
     turns = [NS(latency_ms=None, stages={}), NS(latency_ms=500.0, stages={"endpoint": 120.0}),
              NS(latency_ms=900.0, stages={}), NS(latency_ms=None, stages={"endpoint": 80.0})]
     assert after_endpoint_ms(turns) == [math.inf, 380.0, None, math.inf]
+
+
+def test_a_result_header_names_the_host_cpu_beside_the_device():
+    """Two machines with the same GPU can time host-bound work differently: every result says which host ran it."""
+    h = result_header(x=1)
+    assert h["host"] and "cores" in h["host"] and h["x"] == 1
+    assert h["device"].startswith("cpu: ") == (h["device"] == f"cpu: {h['host']}")
