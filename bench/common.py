@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ def device_name() -> str:
     return f"cpu: {host_cpu()}"
 
 
+@functools.cache
 def host_cpu() -> str:
     """The host's CPU model and core count: on a GPU machine the host-bound work (Python, the GIL, the launches)
     runs on it, so two machines with the same GPU can give different timings."""

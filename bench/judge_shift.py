@@ -42,10 +42,10 @@ def main(path: str) -> None:
             "mean of 16, 20, 24, 28, 32 ms": [at[x] for x in (0.016, 0.02, 0.024, 0.028, 0.032)],
             "mean of 20, 24, 28, 32 ms": [at[x] for x in (0.02, 0.024, 0.028, 0.032)],
             "mean of every offset 16-64 ms": list(range(len(offs)))}
+    hi, lo = logit(0.95), logit(0.3)
     rows = {}
     for name, idx in ways.items():
         e, s, plain = (logit(x[:, idx]).mean(1) for x in (ends, splices, m["end"]))
-        hi, lo = logit(0.95), logit(0.3)
         rows[name] = {"auc_all_ends": round(auc(e, s), 3), "auc_plain_ends": round(auc(plain, s), 3),
                       "ends_sure": round(float(np.mean(e >= hi)), 3), "splices_sure": round(float(np.mean(s >= hi)), 3),
                       "ends_low": round(float(np.mean(e <= lo)), 3)}
