@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_EXTRA ?=
 TEST_MODELS := whisper-tiny.en whisper-base smollm2-135m-instruct piper-joe-medium silero-vad smart-turn-v3.2
 
-.PHONY: install models demo test bench-cpu clean
+.PHONY: install models demo test bench-cpu bench-v2v clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,7 +32,13 @@ test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench-cpu: models
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/turn.py
+
+# issue 6's benchmark on the embedded default: every variant (~30 min on 2 cores), JSON and plots in bench/results
+bench-v2v: models
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/voice_to_voice.py --config cpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info
