@@ -54,8 +54,13 @@ def make_carry() -> None:
 
 
 def copy_speech(src: Path, dst: Path, max_s: float = 10.0) -> None:
-    """The utterances the benchmarks use (<= max_s), with the manifest rows for them."""
+    """The utterances the benchmarks use (<= max_s), with the manifest rows for them. 16-bit PCM clips are stored
+    FLAC-compressed under their own names (libsndfile, which load_audio reads with, goes by the file's header, not
+    its extension): the same samples in 4.5 MB instead of 8.2, which keeps a call's carry under 64 MiB. Names stay
+    as they are because the tests and benchmarks name clips by them."""
     import csv
+
+    import soundfile as sf
 
     with open(src / "manifest.tsv", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
@@ -68,7 +73,11 @@ def copy_speech(src: Path, dst: Path, max_s: float = 10.0) -> None:
         w.writerows(rows)
     for r in rows:
         (dst / r["file"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src / r["file"], dst / r["file"])
+        if sf.info(str(src / r["file"])).subtype == "PCM_16":
+            data, sr = sf.read(str(src / r["file"]), dtype="int16", always_2d=True)
+            sf.write(str(dst / r["file"]), data, sr, format="FLAC", subtype="PCM_16")
+        else:
+            shutil.copy(src / r["file"], dst / r["file"])
 
 
 def setup() -> None:

@@ -72,3 +72,30 @@ def test_scripted_reply_whole_and_after_a_drafted_phrase(llm):
     draft.end_reply(first + rest)
     s.free()
     draft.free()
+
+
+def test_the_carried_speech_clips_hold_the_same_samples(tmp_path):
+    """bench/gpu_stack.py copy_speech stores the clips FLAC-compressed under their own names, to fit a GPU call's
+    carry: what load_audio reads from the copy must be the original's samples, bit for bit."""
+    import sys
+
+    import soundfile as sf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from agent.audio import load_audio_native
+    from bench.gpu_stack import copy_speech
+
+    copy_speech(SPEECH, tmp_path / "speech", max_s=3.0)
+    copied = [p for p in (tmp_path / "speech").rglob("*") if p.is_file() and p.name != "manifest.tsv"]
+    assert len(copied) >= 5
+    assert (tmp_path / "speech" / "manifest.tsv").exists()
+    flac = 0
+    for p in copied:
+        rel = p.relative_to(tmp_path / "speech")
+        a, sr_a = load_audio_native(SPEECH / rel)
+        b, sr_b = load_audio_native(p)
+        assert sr_a == sr_b and np.array_equal(a, b), rel
+        flac += sf.info(str(p)).format == "FLAC"
+    assert flac >= 1  # the copies really are compressed
+    assert sum(p.stat().st_size for p in copied) < sum((SPEECH / p.relative_to(tmp_path / "speech")).stat().st_size
+                                                        for p in copied)
