@@ -34,9 +34,7 @@ def load_audio_native(path: str | Path) -> tuple[np.ndarray, int]:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile's errors are RuntimeError/LibsndfileError with terse text
         raise AudioError(f"{path}: not a readable audio file ({e})") from None
-    if data.size == 0:
-        raise AudioError(f"{path}: contains no audio")
-    return data.mean(axis=1).astype(np.float32), int(sr)
+    return _mono(data, str(path)), int(sr)
 
 
 def decode_audio_bytes(blob: bytes) -> tuple[np.ndarray, int]:
@@ -44,7 +42,18 @@ def decode_audio_bytes(blob: bytes) -> tuple[np.ndarray, int]:
         data, sr = sf.read(io.BytesIO(blob), dtype="float32", always_2d=True)
     except Exception as e:
         raise AudioError(f"not a readable audio file ({e})") from None
-    return data.mean(axis=1).astype(np.float32), int(sr)
+    return _mono(data, "audio"), int(sr)
+
+
+def _mono(data: np.ndarray, what: str) -> np.ndarray:
+    """The channels' mean as float32; a file with no samples, or with NaN or infinite ones (a float WAV can hold
+    them), is an AudioError rather than audio that would poison the VAD, the ASR and the judge downstream."""
+    if data.size == 0:
+        raise AudioError(f"{what}: contains no audio")
+    mono = data.mean(axis=1, dtype=np.float64)
+    if not np.all(np.isfinite(mono)):
+        raise AudioError(f"{what}: contains NaN or infinite samples")
+    return mono.astype(np.float32)
 
 
 def resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:

@@ -297,6 +297,7 @@ def check_audio_decode(blob: bytes) -> str:
         assert str(e)
         return "rejected"
     assert isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.ndim == 1
+    assert audio.size and np.all(np.isfinite(audio)), "decoded audio must be finite and non-empty"
     assert isinstance(rate, int)
     return "ok"
 

@@ -108,3 +108,26 @@ def test_corrupt_and_missing_files(tmp_path):
         load_audio(bad)
     with pytest.raises(AudioError, match="no such file"):
         load_audio(tmp_path / "nope.wav")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_float_wav_with_non_finite_samples_is_refused_with_a_reason(tmp_path, bad):
+    import io
+
+    import soundfile as sf
+
+    from agent.audio import decode_audio_bytes
+
+    x = np.zeros((1600, 2), np.float32)
+    x[800, 1] = bad  # one sample of one channel
+    path = tmp_path / "float.wav"
+    sf.write(str(path), x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        load_audio(path)
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        decode_audio_bytes(path.read_bytes())
+    x[800, 1] = 0.5  # the same file with a finite sample decodes
+    buf = io.BytesIO()
+    sf.write(buf, x, 16000, subtype="FLOAT", format="WAV")
+    audio, rate = decode_audio_bytes(buf.getvalue())
+    assert rate == 16000 and audio.shape == (1600,) and audio[800] == np.float32(0.25)
