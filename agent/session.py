@@ -185,6 +185,7 @@ class Session:
         self.p_audio: tuple[float, float] | None = None  # its last verdict: (P(complete), speech end it saw)
         self._judged_upto = -1.0  # the speech end whose silence the judge last ran on (once per silence)
         self._judge_at = 0.0  # time.monotonic() of the last verdict
+        self._non_finite = 0  # input samples that were NaN or infinite (replaced by silence)
         self.closed = False
 
     # ----------------------------------------------------------------------------------------------- input
@@ -197,6 +198,16 @@ class Session:
         if self.closed:
             return
         now = time.monotonic()
+        audio = np.asarray(audio, dtype=np.float32)
+        finite = np.isfinite(audio)
+        if not finite.all():  # only an embedder's own float audio can hold these (the wire formats are integers);
+            # kept, they would go on with the turn's audio: the judge refuses them, the ASR hears "!"
+            bad = int(audio.size - np.count_nonzero(finite))
+            audio = np.where(finite, audio, np.float32(0.0))
+            if not self._non_finite:
+                self._emit(ev.ErrorEvent("bad_audio", f"{bad} NaN or infinite input samples replaced by silence "
+                                                      f"(said once per session)"))
+            self._non_finite += bad
         x = self.resample(audio)
         if not len(x):
             return

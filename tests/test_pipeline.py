@@ -404,3 +404,44 @@ def test_the_judge_hears_the_same_audio_whatever_the_chunk_size(rt, speech, monk
         asyncio.run(conv.session.close())
     a, b = heard[0.02][0], heard[0.05][0]
     assert len(a) == len(b) and np.array_equal(a, b), (len(a), len(b))
+
+
+def test_non_finite_input_samples_are_said_once_and_the_session_still_hears(rt, speech):
+    """An embedder's float audio with NaN and infinity in it (conv.run_queues takes float32 chunks as they come):
+    the session says so once (ErrorEvent "bad_audio"), hears those samples as silence, and the next question is
+    answered. Without the guard (measured before it) the NaN samples went on with the turn's audio: the judge
+    failed on them and Whisper's transcript of the question was "!"."""
+    clip = load_audio(speech / "speechbrain_harvard/spk1_snt5.wav")
+
+    async def scenario():
+        s = Session(rt, INTERNAL_RATE)
+        await s.start()
+        got: list = []
+
+        async def pump():
+            while True:
+                e = await s.events.get()
+                got.append(e)
+                if isinstance(e, ev.ReplyAudio):
+                    s.audio_sent(len(e.audio))
+
+        task = asyncio.create_task(pump())
+        for bad in (np.nan, np.inf, -np.inf):
+            x = np.zeros(320, np.float32)
+            x[::7] = bad
+            await s.feed(x)
+            await asyncio.sleep(0.02)
+        await silence(s, 10)
+        await speak(s, clip)
+        await silence(s, 200, until=lambda: any(isinstance(e, ev.ReplyDone) for e in got))
+        task.cancel()
+        await s.close()
+        return s, got
+
+    s, got = asyncio.run(scenario())
+    errors = [e for e in got if isinstance(e, ev.ErrorEvent)]
+    assert [e.code for e in errors] == ["bad_audio"] and not errors[0].fatal, errors
+    assert s._non_finite == 3 * len(range(0, 320, 7))
+    finals = [e for e in got if isinstance(e, ev.TranscriptEvent) and e.final]
+    assert finals and wer("Sunday is the best part of the week.", finals[0].text) < 0.3, finals
+    assert any(isinstance(e, ev.ReplyDone) and e.text for e in got)
