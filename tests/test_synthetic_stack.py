@@ -97,5 +97,13 @@ def test_the_carried_speech_clips_hold_the_same_samples(tmp_path):
         assert sr_a == sr_b and np.array_equal(a, b), rel
         flac += sf.info(str(p)).format == "FLAC"
     assert flac >= 1  # the copies really are compressed
+    import csv
+
+    with open(tmp_path / "speech" / "manifest.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert {r["file"] for r in rows} == {str(p.relative_to(tmp_path / "speech")) for p in copied}
+    for r in rows:  # each row describes the file as carried
+        p = tmp_path / "speech" / r["file"]
+        assert int(r["bytes"]) == p.stat().st_size and r["format"].split("/")[0] == sf.info(str(p)).format, r
     assert sum(p.stat().st_size for p in copied) < sum((SPEECH / p.relative_to(tmp_path / "speech")).stat().st_size
                                                         for p in copied)
