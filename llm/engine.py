@@ -188,8 +188,11 @@ class Session:
         if n_tokens == len(self.tokens):
             return
         del self.tokens[n_tokens:]
-        self.n_cached = min(self.n_cached, n_tokens)
-        self.last_logits = None
+        if n_tokens < self.n_cached:  # cached positions go; last_logits were those of position n_cached - 1
+            self.n_cached = n_tokens
+            self.last_logits = None
+        # else only tokens never fed went (a generation's unread tail): last_logits still predict what follows the
+        # kept history, so the next generate() samples from them instead of running the last position again
         keep = -(-self.n_cached // self.engine.page_size)
         for p in self.pages[keep:]:
             self.engine.pool.decref(p)

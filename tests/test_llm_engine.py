@@ -685,3 +685,29 @@ def test_a_finished_generation_not_yet_read_is_kept_for_its_consumer():
     c.append([40])  # the session moves on: c's generation is detached and its unread tokens dropped
     assert c.tokens == [1, 2, t0, 40]
     assert list(gc) == []
+
+
+def test_closing_a_generation_with_an_unread_token_costs_no_forward_pass_later():
+    """At many callers other consumers' steps advance a generation past what its consumer read (a draft stopped at
+    its first phrase's end): closing it drops the unread token, which was never fed. The next generate() samples
+    from the logits the session already has, as before 6c629ce, instead of running its last position again."""
+    eng = _tiny_engine()
+    a, b = eng.new_session(), eng.new_session()
+    a.append([5, 6, 7])
+    b.append([8, 9])
+    ga, gb = a.generate(10), b.generate(10)
+    took = [next(ga), next(ga)]
+    next(gb)
+    next(gb)  # b's step also advanced a: one token of a's sits unread
+    assert len(a._request.out) == 1
+    ga.close()
+    assert a.tokens == [5, 6, 7] + took and a.n_cached == len(a.tokens)
+    runs, prefill = [], eng._prefill
+    eng._prefill = lambda s, end: (runs.append(end), prefill(s, end))[1]
+    rest = list(a.generate(3))
+    assert runs == []  # no second run of the last position
+    assert took + rest == _greedy(eng, [5, 6, 7], 5)
+    gb.close()
+    for s in (a, b):
+        s.free()
+    assert eng.free_pages == eng.pool.num_pages
