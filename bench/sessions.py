@@ -487,6 +487,11 @@ class LazyWork:
 _LAZY: LazyWork | None = None
 
 
+def engine_counters(eng) -> dict:
+    return {k: getattr(eng, f"n_{k}", 0) for k in ("graph_steps", "eager_steps", "ahead_hits", "ahead_misses",
+                                                     "graph_prefills", "refeeds")}
+
+
 def lazy_work() -> LazyWork:
     """The process's one counter, hooked into Triton on first use (by the first run, not at import)."""
     global _LAZY
@@ -520,6 +525,7 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     batches0 = (rt.asr_pool.batches, rt.asr_pool.batched_items) if hasattr(rt.asr_pool, "batches") else None
     busy_pools = {"asr": [], "tts": []}
     idle_alloc, idle_used = cuda_allocated(), eng.pool.num_pages - eng.free_pages
+    eng0 = engine_counters(eng)
     peak_alloc, peak_used, peak_live, busy = idle_alloc, idle_used, 0, []
     seconds = run_seconds(n, args.seconds, args.min_turns)
     stagger = min(args.stagger, seconds / 4)
@@ -585,6 +591,9 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         "long_endpoint_turns": sum(t.info["endpoint_delay_ms"] >= 900 for t in unsure), "of_turns_with_info": len(unsure),
         "asr_phases": asr_phases(rt.asr),
         "lazy_work": lazy_work().report(),
+        # the LLM engine's work in this run: decode steps (graph / eager), steps launched ahead (used / dropped),
+        # short appends run as graph steps, and last positions run again because their logits were gone
+        "engine": {k: v - eng0[k] for k, v in engine_counters(eng).items()},
         "worker_items": {name: pool.label_stats() for name, pool in rt.worker_pools() if hasattr(pool, "label_stats")},
         "errors": s.errors,
         "workers_at_end": workers_end,
@@ -737,7 +746,7 @@ async def bench(args) -> dict:
                   f"  endpoint p50 {r['stage_p50_ms']['endpoint']}  busy llm/asr/tts {r['llm_busy_mean']}/"
                   f"{r['asr_busy_mean']}/{r['tts_busy_mean']}"
                   f"  lazy: triton {r['lazy_work']['triton_specializations']} ({r['lazy_work']['triton_ms']} ms),"
-                  f" cufft plans +{r['lazy_work']['cufft_plans_added']}"
+                  f" cufft plans +{r['lazy_work']['cufft_plans_added']}, llm refeeds {r['engine']['refeeds']}"
                   + (f"  errors {r['errors']}" if r["errors"] else ""),
                   flush=True)
             write_result(args.out_name, report(False))

@@ -252,6 +252,7 @@ class Session:
         self.truncate(len(self.tokens) - 1)
         self.tokens.append(last)
         self.engine._prefill(self, len(self.tokens))
+        self.engine.n_refeeds += 1
 
     def _reserve(self, n_total: int) -> None:
         """Make pages writable for positions n_cached .. n_total-1 (allocate; copy shared pages on write)."""
@@ -331,6 +332,7 @@ class Engine:
         self._want_graphs = cuda_graphs and self.device.type == "cuda"
         self.max_batch = max_batch
         self.n_graph_steps = self.n_eager_steps = self.n_ahead_hits = self.n_ahead_misses = 0
+        self.n_refeeds = 0  # last positions run again because their logits were gone (Session._refeed_last)
         # appends of at most this many tokens run as one decode step of that many rows (a CUDA graph replay when
         # the graphs exist; see _prefill_as_step); 0 = always the prefill path
         self.graph_prefill_max = 32

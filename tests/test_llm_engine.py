@@ -705,7 +705,7 @@ def test_closing_a_generation_with_an_unread_token_costs_no_forward_pass_later()
     runs, prefill = [], eng._prefill
     eng._prefill = lambda s, end: (runs.append(end), prefill(s, end))[1]
     rest = list(a.generate(3))
-    assert runs == []  # no second run of the last position
+    assert runs == [] and eng.n_refeeds == 0  # no second run of the last position
     assert took + rest == _greedy(eng, [5, 6, 7], 5)
     gb.close()
     for s in (a, b):
