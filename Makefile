@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_EXTRA ?=
 TEST_MODELS := whisper-tiny.en whisper-base smollm2-135m-instruct piper-joe-medium silero-vad smart-turn-v3.2
 
-.PHONY: install models demo test bench-cpu bench-v2v clean
+.PHONY: install models demo test bench-deps bench-cpu bench-v2v clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,13 +31,14 @@ test: install
 	bash tests/setup_chromium.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-bench-cpu: models
+bench-deps: models
 	$(BIN)/pip install -q -e '.[bench]'
+
+bench-cpu: bench-deps
 	$(BIN)/python bench/turn.py
 
 # issue 6's benchmark on the embedded default: every variant (~30 min on 2 cores), JSON and plots in bench/results
-bench-v2v: models
-	$(BIN)/pip install -q -e '.[bench]'
+bench-v2v: bench-deps
 	$(BIN)/python bench/voice_to_voice.py --config cpu
 
 clean:

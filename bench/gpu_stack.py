@@ -71,8 +71,10 @@ def copy_speech(src: Path, dst: Path, max_s: float = 10.0) -> None:
     for r in rows:
         out = dst / r["file"]
         out.parent.mkdir(parents=True, exist_ok=True)
-        if sf.info(str(src / r["file"])).subtype == "PCM_16":
-            data, sr = sf.read(str(src / r["file"]), dtype="int16", always_2d=True)
+        with sf.SoundFile(str(src / r["file"])) as f:
+            data = f.read(dtype="int16", always_2d=True) if f.subtype == "PCM_16" else None
+            sr = f.samplerate
+        if data is not None:
             sf.write(str(out), data, sr, format="FLAC", subtype="PCM_16")
             # the row describes the file as carried
             r.update(bytes=str(out.stat().st_size), format="FLAC/PCM_16",

@@ -488,8 +488,8 @@ _LAZY: LazyWork | None = None
 
 
 def engine_counters(eng) -> dict:
-    return {k: getattr(eng, f"n_{k}", 0) for k in ("graph_steps", "eager_steps", "ahead_hits", "ahead_misses",
-                                                     "graph_prefills", "refeeds")}
+    return {k: getattr(eng, f"n_{k}") for k in ("graph_steps", "eager_steps", "ahead_hits", "ahead_misses",
+                                                  "graph_prefills", "refeeds")}
 
 
 def lazy_work() -> LazyWork:

@@ -77,11 +77,10 @@ def test_scripted_reply_whole_and_after_a_drafted_phrase(llm):
 def test_the_carried_speech_clips_hold_the_same_samples(tmp_path):
     """bench/gpu_stack.py copy_speech stores the clips FLAC-compressed under their own names, to fit a GPU call's
     carry: what load_audio reads from the copy must be the original's samples, bit for bit."""
-    import sys
+    import csv
 
     import soundfile as sf
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from agent.audio import load_audio_native
     from bench.gpu_stack import copy_speech
 
@@ -97,8 +96,6 @@ def test_the_carried_speech_clips_hold_the_same_samples(tmp_path):
         assert sr_a == sr_b and np.array_equal(a, b), rel
         flac += sf.info(str(p)).format == "FLAC"
     assert flac >= 1  # the copies really are compressed
-    import csv
-
     with open(tmp_path / "speech" / "manifest.tsv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert {r["file"] for r in rows} == {str(p.relative_to(tmp_path / "speech")) for p in copied}
