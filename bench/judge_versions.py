@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from bench.common import result_header, write_result  # noqa: E402
 from bench.judge_shift import auc, logit  # noqa: E402
-from bench.pause_judge import SPLICE_S, TAIL_S, Policy, evaluate, pauses, word_gaps  # noqa: E402
+from bench.pause_judge import Policy, clip_streams, evaluate, judge_window, pause_kind, pauses  # noqa: E402
 
 SILENCES = ("0.016", "0.024", "0.032", "0.048", "0.064")
 
@@ -42,9 +42,8 @@ def record(models: dict, gaps: int) -> list[dict]:
     from faster_whisper import WhisperModel
 
     from agent import models as registry
-    from agent.audio import INTERNAL_RATE, load_audio
+    from agent.audio import load_audio
     from agent.config import Config
-    from agent.session import PRE_ROLL_S
     from agent.turn_judge import SmartTurn
     from agent.vad import SileroVAD, speech_bounds
     from speechdata import SPEECH, dev_set, finished
@@ -54,32 +53,20 @@ def record(models: dict, gaps: int) -> list[dict]:
     judges = {name: SmartTurn(path, threads=2) for name, path in models.items()}
     wm = WhisperModel(str(registry.require(cfg.asr.model)), device="cpu", compute_type=cfg.asr.compute_type,
                       cpu_threads=2)
-    pad = np.zeros(int(TAIL_S * INTERNAL_RATE), np.float32)
     recs, t0 = [], time.time()
     for ci, r in enumerate(sorted(dev_set(), key=lambda r: r["file"])):
         audio = load_audio(SPEECH / r["file"])
         if speech_bounds(vad, audio) is None:
             continue
-        streams = [("plain", None, np.concatenate([audio, pad]))]
-        if len(r["reference"].split()) >= 7 and float(r["duration_s"]) <= 10:
-            for g, cut_s in enumerate(word_gaps(wm, audio, gaps)):
-                cut = int(cut_s * INTERNAL_RATE)
-                streams.append((f"splice{g}", (cut_s, cut_s + SPLICE_S), np.concatenate(
-                    [audio[:cut], np.zeros(int(SPLICE_S * INTERNAL_RATE), np.float32), audio[cut:], pad])))
-        for name, splice, x in streams:
+        for name, splice, x in clip_streams(wm, audio, r, gaps):
             ps = pauses(cfg, vad, x)
             for k, p in enumerate(ps):
-                if splice is not None and splice[0] - 0.15 <= p["speech_end"] <= splice[1]:
-                    kind = "splice"
-                elif k == len(ps) - 1 and p["silence"] is None and finished(r):
-                    kind = "end" if name == "plain" else "end_spliced"
-                else:
+                kind = pause_kind(p, k == len(ps) - 1, name, splice, finished(r))
+                if kind in (None, "natural"):
                     continue
-                a = int(max(0.0, p["turn_start"] - PRE_ROLL_S) * INTERNAL_RATE)
-                e = p["speech_end"]
                 recs.append({"file": r["file"], "half": ci % 2, "stream": name, "kind": kind,
-                             "p": {m: {s: round(j.p_end(x[a:int((e + float(s)) * INTERNAL_RATE)]), 4)
-                                       for s in SILENCES} for m, j in judges.items()}})
+                             "p": {m: {s: round(j.p_end(judge_window(x, p, float(s))), 4) for s in SILENCES}
+                                   for m, j in judges.items()}})
         print(f"{ci} clips, {len(recs)} pauses, {time.time() - t0:.0f} s", flush=True)
     return recs
 

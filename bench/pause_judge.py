@@ -96,6 +96,37 @@ def pauses(cfg: Config, vad, audio: np.ndarray) -> list[dict]:
     return out
 
 
+def clip_streams(wm, audio: np.ndarray, row: dict, gaps: int) -> list[tuple]:
+    """The streams a clip is judged in, each followed by TAIL_S of silence: the clip itself ("plain"), and for a
+    long clip one per word gap with SPLICE_S of silence spliced in ("splice<g>"). (name, (splice start, end) in s
+    or None, audio)."""
+    pad = np.zeros(int(TAIL_S * INTERNAL_RATE), np.float32)
+    streams = [("plain", None, np.concatenate([audio, pad]))]
+    if len(row["reference"].split()) >= 7 and float(row["duration_s"]) <= 10:
+        for g, cut_s in enumerate(word_gaps(wm, audio, gaps)):
+            cut = int(cut_s * INTERNAL_RATE)
+            joined = np.concatenate([audio[:cut], np.zeros(int(SPLICE_S * INTERNAL_RATE), np.float32),
+                                     audio[cut:], pad])
+            streams.append((f"splice{g}", (cut / INTERNAL_RATE, cut / INTERNAL_RATE + SPLICE_S), joined))
+    return streams
+
+
+def pause_kind(p: dict, last: bool, stream: str, splice: tuple | None, is_finished: bool) -> str | None:
+    """What a pause of a stream is (see the module's docstring); None: the end of a fragment, neither a turn end nor
+    a splice."""
+    if splice is not None and splice[0] - 0.15 <= p["speech_end"] <= splice[1]:
+        return "splice"
+    if last and p["silence"] is None:
+        return ("end" if stream == "plain" else "end_spliced") if is_finished else None
+    return "natural"
+
+
+def judge_window(x: np.ndarray, p: dict, s: float) -> np.ndarray:
+    """The turn's audio as the session hands it over `s` seconds into pause `p`: from PRE_ROLL_S before the turn's
+    speech start to s after its last speech frame."""
+    return x[int(max(0.0, p["turn_start"] - PRE_ROLL_S) * INTERNAL_RATE):int((p["speech_end"] + s) * INTERNAL_RATE)]
+
+
 # ------------------------------------------------------------------------------------------------- simulation
 # Replays endpoint policies on the recorded verdicts, on the VAD's 32 ms frame grid, with the timing of the real
 # session: the judge consulted at silence s answers `judge_latency` later, the LLM's P(end) arrives after the
@@ -356,7 +387,6 @@ def main() -> None:
     for r in long_rows:
         if len(bench_spliced) < args.bench_spliced and word_gaps(wm, load_audio(SPEECH / r["file"]), 1):
             bench_spliced.append(r["file"])
-    pad = np.zeros(int(TAIL_S * INTERNAL_RATE), np.float32)
     records = []
     t0 = time.time()
     for ci, r in enumerate(rows):
@@ -365,32 +395,13 @@ def main() -> None:
         bounds = speech_bounds(vad, audio)
         if bounds is None:
             continue
-        is_finished = finished(r)
-        streams = [("plain", None, np.concatenate([audio, pad]))]
-        if len(r["reference"].split()) >= 7 and float(r["duration_s"]) <= 10:
-            for g, cut_s in enumerate(word_gaps(wm, audio, args.gaps)):
-                cut = int(cut_s * INTERNAL_RATE)
-                joined = np.concatenate([audio[:cut], np.zeros(int(SPLICE_S * INTERNAL_RATE), np.float32),
-                                         audio[cut:], pad])
-                streams.append((f"splice{g}", (cut / INTERNAL_RATE, cut / INTERNAL_RATE + SPLICE_S), joined))
-        for name, splice, x in streams:
+        for name, splice, x in clip_streams(wm, audio, r, args.gaps):
             true_end = speech_bounds(vad, x)[1]
             ps = pauses(cfg, vad, x)
             for k, p in enumerate(ps):
-                last = k == len(ps) - 1
-                if splice is not None and splice[0] - 0.15 <= p["speech_end"] <= splice[1]:
-                    kind = "splice"
-                elif last and p["silence"] is None:
-                    if name == "plain" and not is_finished:
-                        continue  # a fragment's end: neither a turn end nor a splice
-                    kind = "end" if name == "plain" else "end_spliced"
-                else:
-                    if not args.natural:
-                        continue
-                    kind = "natural"
-                if kind == "end_spliced" and not is_finished:
+                kind = pause_kind(p, k == len(ps) - 1, name, splice, finished(r))
+                if kind is None or (kind == "natural" and not args.natural):
                     continue
-                a = int(max(0.0, p["turn_start"] - PRE_ROLL_S) * INTERNAL_RATE)
                 e = p["speech_end"]
                 rec = {"file": r["file"], "half": half, "stream": name, "kind": kind, "speech_end": e,
                        "true_end": true_end if kind in ("end", "end_spliced") else None,
@@ -403,11 +414,11 @@ def main() -> None:
                 for s in silences:
                     if p["silence"] is not None and s > p["silence"] + 1e-6:
                         break
-                    rec["p_audio"][str(s)] = round(judge.p_end(x[a:int((e + s) * INTERNAL_RATE)]), 4)
+                    rec["p_audio"][str(s)] = round(judge.p_end(judge_window(x, p, s)), 4)
                 rec["judge_ms"] = round((time.perf_counter() - tj) * 1000 / max(1, len(rec["p_audio"])), 1)
                 if llm is not None and kind != "natural":
                     ta = time.perf_counter()
-                    clip = x[a:int((e + POST_ROLL_S) * INTERNAL_RATE)]
+                    clip = judge_window(x, p, POST_ROLL_S)
                     if hasattr(asr, "transcribe_with_end"):  # Whisper's P(end of text) after the last word
                         text, rec["asr_p_end"] = asr.transcribe_with_end(clip)
                         text = text.strip()
