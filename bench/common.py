@@ -69,6 +69,137 @@ def result_header(**extra) -> dict:
             **extra}
 
 
+def machine_probe() -> dict:
+    """About a second of fixed work that says how fast this machine is, so that two runs of one commit on two
+    machines can be told apart (on the H100s lent here the same 64-caller run has varied twofold: docs/perf-notes.md,
+    "Sixteenth session"). Always: the host's Python (a pure-Python loop, ms). On CUDA also: the cost of one small
+    kernel launch as the host queues it (us), a bf16 8192^3 matmul (TFLOP/s), a 1 GiB device copy (GB/s read plus
+    written) and what nvidia-smi says of the clocks, power and throttling."""
+    import time
+
+    def best(fn, n=3):
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    out = {"python_loop_ms": round(best(lambda: sum(i * i for i in range(1_000_000))) * 1000, 1)}
+    try:
+        import torch
+    except ImportError:
+        return out
+    if not torch.cuda.is_available():
+        return out
+    dev = torch.device("cuda")
+    x = torch.zeros(1, device=dev)
+
+    def launches(n=2000):
+        for _ in range(n):
+            x.add_(1)
+        torch.cuda.synchronize()
+
+    launches(200)
+    out["launch_us"] = round(best(launches) / 2000 * 1e6, 2)
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    src = torch.empty(1 << 28, device=dev)  # 1 GiB of float32
+    dst = torch.empty_like(src)
+
+    def timed(fn, n):
+        fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000 / n
+
+    out["matmul_tflops"] = round(2 * 8192 ** 3 / timed(lambda: a @ b, 10) / 1e12, 1)
+    out["copy_gbps"] = round(2 * src.numel() * 4 / timed(lambda: dst.copy_(src), 5) / 1e9, 1)
+    del a, b, src, dst
+    torch.cuda.empty_cache()
+    out["nvidia_smi"] = nvidia_smi_query(("clocks.sm", "clocks.max.sm", "clocks.mem", "power.draw", "power.limit",
+                                          "temperature.gpu"))
+    for name in ("clocks_event_reasons.active", "clocks_throttle_reasons.active"):  # newer name, then older
+        reasons = nvidia_smi_query((name,))
+        if isinstance(reasons, dict):
+            out["nvidia_smi"] = {**out["nvidia_smi"], **reasons} if isinstance(out["nvidia_smi"], dict) else reasons
+            break
+    return out
+
+
+def nvidia_smi_query(fields) -> dict | str:
+    """One nvidia-smi reading of `fields` (its --query-gpu names) for GPU 0, as {field: text}; or why not."""
+    cmd = ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits", "-i", "0"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return repr(e)
+    if r.returncode != 0:
+        return (r.stdout + r.stderr).strip()[:300]
+    return dict(zip(fields, (v.strip() for v in r.stdout.strip().splitlines()[0].split(","))))
+
+
+CLOCK_FIELDS = ("clocks.sm", "clocks.mem", "power.draw", "temperature.gpu", "utilization.gpu")
+
+
+def summarize_clock_lines(lines) -> dict | None:
+    """nvidia-smi's csv lines of CLOCK_FIELDS (one per sample) -> min / median / max of each; unreadable lines (a
+    "[N/A]", a header) are skipped. None when no line could be read."""
+    import statistics
+
+    rows = []
+    for line in lines:
+        try:
+            rows.append([float(v) for v in line.split(",")])
+        except ValueError:
+            continue
+    rows = [r for r in rows if len(r) == len(CLOCK_FIELDS)]
+    if not rows:
+        return None
+    out = {"samples": len(rows)}
+    for i, name in enumerate(CLOCK_FIELDS):
+        col = [r[i] for r in rows]
+        out[name] = {"min": min(col), "median": statistics.median(col), "max": max(col)}
+    return out
+
+
+class ClockLog:
+    """nvidia-smi sampling CLOCK_FIELDS every interval_ms for as long as the `with` block runs, in one child process
+    (not one process per sample), read by a thread. `summary` afterwards: summarize_clock_lines; None without
+    nvidia-smi."""
+
+    def __init__(self, interval_ms: int = 500):
+        self.interval_ms, self.lines, self.summary, self.proc = interval_ms, [], None, None
+
+    def __enter__(self):
+        import shutil
+        import threading
+
+        if shutil.which("nvidia-smi") is None:
+            return self
+        self.proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={','.join(CLOCK_FIELDS)}",
+                                      "--format=csv,noheader,nounits", "-i", "0", "-lms", str(self.interval_ms)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.reader.join(timeout=5)
+            self.summary = summarize_clock_lines(self.lines)
+        return False
+
+
 def result_path(name: str, out_dir: Path | None = None) -> Path:
     """Where a result file (JSON, plot) goes: out_dir, else $QUICKTURN_RESULTS, else bench/results (an absolute
     name stays where it says). Its folder exists."""

@@ -47,7 +47,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from agent.cuda_sync import MODES as CUDA_SYNC_MODES  # noqa: E402
-from bench.common import (answered, first_audible_ms, gpu_tag, reply_chunks, result_header,  # noqa: E402
+from bench.common import (ClockLog, answered, first_audible_ms, gpu_tag, machine_probe, reply_chunks,  # noqa: E402
+                          result_header,  # noqa: E402
                           result_path, write_result)
 
 FRAME_S = 0.02
@@ -339,6 +340,37 @@ def all_thread_stacks() -> str:
         return f.read()
 
 
+def thread_ticks() -> dict[int, tuple[str, int]]:
+    """{OS thread id: (state, CPU ticks used so far, user + system)} for this process's threads; {} off Linux."""
+    out = {}
+    task = Path("/proc/self/task")
+    if not task.is_dir():
+        return out
+    for t in task.iterdir():
+        try:
+            stat = (t / "stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ..., utime, stime
+        out[int(t.name)] = (fields[0], int(fields[11]) + int(fields[12]))
+    return out
+
+
+def thread_cpu(before: dict, after: dict, seconds: float) -> dict:
+    """CPU used per thread between two thread_ticks() readings, in % of one core, by Python thread name (OS threads
+    without one, e.g. CUDA's or the BLAS pools', are summed as "other"), plus the process's total. Says whether one
+    thread (the event loop, a GPU worker launching kernels) was saturated: a thread near 100 % or a total near the
+    GIL's one core is host-bound."""
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {th.native_id: th.name for th in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid, (_, ticks) in after.items():
+        name = names.get(tid) or "other"
+        out[name] = out.get(name, 0.0) + (ticks - before.get(tid, ("", 0))[1])
+    pct = {k: round(100 * v / tick / max(seconds, 1e-9)) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+    return {"total": sum(pct.values()), **{k: v for k, v in pct.items() if v}}
+
+
 def native_threads(sample_s: float = 1.0) -> list[dict]:
     """Each OS thread of this process: its Python name (if any), state, kernel wait channel and the CPU it used over
     sample_s. Where Python stacks stop (every GPU worker "in" a torch call), this says what the call is doing: a
@@ -354,19 +386,10 @@ def native_threads(sample_s: float = 1.0) -> list[dict]:
         except OSError:  # the thread ended, or the file is not readable here
             return ""
 
-    def sample() -> dict[int, tuple[str, int]]:
-        out = {}
-        for t in task.iterdir():
-            stat = read(int(t.name), "stat")
-            if stat:
-                fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ..., utime, stime
-                out[int(t.name)] = (fields[0], int(fields[11]) + int(fields[12]))
-        return out
-
     tick = os.sysconf("SC_CLK_TCK")
-    before = sample()
+    before = thread_ticks()
     time.sleep(sample_s)
-    after = sample()
+    after = thread_ticks()
     names = {th.native_id: th.name for th in threading.enumerate()}
     return [{"tid": tid, "python": names.get(tid), "comm": read(tid, "comm"), "state": state,
              "wchan": read(tid, "wchan"), "cpu_pct": round(100 * (ticks - before.get(tid, (state, ticks))[1])
@@ -531,21 +554,24 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     stagger = min(args.stagger, seconds / 4)
     callers = Callers(url, n, clips, seconds, stagger, args.reply_timeout, seed=n * 1000,
                       frame_s=args.frame_ms / 1000, in_process=args.callers_in_process)
+    ticks0 = thread_ticks()
     t0 = time.monotonic()
-    callers.start()
-    while callers.is_alive():
-        a = cuda_allocated()
-        if a is not None:
-            peak_alloc = max(peak_alloc, a)
-        peak_used = max(peak_used, eng.pool.num_pages - eng.free_pages)
-        peak_live = max(peak_live, len(srv.hub.sessions))
-        busy.append(rt.llm_pool.load()["busy"])
-        for name in busy_pools:
-            pool = getattr(rt, f"{name}_pool")
-            if hasattr(pool, "load"):
-                busy_pools[name].append(pool.load()["busy"])
-        await asyncio.sleep(0.25)
-    wall = time.monotonic() - t0
+    with ClockLog() as clocks:  # nvidia-smi samples the GPU's clocks while the callers talk
+        callers.start()
+        while callers.is_alive():
+            a = cuda_allocated()
+            if a is not None:
+                peak_alloc = max(peak_alloc, a)
+            peak_used = max(peak_used, eng.pool.num_pages - eng.free_pages)
+            peak_live = max(peak_live, len(srv.hub.sessions))
+            busy.append(rt.llm_pool.load()["busy"])
+            for name in busy_pools:
+                pool = getattr(rt, f"{name}_pool")
+                if hasattr(pool, "load"):
+                    busy_pools[name].append(pool.load()["busy"])
+            await asyncio.sleep(0.25)
+        wall = time.monotonic() - t0
+    cpu = thread_cpu(ticks0, thread_ticks(), wall)
     watcher.cancel()
     workers_end = srv.hub.health()["workers"]  # as the callers hung up: a worker stuck in one item shows here
     s = callers.join()
@@ -590,6 +616,10 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         # turns whose endpoint needed >= 0.9 s of silence (the judge unsure or saying "not finished")
         "long_endpoint_turns": sum(t.info["endpoint_delay_ms"] >= 900 for t in unsure), "of_turns_with_info": len(unsure),
         "asr_phases": asr_phases(rt.asr),
+        # the server process's CPU per thread over the run (% of one core), and the GPU's clocks, power and
+        # utilization as nvidia-smi sampled them: what to compare when one commit runs slower on another machine
+        "thread_cpu_pct": cpu,
+        "gpu_clocks": clocks.summary,
         "lazy_work": lazy_work().report(),
         # the LLM engine's work in this run: decode steps (graph / eager), steps launched ahead (used / dropped),
         # short appends run as graph steps, and last positions run again because their logits were gone
@@ -649,6 +679,8 @@ async def bench(args) -> dict:
         cfg.memory.admit_load = False
     elif args.admission == "on":
         cfg.memory.admit_load = True
+    machine = machine_probe()  # before the models load: its scratch memory is given back before the plan is made
+    print(f"  machine: {machine}", flush=True)
     t = time.perf_counter()
     if args.gil_switch_ms is not None:
         cfg.pipeline.gil_switch_ms = args.gil_switch_ms
@@ -666,7 +698,7 @@ async def bench(args) -> dict:
     server, srv = await start_server(rt, "127.0.0.1", 0)
     url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"
     runs, skipped = [], []
-    header = dict(config=cfg.source, startup_s=round(startup_s, 1),
+    header = dict(config=cfg.source, startup_s=round(startup_s, 1), machine=machine,
                   models={"asr": cfg.asr.model, "llm": cfg.llm.model, "tts": cfg.tts.voice},
                   components={"asr": f"{cfg.asr.backend} on {cfg.asr.device}",
                               "llm": f"quickturn engine on {cfg.llm.device} ({cfg.llm.dtype})",
@@ -747,6 +779,8 @@ async def bench(args) -> dict:
                   f"{r['asr_busy_mean']}/{r['tts_busy_mean']}"
                   f"  lazy: triton {r['lazy_work']['triton_specializations']} ({r['lazy_work']['triton_ms']} ms),"
                   f" cufft plans +{r['lazy_work']['cufft_plans_added']}, llm refeeds {r['engine']['refeeds']}"
+                  f"  cpu % {r['thread_cpu_pct']}"
+                  + (f"  sm MHz {r['gpu_clocks']['clocks.sm']}" if r["gpu_clocks"] else "")
                   + (f"  errors {r['errors']}" if r["errors"] else ""),
                   flush=True)
             write_result(args.out_name, report(False))

@@ -98,6 +98,61 @@ def test_the_stuck_report_tells_a_spinning_thread_from_one_asleep_on_a_lock():
     assert rows["MainThread"]["comm"]
 
 
+def test_a_runs_thread_cpu_names_the_busy_thread_and_leaves_out_the_idle_one():
+    import sys
+    import threading
+    import time
+
+    import pytest
+
+    from bench.sessions import thread_cpu, thread_ticks
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            sum(range(1000))
+
+    threads = [threading.Thread(target=spin, name="qt-test-spin"),
+               threading.Thread(target=stop.wait, name="qt-test-idle")]
+    for t in threads:
+        t.start()
+    try:
+        t0, before = time.monotonic(), thread_ticks()
+        time.sleep(0.6)
+        cpu = thread_cpu(before, thread_ticks(), time.monotonic() - t0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert cpu["qt-test-spin"] > 30
+    assert "qt-test-idle" not in cpu  # 0 % is left out
+    assert cpu["total"] >= cpu["qt-test-spin"]
+
+
+def test_nvidia_smi_clock_samples_are_summarized_and_unreadable_lines_skipped():
+    from bench.common import summarize_clock_lines
+
+    s = summarize_clock_lines(["1980, 2619, 350.5, 45, 80\n", "[N/A], 2619, 1, 1, 1", "1755, 2619, 420.1, 50, 95",
+                               "clocks.sm [MHz], x", "1, 2"])
+    assert s["samples"] == 2
+    assert s["clocks.sm"] == {"min": 1755.0, "median": 1867.5, "max": 1980.0}
+    assert s["power.draw"]["max"] == 420.1 and s["utilization.gpu"]["min"] == 80.0
+    assert summarize_clock_lines([]) is None and summarize_clock_lines(["N/A"]) is None
+
+
+def test_the_machine_probe_times_the_hosts_python_everywhere():
+    from bench.common import machine_probe
+
+    m = machine_probe()
+    assert m["python_loop_ms"] > 0
+    # without CUDA (CI) the GPU's numbers are absent rather than made up
+    import torch
+    assert ("matmul_tflops" in m) == torch.cuda.is_available()
+
+
 def test_lazy_work_counts_each_triton_specialization_and_its_time_across_threads():
     """bench/sessions.py `LazyWork`: Triton calls jit_cache_hook before it loads or compiles a new specialization
     and jit_post_compile_hook after; the counter times each pair on its own thread, keeps whatever hooks were there
