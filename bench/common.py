@@ -102,10 +102,6 @@ def machine_probe() -> dict:
 
     launches(200)
     out["launch_us"] = round(best(launches) / 2000 * 1e6, 2)
-    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-    src = torch.empty(1 << 28, device=dev)  # 1 GiB of float32
-    dst = torch.empty_like(src)
 
     def timed(fn, n):
         fn()
@@ -117,9 +113,17 @@ def machine_probe() -> dict:
         end.synchronize()
         return start.elapsed_time(end) / 1000 / n
 
-    out["matmul_tflops"] = round(2 * 8192 ** 3 / timed(lambda: a @ b, 10) / 1e12, 1)
-    out["copy_gbps"] = round(2 * src.numel() * 4 / timed(lambda: dst.copy_(src), 5) / 1e9, 1)
-    del a, b, src, dst
+    def matmul_tflops():
+        a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+        b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+        return round(2 * 8192 ** 3 / timed(lambda: a @ b, 10) / 1e12, 1)
+
+    def copy_gbps():
+        src = torch.empty(1 << 28, device=dev)  # 1 GiB of float32
+        dst = torch.empty_like(src)
+        return round(2 * src.numel() * 4 / timed(lambda: dst.copy_(src), 5) / 1e9, 1)
+
+    out["matmul_tflops"], out["copy_gbps"] = matmul_tflops(), copy_gbps()  # their tensors are freed on return
     torch.cuda.empty_cache()
     out["nvidia_smi"] = nvidia_smi_query(("clocks.sm", "clocks.max.sm", "clocks.mem", "power.draw", "power.limit",
                                           "temperature.gpu"))
