@@ -162,6 +162,15 @@ def test_barge_in_keeps_only_what_was_played(rt, speech):
     played = np.concatenate([e.audio for e in got if isinstance(e, ev.ReplyAudio) and e.turn == 1])
     heard = rt.asr.transcribe(resample(played[: first.played_samples], rt.tts.sample_rate, INTERNAL_RATE))
     assert abs(words_heard(heard, full.text) - len(normalize(first.text))) <= 1, (heard, first.text)
+    # the KV cache agrees with the history: system, user 1, the kept reply tokens, end of reply, user 2 ...
+    chat = rt.llm.chat
+    head = list(rt.llm.system_ids) + chat.user_turn_ids(s.history[0]["content"])
+    toks = s.llm.s.tokens
+    assert toks[: len(head)] == head
+    eor = chat.end_of_reply_ids()
+    end = next(i for i in range(len(head), len(toks)) if toks[i:i + len(eor)] == eor)
+    assert " ".join(rt.llm.decode(toks[len(head):end]).split()) == " ".join(first.text.split())
+    asyncio.run(s.close())
 
 
 def test_a_reply_nobody_heard_leaves_the_turn_open(rt, speech):
@@ -209,15 +218,6 @@ def words_heard(heard: str, reply: str) -> int:
     words = normalize(reply)
     dists = [edit_distance(letters, list("".join(words[:k]))) for k in range(len(words) + 1)]
     return dists.index(min(dists))
-    # the KV cache agrees with the history: system, user 1, the kept reply tokens, end of reply, user 2 ...
-    chat = rt.llm.chat
-    head = list(rt.llm.system_ids) + chat.user_turn_ids(s.history[0]["content"])
-    toks = s.llm.s.tokens
-    assert toks[: len(head)] == head
-    eor = chat.end_of_reply_ids()
-    end = next(i for i in range(len(head), len(toks)) if toks[i:i + len(eor)] == eor)
-    assert " ".join(rt.llm.decode(toks[len(head):end]).split()) == " ".join(first.text.split())
-    asyncio.run(s.close())
 
 
 def test_typed_input_manual_turns_and_instructions(rt, speech):
