@@ -1,7 +1,13 @@
 """How the benchmark clients (bench/voice_to_voice.py, bench/sessions.py) tell the answer to a turn from a reply to
 words the caller had not finished (a false cut-off): pure functions of what the client received."""
 
+import contextlib
+import sys
+import threading
+import time
+
 import numpy as np
+import pytest
 
 from bench.common import answered, first_audible_ms, percentile, reply_chunks, result_header
 
@@ -63,15 +69,10 @@ def test_few_callers_call_long_enough_for_several_turns():
     assert run_seconds(1, 12, 0) == 12  # the unmeasured warm-up turn
 
 
-def test_the_stuck_report_tells_a_spinning_thread_from_one_asleep_on_a_lock():
-    import sys
-    import threading
-    import time
-
-    import pytest
-
-    from bench.sessions import native_threads
-
+@contextlib.contextmanager
+def spinning_and_asleep():
+    """Two threads for the tests of bench/sessions.py's thread reports: "qt-test-spin" busy in Python and
+    "qt-test-asleep" blocked on a lock, for as long as the block runs (Linux only: the reports read /proc)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("reads /proc")
     lock, stop = threading.Lock(), threading.Event()
@@ -87,48 +88,33 @@ def test_the_stuck_report_tells_a_spinning_thread_from_one_asleep_on_a_lock():
         t.start()
     try:
         time.sleep(0.1)
-        rows = {r["python"]: r for r in native_threads(0.5)}
+        yield
     finally:
         stop.set()
         lock.release()
         for t in threads:
             t.join()
+
+
+def test_the_stuck_report_tells_a_spinning_thread_from_one_asleep_on_a_lock():
+    from bench.sessions import native_threads
+
+    with spinning_and_asleep():
+        rows = {r["python"]: r for r in native_threads(0.5)}
     assert rows["qt-test-asleep"]["state"] == "S" and rows["qt-test-asleep"]["cpu_pct"] < 10
     assert rows["qt-test-spin"]["cpu_pct"] > 30
     assert rows["MainThread"]["comm"]
 
 
 def test_a_runs_thread_cpu_names_the_busy_thread_and_leaves_out_the_idle_one():
-    import sys
-    import threading
-    import time
-
-    import pytest
-
     from bench.sessions import thread_cpu, thread_ticks
 
-    if not sys.platform.startswith("linux"):
-        pytest.skip("reads /proc")
-    stop = threading.Event()
-
-    def spin():
-        while not stop.is_set():
-            sum(range(1000))
-
-    threads = [threading.Thread(target=spin, name="qt-test-spin"),
-               threading.Thread(target=stop.wait, name="qt-test-idle")]
-    for t in threads:
-        t.start()
-    try:
+    with spinning_and_asleep():
         t0, before = time.monotonic(), thread_ticks()
         time.sleep(0.6)
         cpu = thread_cpu(before, thread_ticks(), time.monotonic() - t0)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert cpu["qt-test-spin"] > 30
-    assert "qt-test-idle" not in cpu  # 0 % is left out
+    assert "qt-test-asleep" not in cpu  # 0 % is left out
     assert cpu["total"] >= cpu["qt-test-spin"]
 
 
@@ -144,12 +130,13 @@ def test_nvidia_smi_clock_samples_are_summarized_and_unreadable_lines_skipped():
 
 
 def test_the_machine_probe_times_the_hosts_python_everywhere():
+    import torch
+
     from bench.common import machine_probe
 
     m = machine_probe()
     assert m["python_loop_ms"] > 0
     # without CUDA (CI) the GPU's numbers are absent rather than made up
-    import torch
     assert ("matmul_tflops" in m) == torch.cuda.is_available()
 
 
@@ -157,9 +144,6 @@ def test_lazy_work_counts_each_triton_specialization_and_its_time_across_threads
     """bench/sessions.py `LazyWork`: Triton calls jit_cache_hook before it loads or compiles a new specialization
     and jit_post_compile_hook after; the counter times each pair on its own thread, keeps whatever hooks were there
     (and never returns a true value from the first, which would make Triton skip the compile)."""
-    import threading
-    import time
-
     import triton.knobs as knobs
 
     from bench.sessions import LazyWork
