@@ -616,6 +616,8 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         # turns whose endpoint needed >= 0.9 s of silence (the judge unsure or saying "not finished")
         "long_endpoint_turns": sum(t.info["endpoint_delay_ms"] >= 900 for t in unsure), "of_turns_with_info": len(unsure),
         "asr_phases": asr_phases(rt.asr),
+        "asr_decode": (None if getattr(rt.asr, "decoder", None) is None else
+                       "chunked" if rt.asr.decoder.chunked else "token"),
         # the server process's CPU per thread over the run (% of one core), and the GPU's clocks, power and
         # utilization as nvidia-smi sampled them: what to compare when one commit runs slower on another machine
         "thread_cpu_pct": cpu,
@@ -649,6 +651,37 @@ def after_endpoint_ms(turns) -> list:
             for t in turns]
 
 
+def parse_asr_decode(arg: str) -> list[str]:
+    """--asr-decode's value -> the modes to cycle over ([] for the config's); a wrong one stops before any model
+    loads."""
+    if arg == "config":
+        return []
+    modes = arg.split(",")
+    if not modes or not set(modes) <= {"token", "chunked"}:
+        raise SystemExit(f"--asr-decode: {arg!r}: expected config, or token and/or chunked separated by commas")
+    return modes
+
+
+def asr_decode_modes(rt, arg: str) -> list[str]:
+    """--asr-decode: [] for the config's mode, else the modes to cycle over the runs. Each mode's CUDA graphs are
+    captured here, before any caller connects (a capture while other threads launch work is not safe), so the runs
+    can switch between them (`GreedyDecoder.chunked`). Their memory comes after the start-up plan's measurement."""
+    from agent.runtime import _warm_asr
+
+    modes = parse_asr_decode(arg)
+    if not modes:
+        return []
+    dec = getattr(rt.asr, "decoder", None)
+    if dec is None or not hasattr(dec, "chunked"):
+        raise SystemExit("--asr-decode needs the torch Whisper backend ([asr] backend = \"torch\")")
+    for mode in dict.fromkeys(modes):
+        dec.chunked = mode == "chunked"
+        _warm_asr(rt.asr)
+        if mode == "chunked" and not dec.chunked:  # its capture failed: GreedyDecoder fell back and said why
+            raise SystemExit("--asr-decode chunked: the chunked decode could not be captured (see the log)")
+    return modes
+
+
 def asr_phases(asr) -> dict | None:
     """Per recognize() call (ms): mel+encoder queued on the host and its GPU time; greedy steps queued, read back,
     and their GPU time (asr/torch_backend.py)."""
@@ -670,6 +703,7 @@ async def bench(args) -> dict:
     from agent.runtime import Runtime
     from agent.server import start_server
 
+    parse_asr_decode(args.asr_decode)
     cfg = Config.load(args.config)
     ns = [int(x) for x in args.sessions.split(",")]
     cfg.server.max_sessions = max(cfg.server.max_sessions, max(ns))  # the hard cap is not what is measured
@@ -694,6 +728,7 @@ async def bench(args) -> dict:
     report0 = rt.memory_report()
     print(f"memory: planned {report0['planned_bytes'] / 2**20:.0f} MiB, measured {report0['measured_bytes'] / 2**20:.0f}"
           f" MiB ({report0['error_pct']:+.2f} %)", flush=True)
+    asr_modes = asr_decode_modes(rt, args.asr_decode)
     clips = load_clips(args.clips)
     server, srv = await start_server(rt, "127.0.0.1", 0)
     url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"
@@ -709,7 +744,7 @@ async def bench(args) -> dict:
                   cuda_module_loading=os.environ.get("CUDA_MODULE_LOADING", "(unset: torch sets LAZY)"),
                   seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
                   frame_ms=args.frame_ms,
-                  max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission,
+                  max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission, asr_decode=args.asr_decode,
                   measured_at="client, loopback WebSocket, real-time streaming",
                   callers="a thread of the server's process" if args.callers_in_process else
                   "a separate process")
@@ -756,6 +791,8 @@ async def bench(args) -> dict:
                 skipped.append({"sessions": n, "scheduler": policy, "why": "--budget-s"})
                 print(f"  N={n:3d} {policy:4s} skipped (--budget-s)", flush=True)
                 continue
+            if asr_modes:
+                rt.asr.decoder.chunked = asr_modes[k % len(asr_modes)] == "chunked"
             try:
                 r = await run_one(rt, srv, url, n, policy, clips, args)
             except SessionsStuck as e:
@@ -779,7 +816,8 @@ async def bench(args) -> dict:
                   f"{r['asr_busy_mean']}/{r['tts_busy_mean']}"
                   f"  lazy: triton {r['lazy_work']['triton_specializations']} ({r['lazy_work']['triton_ms']} ms),"
                   f" cufft plans +{r['lazy_work']['cufft_plans_added']}, llm refeeds {r['engine']['refeeds']}"
-                  f"  cpu % {r['thread_cpu_pct']}"
+                  f"  cpu % {r['thread_cpu_pct']}  asr decode {r['asr_decode']}"
+                  f" {(r['asr_phases'] or {}).get('decode_gpu_ms')} ms a call"
                   + (f"  sm MHz {r['gpu_clocks']['clocks.sm']}" if r["gpu_clocks"] else "")
                   + (f"  errors {r['errors']}" if r["errors"] else ""),
                   flush=True)
@@ -866,6 +904,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda-module-loading", choices=("lazy", "eager"), default=None,
                     help="CUDA_MODULE_LOADING for this process (default: as the environment says; CUDA's own default "
                          "is lazy: a kernel's first launch loads it, under the context lock, after the device drains)")
+    ap.add_argument("--asr-decode", default="config",
+                    help="torch Whisper's greedy decode per run: config, token, chunked, or a list cycled over the runs "
+                         "(token,chunked: the two alternate in one process; both modes' graphs are captured at start)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--close-timeout", type=float, default=60.0,
                     help="seconds to wait for a run's sessions to close before the next run; past it the runs stop "

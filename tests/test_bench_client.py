@@ -206,3 +206,13 @@ def test_a_result_header_names_the_host_cpu_beside_the_device():
     h = result_header(x=1)
     assert h["host"] and "cores" in h["host"] and h["x"] == 1
     assert h["device"].startswith("cpu: ") == (h["device"] == f"cpu: {h['host']}")
+
+
+def test_asr_decode_modes_are_checked_before_any_model_loads():
+    from bench.sessions import parse_asr_decode
+
+    assert parse_asr_decode("config") == []
+    assert parse_asr_decode("token,chunked") == ["token", "chunked"]
+    for bad in ("tok", "token,", "chunked,greedy"):
+        with pytest.raises(SystemExit, match="--asr-decode"):
+            parse_asr_decode(bad)
