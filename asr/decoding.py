@@ -26,6 +26,19 @@ log = logging.getLogger(__name__)
 FRAMES_30S = 3000
 
 
+def small_to_device(data, device: torch.device) -> torch.Tensor:
+    """A small host list (token ids, lengths) as a tensor on `device`, without stalling the calling thread. A copy
+    from ordinary host memory makes the thread wait until everything already queued on its stream has run (CUDA
+    synchronizes the stream before a pageable copy; torch's blocking copy waits for it): in recognize() that was the
+    encoder's kernels before the prefill could be queued, and the prefill's before the decode loop. From pinned
+    memory the copy is queued in stream order like a kernel (torch's pinned-memory cache keeps the buffer until the
+    copy has run)."""
+    t = torch.tensor(data)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class WhisperTokenizer:
     def __init__(self, model_dir: str | Path | None = None, n_vocab: int = 51865, multilingual: bool = True):
         self.tok = None
@@ -325,7 +338,7 @@ class GreedyDecoder:
         sot_at = self.tok.sot_sequence.index(self.tok.sot)
         no_speech = logits[:, sot_at].softmax(-1)[:, self.tok.no_speech]
         last = logits[torch.arange(n, device=self.device), lens - 1]  # (n, V)
-        cap = torch.tensor(limits if limits else [max_new] * n, device=self.device)
+        cap = small_to_device(limits if limits else [max_new] * n, self.device)
         limit = min(max_new, self.model.dims.n_text_ctx - width)
         if self.chunked:
             out, sum_lp = self._decode_chunked(n, last, lens, cap, limit, stop_at_eot)
@@ -371,8 +384,8 @@ class GreedyDecoder:
         seqs = [prompt + list(p) for p in prefixes]
         width = min(-(-max(len(s) for s in seqs) // 16) * 16, self.model.dims.n_text_ctx - 1)
         seqs = [s[-width:] for s in seqs]  # (only a sequence longer than the context is cut)
-        tokens = torch.tensor([s + [self.tok.eot] * (width - len(s)) for s in seqs]).to(self.device)  # (n, width)
-        lens = torch.tensor([len(s) for s in seqs]).to(self.device)
+        tokens = small_to_device([s + [self.tok.eot] * (width - len(s)) for s in seqs], self.device)  # (n, width)
+        lens = small_to_device([len(s) for s in seqs], self.device)
         pos = torch.arange(width, device=self.device).expand(n, width).contiguous()
         return self.model.decoder(tokens, pos, self.cache.narrow(n)).float(), lens, width
 
