@@ -48,8 +48,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from agent.cuda_sync import MODES as CUDA_SYNC_MODES  # noqa: E402
 from bench.common import (ClockLog, answered, first_audible_ms, gpu_tag, machine_probe, reply_chunks,  # noqa: E402
-                          result_header,  # noqa: E402
-                          result_path, write_result)
+                          result_header, result_path, write_result)
 
 FRAME_S = 0.02
 AUDIBLE = 0.02  # |sample| above this is "non-silent" (as bench/voice_to_voice.py)
@@ -523,10 +522,13 @@ def lazy_work() -> LazyWork:
     return _LAZY
 
 
-async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], args) -> dict:
+async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], args,
+                  asr_mode: str | None = None) -> dict:
     eng = rt.llm.engine
     await wait_sessions_closed(rt, srv, args.close_timeout)
     rt.set_scheduler(policy)  # once the previous run's work is done
+    if asr_mode is not None:  # --asr-decode (its graphs were captured at start), also once the previous run is done
+        rt.asr.decoder.chunked = asr_mode == "chunked"
     await asyncio.sleep(0.5)
     for _, pool in rt.worker_pools():  # every worker admission reads: a run starts from its own load
         if hasattr(pool, "reset_stats"):
@@ -791,10 +793,9 @@ async def bench(args) -> dict:
                 skipped.append({"sessions": n, "scheduler": policy, "why": "--budget-s"})
                 print(f"  N={n:3d} {policy:4s} skipped (--budget-s)", flush=True)
                 continue
-            if asr_modes:
-                rt.asr.decoder.chunked = asr_modes[k % len(asr_modes)] == "chunked"
             try:
-                r = await run_one(rt, srv, url, n, policy, clips, args)
+                r = await run_one(rt, srv, url, n, policy, clips, args,
+                                  asr_modes[k % len(asr_modes)] if asr_modes else None)
             except SessionsStuck as e:
                 stuck = e.info
                 skipped.extend({"sessions": m, "scheduler": p, "why": "sessions stuck"} for m, p in cells[k:])
