@@ -103,25 +103,17 @@ def machine_probe() -> dict:
     launches(200)
     out["launch_us"] = round(best(launches) / 2000 * 1e6, 2)
 
-    def timed(fn, n):
-        fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000 / n
+    from triton.testing import do_bench  # ms, median of the runs: how bench/kernels.py times GPU work
 
     def matmul_tflops():
         a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
         b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-        return round(2 * 8192 ** 3 / timed(lambda: a @ b, 10) / 1e12, 1)
+        return round(2 * 8192 ** 3 / do_bench(lambda: a @ b, return_mode="median") / 1e9, 1)
 
     def copy_gbps():
         src = torch.empty(1 << 28, device=dev)  # 1 GiB of float32
         dst = torch.empty_like(src)
-        return round(2 * src.numel() * 4 / timed(lambda: dst.copy_(src), 5) / 1e9, 1)
+        return round(2 * src.numel() * 4 / do_bench(lambda: dst.copy_(src), return_mode="median") / 1e6, 1)
 
     out["matmul_tflops"], out["copy_gbps"] = matmul_tflops(), copy_gbps()  # their tensors are freed on return
     torch.cuda.empty_cache()
