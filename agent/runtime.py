@@ -171,9 +171,13 @@ class Runtime:
 
             def use(prio=prio, device=device):
                 torch.cuda.set_stream(torch.cuda.Stream(device=torch.device(device), priority=prio))
+                _init_thread_blas(device)
                 return torch.cuda.current_stream().priority
 
             out[name] = pool.submit(use).result()
+        if self.judge is not None and str(getattr(self.judge, "device", "cpu")).startswith("cuda"):
+            self.judge_pool.submit(_init_thread_blas, str(self.judge.device),
+                                   getattr(self.judge, "stream", None)).result()
         return out
 
     def warmup(self) -> None:
@@ -342,6 +346,23 @@ def _asr_device(config: Config) -> str:
 
 def _tts_device(config: Config) -> str:
     return config.tts.device if config.tts.backend == "torch" else "cpu"
+
+
+def _init_thread_blas(device: str, stream=None) -> None:
+    """Make this thread's cuBLAS and cuBLASLt handles, and their workspaces on its current stream, now. Torch makes
+    them lazily, per thread and stream, at the first matmul; in the middle of serving, cublasCreate allocates outside
+    torch's pool, and once the KV pool and the graph pools have taken the device it fails
+    (CUBLAS_STATUS_ALLOC_FAILED: the judge's and the ASR's first calls at 64 callers, H100, d9c0ad7)."""
+    import contextlib
+
+    import torch
+
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        a = torch.ones(16, 16, device=device, dtype=torch.float16)
+        torch.nn.functional.linear(a, a, a[0])  # addmm with a bias: the cuBLASLt path
+        torch.mm(a, a)  # the cuBLAS handle
+        torch.mm(a.float(), a.float())
+        torch.cuda.current_stream().synchronize()
 
 
 def _warm_asr(asr) -> None:
@@ -531,7 +552,11 @@ class MemoryMeter:
 
             now = self._alloc()
             measured = now - self.base
-            extra = {"memory_allocated": now, "memory_reserved": torch.cuda.memory_reserved(self.device)}
+            free, _ = torch.cuda.mem_get_info(self.device)
+            # device_free: what the driver has left outside torch's pool (cuBLAS handles, cuFFT plans, Triton
+            # modules are made there); memory_reserved - memory_allocated: what torch's pool holds unused
+            extra = {"memory_allocated": now, "memory_reserved": torch.cuda.memory_reserved(self.device),
+                     "device_free": free}
         else:
             measured = sum(self.measured.values()) + self.kv_measured
             extra = {}

@@ -536,7 +536,7 @@ class Session:
             d.text = TokenText(rt.llm)
             ph = self.cfg.phrases
             d.chunker = PhraseChunker(ph.first_min_words, ph.first_max_words, ph.min_words, ph.max_words)
-            gen = await d.run(pool, d.llm.generate_reply)
+            gen = d.llm.generate_reply()  # a generator: nothing runs until its first next(), on the worker
             while not d.cancelled and d.phrase is None:
                 tok = await d.run(pool, next, gen, None, ready=getattr(d.llm, "token_ready", None))
                 d.t.setdefault("first_token", time.monotonic())
@@ -663,7 +663,9 @@ class Session:
                 chunker = PhraseChunker(ph.first_min_words, ph.first_max_words, ph.min_words, ph.max_words)
                 budget = cfg.llm.max_new_tokens
             if budget > 0 and not r.cancelled:
-                gen = await pool.run(Priority.URGENT, self.llm.generate_reply, budget)
+                # a generator function: the call runs nothing (no hop to the LLM thread, whose queue an urgent item
+                # waits ~15 ms in at 64 callers); its first next() below, on the worker, starts the generation
+                gen = self.llm.generate_reply(budget)
             while gen is not None and not r.cancelled:
                 # the first phrase is urgent; after it, generation only has to stay ahead of playback
                 prio = Priority.URGENT if not r.phrases else Priority.PACED

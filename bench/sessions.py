@@ -681,6 +681,9 @@ def asr_decode_modes(rt, arg: str) -> list[str]:
         _warm_asr(rt.asr)
         if mode == "chunked" and not dec.chunked:  # its capture failed: GreedyDecoder fell back and said why
             raise SystemExit("--asr-decode chunked: the chunked decode could not be captured (see the log)")
+    import torch
+
+    torch.cuda.empty_cache()  # the captures' freed intermediates: back to the device, not held in torch's cache
     return modes
 
 
@@ -729,7 +732,9 @@ async def bench(args) -> dict:
     startup_s = time.perf_counter() - t
     report0 = rt.memory_report()
     print(f"memory: planned {report0['planned_bytes'] / 2**20:.0f} MiB, measured {report0['measured_bytes'] / 2**20:.0f}"
-          f" MiB ({report0['error_pct']:+.2f} %)", flush=True)
+          f" MiB ({report0['error_pct']:+.2f} %)" + (f"; device free {report0['device_free'] / 2**20:.0f} MiB, torch pool"
+                                                     f" unused {(report0['memory_reserved'] - report0['memory_allocated']) / 2**20:.0f}"
+                                                     f" MiB" if "device_free" in report0 else ""), flush=True)
     asr_modes = asr_decode_modes(rt, args.asr_decode)
     clips = load_clips(args.clips)
     server, srv = await start_server(rt, "127.0.0.1", 0)
