@@ -229,14 +229,16 @@ class PriorityWorker(cf.Executor):
                 self.missed[1] += 1
                 self.missed[0] += t0 > item.deadline
             self._running = (_label(item), t0)
+            c0 = time.thread_time()
             try:
                 item.future.set_result(item.fn(*item.args))
             except BaseException as e:  # delivered to the awaiting coroutine
                 item.future.set_exception(e)
             t1 = time.monotonic()
+            cpu = time.thread_time() - c0
             self._running = None
             with self._cv:
-                self._done(item, t0, t1 - t0)
+                self._done(item, t0, t1 - t0, cpu=cpu)
                 self._busy.append((t0, t1))
                 self._trim(t1)
 
@@ -252,6 +254,7 @@ class PriorityWorker(cf.Executor):
                 self.missed[1] += 1
                 self.missed[0] += t0 > it.deadline
         self._running = (f"{items[0].batch[0]}[batch of {len(items)}]", t0)
+        c0 = time.thread_time()
         try:
             results = items[0].batch[1]([it.args[0] for it in items])
             for it, r in zip(items, results):
@@ -264,14 +267,15 @@ class PriorityWorker(cf.Executor):
             if not it.future.done():
                 it.future.set_exception(RuntimeError(f"{it.batch[0]}: the batch returned no result for this item"))
         t1 = time.monotonic()
+        cpu = time.thread_time() - c0
         self._running = None
         with self._cv:
             for it in items:
-                self._done(it, t0, (t1 - t0) / len(items), f"{it.batch[0]}[batch]")
+                self._done(it, t0, (t1 - t0) / len(items), f"{it.batch[0]}[batch]", cpu / len(items))
             self._busy.append((t0, t1))
             self._trim(t1)
 
-    def _done(self, item: Item, t0: float, run: float, label: str | None = None) -> None:
+    def _done(self, item: Item, t0: float, run: float, label: str | None = None, cpu: float = 0.0) -> None:
         """Account for an item that started at t0 (under the lock). An urgent item's wait, which admission control
         reads (`load`), counts from when it became urgent: a promoted draft's time queued as background work, during
         the pause, is not an urgent item waiting. A promoted item is also counted under "promoted:<label>" with its
@@ -279,24 +283,28 @@ class PriorityWorker(cf.Executor):
         label = label or _label(item)
         if item.priority == Priority.URGENT:
             self._waits.append((t0, t0 - (item.promoted or item.enqueued)))
-        self._count(label, t0 - item.enqueued, run)
+        self._count(label, t0 - item.enqueued, run, cpu)
         if item.promoted:
-            self._count("promoted:" + label, t0 - item.promoted, run)
+            self._count("promoted:" + label, t0 - item.promoted, run, cpu)
 
-    def _count(self, label: str, wait: float, run: float) -> None:
+    def _count(self, label: str, wait: float, run: float, cpu: float = 0.0) -> None:
         c = self.by_label.get(label)
         if c is None:
-            c = self.by_label[label] = [0, 0.0, 0.0, 0.0]
+            c = self.by_label[label] = [0, 0.0, 0.0, 0.0, 0.0]
         c[0] += 1
         c[1] += wait
         c[2] += run
         c[3] = max(c[3], wait)
+        c[4] += cpu
 
     def label_stats(self) -> dict[str, dict]:
-        """Per item label since reset_stats: count, mean queue wait, mean run time, max queue wait (ms)."""
+        """Per item label since reset_stats: count, mean queue wait, mean run time, max queue wait, and the mean
+        CPU time the worker thread used while running it (ms). Run time well above CPU time is time the thread
+        was off the CPU: waiting for the GIL, or for a GPU sync that sleeps (a spinning sync counts as CPU)."""
         with self._cv:
             return {k: {"n": n, "wait_ms": round(w / n * 1000, 2), "run_ms": round(r / n * 1000, 2),
-                        "max_wait_ms": round(m * 1000, 1)} for k, (n, w, r, m) in sorted(self.by_label.items())}
+                        "max_wait_ms": round(m * 1000, 1), "cpu_ms": round(c / n * 1000, 2)}
+                    for k, (n, w, r, m, c) in sorted(self.by_label.items())}
 
     def _trim(self, now: float) -> None:
         edge = now - self.window_s

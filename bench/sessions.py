@@ -299,6 +299,24 @@ def _callers_process(args, queue) -> None:
         queue.put(stats)
 
 
+ALLOCATOR_COUNTERS = ("num_alloc_retries", "num_ooms", "num_sync_all_streams", "num_device_alloc", "num_device_free")
+
+
+def allocator_counters() -> dict | None:
+    """torch's CUDA caching allocator, since the process started: allocations it retried after freeing its whole cache
+    (a device-wide synchronize and cudaFree of every cached block: a stall for every stream), out-of-memory errors,
+    and its cudaMalloc / cudaFree calls. None without CUDA."""
+    try:
+        import torch
+
+        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+            return None
+        st = torch.cuda.memory_stats()
+    except Exception:
+        return None
+    return {k: int(st.get(k, 0)) for k in ALLOCATOR_COUNTERS}
+
+
 def cuda_allocated() -> int | None:
     try:
         import torch
@@ -551,6 +569,7 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
     busy_pools = {"asr": [], "tts": []}
     idle_alloc, idle_used = cuda_allocated(), eng.pool.num_pages - eng.free_pages
     eng0 = engine_counters(eng)
+    alloc0 = allocator_counters()
     peak_alloc, peak_used, peak_live, busy = idle_alloc, idle_used, 0, []
     seconds = run_seconds(n, args.seconds, args.min_turns)
     stagger = min(args.stagger, seconds / 4)
@@ -625,6 +644,8 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         "thread_cpu_pct": cpu,
         "gpu_clocks": clocks.summary,
         "lazy_work": lazy_work().report(),
+        "allocator": (None if alloc0 is None else
+                      {k: v - alloc0[k] for k, v in (allocator_counters() or alloc0).items()}),
         # the LLM engine's work in this run: decode steps (graph / eager), steps launched ahead (used / dropped),
         # short appends run as graph steps, and last positions run again because their logits were gone
         "engine": {k: v - eng0[k] for k, v in engine_counters(eng).items()},
@@ -825,6 +846,7 @@ async def bench(args) -> dict:
                   f"  cpu % {r['thread_cpu_pct']}  asr decode {r['asr_decode']}"
                   f" {(r['asr_phases'] or {}).get('decode_gpu_ms')} ms a call"
                   + (f"  sm MHz {r['gpu_clocks']['clocks.sm']}" if r["gpu_clocks"] else "")
+                  + (f"  allocator {r['allocator']}" if r["allocator"] else "")
                   + (f"  errors {r['errors']}" if r["errors"] else ""),
                   flush=True)
             write_result(args.out_name, report(False))

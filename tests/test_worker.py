@@ -277,6 +277,11 @@ def test_label_stats_say_where_the_time_goes():
             yield 1
             yield 2
 
+        def spin():
+            t = time.thread_time()
+            while time.thread_time() - t < 0.02:
+                pass
+
         g = gen()
         first = w.submit_with(Priority.URGENT, slow, 1)  # holds the thread while the next two queue behind it
         steps = [w.submit_with(Priority.PACED, next, g, None) for _ in range(2)]
@@ -285,8 +290,12 @@ def test_label_stats_say_where_the_time_goes():
         st = w.label_stats()
         assert st["urgent:test_label_stats_say_where_the_time_goes.<locals>.slow"]["n"] == 1
         assert st["urgent:test_label_stats_say_where_the_time_goes.<locals>.slow"]["run_ms"] >= 15
+        # it slept: its thread was off the CPU for most of its run
+        assert st["urgent:test_label_stats_say_where_the_time_goes.<locals>.slow"]["cpu_ms"] < 10
         paced = st["paced:test_label_stats_say_where_the_time_goes.<locals>.gen"]
         assert paced["n"] == 2 and paced["max_wait_ms"] >= 15  # queued behind `slow`
+        w.submit_with(Priority.URGENT, spin).result()
+        assert w.label_stats()["urgent:test_label_stats_say_where_the_time_goes.<locals>.spin"]["cpu_ms"] >= 19
         w.reset_stats()
         assert w.label_stats() == {}
     finally:
