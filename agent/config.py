@@ -129,6 +129,9 @@ class TTSConfig:
     device: str = "cpu"
     dtype: str = "float32"  # torch backend: the decoder's dtype ("float16" on a GPU: 55 dB SNR vs fp32, measured)
     cuda_graphs: bool = True  # torch backend on CUDA: replay the model calls from graphs captured at warm-up
+    # torch backend: the TTS thread advances the phrases of several sessions waiting at once as one batch (each
+    # next window of the same width in one decoder call: tts/torch_backend.py `step_batch`), not one by one
+    batch_steps: bool = True
 
 
 @dataclass

@@ -724,13 +724,19 @@ class Session:
         sent = r.phrases[len(r.spans) - 1].token_end if r.spans else 0
         return paced_deadline(time.monotonic(), self.playback.end_time, max(0, len(r.tokens) - sent) if llm else 0)
 
-    async def _tts(self, r: Reply, p: Phrase, fn, *args):
-        """A TTS call for phrase p: the first phrase is urgent, later ones paced by playback."""
+    def _batched_tts(self) -> bool:
+        """Phrases advance by `tts.step` items that the TTS thread batches across sessions ([tts] batch_steps)."""
+        return (self.cfg.tts.batch_steps and hasattr(self.rt.tts, "step_batch")
+                and hasattr(self.rt.tts_pool, "submit_with"))
+
+    async def _tts(self, r: Reply, p: Phrase, fn, *args, batch=None):
+        """A TTS call for phrase p: the first phrase is urgent, later ones paced by playback. batch=(key, fn):
+        queued with other sessions' calls of that key, it may run as one batch with them (agent/worker.py)."""
         pool = self.rt.tts_pool
         if not hasattr(pool, "submit_with"):
             return await self.rt.run(pool, fn, *args)
         prio = Priority.URGENT if r.phrases and p is r.phrases[0] else Priority.PACED
-        return await pool.run(prio, fn, *args, deadline=self._deadline(r, prio, llm=False))
+        return await pool.run(prio, fn, *args, deadline=self._deadline(r, prio, llm=False), batch=batch)
 
     def _phrase_ready(self, r: Reply, phrase: Phrase, tts_q: asyncio.Queue, chunks: list | None = None) -> None:
         r.trace.mark("first_phrase")
@@ -749,9 +755,19 @@ class Session:
                     continue
             for p, ready in pending:
                 start, seen = r.samples, set()
-                it = iter(ready) if ready is not None else await self._tts(r, p, rt.tts.synthesize, p.text)
+                if ready is not None:
+                    it, stream = iter(ready), None
+                elif self._batched_tts():  # nothing runs yet: each step below is one item, batched with others
+                    it, stream = None, rt.tts.stream(p.text)
+                else:
+                    it, stream = await self._tts(r, p, rt.tts.synthesize, p.text), None
                 while not r.cancelled:
-                    chunk = next(it, None) if ready is not None else await self._tts(r, p, next, it, None)
+                    if ready is not None:
+                        chunk = next(it, None)
+                    elif stream is not None:
+                        chunk = await self._tts(r, p, rt.tts.step, stream, batch=("tts.step", rt.tts.step_batch))
+                    else:
+                        chunk = await self._tts(r, p, next, it, None)
                     if chunk is None or r.cancelled:  # a barge-in while the TTS ran: its audio is not sent
                         break
                     audio = chunk.audio

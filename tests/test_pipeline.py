@@ -1,6 +1,7 @@
 """The whole CPU pipeline with the real embedded-default models, on real speech."""
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from agent.config import Config
 from agent.offline import converse
 from agent.runtime import Runtime
 from agent.session import Session
+from agent.worker import Priority
 from asr.wer import edit_distance, normalize, wer, word_match
 
 
@@ -445,3 +447,53 @@ def test_non_finite_input_samples_are_said_once_and_the_session_still_hears(rt, 
     finals = [e for e in got if isinstance(e, ev.TranscriptEvent) and e.final]
     assert finals and wer("Sunday is the best part of the week.", finals[0].text) < 0.3, finals
     assert any(isinstance(e, ev.ReplyDone) and e.text for e in got)
+
+
+def test_torch_tts_batches_sessions_replies_and_each_says_its_text(rt, speech):
+    """[tts] backend torch with batch_steps: three callers at once; their replies' TTS steps queued together run as
+    one batch on the TTS thread (held here until all three first steps are queued), and each reply's audio still
+    says that reply's text."""
+    from agent import models
+    from tts.torch_backend import TorchPiperTTS
+
+    onnx_tts, tts = rt.tts, TorchPiperTTS(models.require("piper-joe-medium"))
+    rt.tts = tts
+    rt.config.tts.backend, rt.config.tts.batch_steps = "torch", True
+    rt.config.llm.max_new_tokens = 24
+    rt.config.turn.draft = False  # a draft's TTS call would wait behind the held thread, and its endpoint with it
+    before = (rt.tts_pool.batches, rt.tts_pool.batched_items)
+    clips = [load_audio(speech / f) for f in ("speechbrain_harvard/spk1_snt5.wav", "ljspeech/LJ001-0008.wav",
+                                                "pocketsphinx_misc/goforward.wav")]
+
+    gate = threading.Event()  # the TTS thread waits until every caller's first step is queued: one batch
+    rt.tts_pool.submit_with(Priority.URGENT, gate.wait, 60.0)
+
+    async def release():
+        def steps_queued():
+            return sum(n for k, n in rt.tts_pool.snapshot()["queued_by_label"].items() if k.endswith("TorchPiperTTS.step"))
+
+        while steps_queued() < len(clips):
+            await asyncio.sleep(0.01)
+        gate.set()
+
+    async def both():
+        return (await asyncio.gather(release(), *(converse(rt, [c]) for c in clips)))[1:]
+
+    try:
+        convs = asyncio.run(both())
+    finally:
+        gate.set()
+        rt.tts, rt.config.tts.backend, rt.config.llm.max_new_tokens = onnx_tts, "piper", 40
+        rt.config.turn.draft = True
+    batches, items = rt.tts_pool.batches - before[0], rt.tts_pool.batched_items - before[1]
+    assert batches >= 1 and items >= len(clips), (batches, items, rt.tts_pool.label_stats())
+    for conv in convs:
+        (turn,) = conv.turns
+        assert turn.reply and not turn.interrupted
+        heard = rt.asr.transcribe(resample(turn.reply_audio, tts.sample_rate, INTERNAL_RATE))
+        # tiny.en may drop the end of a reply cut off mid-sentence by the token budget: what it heard is the reply
+        # from its start, and the audio is as long as the whole reply's
+        said = " ".join(turn.reply.split()[:len(heard.split())])
+        assert len(heard.split()) >= 5 and word_match(said, heard) >= 0.85, (turn.reply, heard)
+        alone = len(tts.synthesize_full(turn.reply)[0])
+        assert 0.75 * alone <= len(turn.reply_audio) <= 1.3 * alone, (len(turn.reply_audio), alone)

@@ -109,6 +109,32 @@ def test_batch_matches_single(tts):
         assert snr_db(single[i], np.concatenate([c.audio for c in got[i]])) >= 40.0
 
 
+def test_step_batch_gives_each_stream_its_own_chunks(tts):
+    """Several sessions' phrases advanced together (the TTS thread's batches): per stream, the chunks synthesize()
+    yields, in order, offsets and `last` included; streams of different lengths finish at their own step."""
+    texts = ["Good morning.", "The quick brown fox jumps over the lazy dog, twice, before breakfast.",
+             "Yes?", "The quick brown fox jumps over the lazy dog, twice, before breakfast."]
+    single = [list(tts.synthesize(t)) for t in texts]
+    streams = [tts.stream(t) for t in texts]
+    assert all(st.prepared is None for st in streams)  # stream() runs nothing
+    got = [[] for _ in texts]
+    widths = []
+    while not all(st.done for st in streams):
+        live = [st for st in streams if not st.done]
+        widths.append(len(live))
+        for i, c in enumerate(tts.step_batch(streams)):
+            if c is not None:
+                got[i].append(c)
+    assert max(widths) == 4 and min(widths) < 4  # the short phrases were done first
+    assert tts.step_batch(streams) == [None] * 4 and tts.step(streams[0]) is None
+    for want, have in zip(single, got):
+        assert [c.offset for c in have] == [c.offset for c in want]
+        assert [c.last for c in have] == [c.last for c in want] and have[-1].last
+        for a, b in zip(want, have):
+            assert a.words == b.words and len(a.audio) == len(b.audio)
+            assert snr_db(a.audio, b.audio) >= 60.0, "a batched row must decode as its window alone"
+
+
 def test_windows_cover_and_context():
     for n in (1, 5, 16, 17, 100):
         ws = plan_windows(n, 7, 3, first_chunk_frames=2)
@@ -147,3 +173,31 @@ def test_cuda_graphs_match_eager():
         for _ in range(2):  # first call captures, second replays
             b, _ = graphed.synthesize_full(ph)
             assert a.shape == b.shape and snr_db(a, b) >= 60.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_step_batch_on_cuda_graphs_matches_alone():
+    """On the GPU with graphs: step_batch's padded batches replay graphs captured at warm-up and give every
+    stream what it gets alone."""
+    from tts.phonemize import Phonemized
+    from tts.torch_backend import TorchPiperTTS
+
+    model = synthetic_vits(seed=0)
+    tts = TorchPiperTTS(model=model, device="cuda", dtype=torch.float16, noise_scale=0.0, noise_w=0.0)
+    tts.use_cuda_graphs()
+    g = torch.Generator().manual_seed(0)
+    phs = []
+    for n in (17, 40, 90, 90, 60):
+        ids = [1, 0] + torch.randint(14, 150, (n,), generator=g).tolist() + [2]
+        phs.append(Phonemized(["x"], [ids], [[0] * len(ids)], [[-1] * len(ids)], [["a"]]))
+    for _ in range(2):  # capture, then replay
+        alone = [np.concatenate([c.audio for c in tts.synthesize(ph)]) for ph in phs]
+        streams = [tts.stream(ph) for ph in phs]
+        got = [[] for _ in phs]
+        while not all(st.done for st in streams):
+            for i, c in enumerate(tts.step_batch(streams)):
+                if c is not None:
+                    got[i].append(c.audio)
+        for a, b in zip(alone, got):
+            b = np.concatenate(b)
+            assert a.shape == b.shape and snr_db(a, b) >= 40.0

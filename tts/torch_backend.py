@@ -27,6 +27,17 @@ from tts.vits import Generator, Vits
 
 
 @dataclass
+class PhraseStream:
+    """One phrase synthesized window by window: made by `TorchPiperTTS.stream` (nothing runs then), advanced by
+    `step` / `step_batch` (on the TTS thread). Several sessions' streams advance together in `step_batch`."""
+
+    text: str | Phonemized
+    prepared: PreparedPhrase | None = None
+    pos: int = 0  # index into prepared._next of the next window
+    done: bool = False
+
+
+@dataclass
 class PreparedPhrase:
     """A phrase after the frame-rate stages: everything but the waveform."""
 
@@ -76,6 +87,9 @@ class TorchPiperTTS:
         # The three model calls, replaceable from outside (CUDA graphs: tts/cuda_graphs.py). `bucket` rounds the
         # id and frame counts up (padding is masked, so results do not change) to let graphs be reused.
         self.decode_fn = self.dec  # z [B, C, W] -> audio [B, W*hop]
+        # step_batch: windows of one width from several streams go through the decoder as one batch, padded with
+        # zero rows to one of these sizes (a CUDA graph each, captured in warmup)
+        self.decode_buckets = (1, 2, 4, 8, 16)
         self.bucket = lambda n: n
         self.graphs = None  # tts.cuda_graphs.GraphedTTS, when installed (use_cuda_graphs)
 
@@ -104,6 +118,10 @@ class TorchPiperTTS:
             for text in self.WARMUP_TEXTS:
                 for _chunk in self.synthesize(text):
                     pass
+            for b in self.decode_buckets[1:]:  # step_batch's decoder batches, at the usual window widths
+                streams = [self.stream(self.WARMUP_TEXTS[-2]) for _ in range(b)]
+                while not all(st.done for st in streams):
+                    self.step_batch(streams)
         if self.graphs is not None:
             self.graphs.freeze()
 
@@ -196,6 +214,54 @@ class TorchPiperTTS:
                                                 [phrases[i].windows[s][k] for i, s, k in todo], self.hop)
             for (i, sent, k), audio in zip(todo, audios):
                 yield i, self._chunk(phrases[i], sent, k, audio)
+
+    def stream(self, text: str | Phonemized) -> PhraseStream:
+        """A phrase to synthesize with `step` / `step_batch`; runs nothing (cheap on any thread)."""
+        return PhraseStream(text)
+
+    def step(self, stream: PhraseStream) -> TTSChunk | None:
+        """The stream's next chunk; None once it is done."""
+        return self.step_batch([stream])[0]
+
+    @torch.inference_mode()
+    def step_batch(self, streams: Sequence[PhraseStream]) -> list[TTSChunk | None]:
+        """The next chunk of each stream (None for one that is done), as `synthesize` would yield them. A stream's
+        first call prepares it (its frame-rate stages, alone). Then the streams' next windows that have the same
+        width are decoded as one batch, padded with zero rows to a size of `decode_buckets`: every row is its own
+        window (no padding inside a row), so each chunk is what that window decodes to alone, up to the float
+        rounding of another batch size. One device-to-host copy per batch."""
+        out: list[TTSChunk | None] = [None] * len(streams)
+        groups: dict[int, list] = {}
+        for i, st in enumerate(streams):
+            if st.done:
+                continue
+            if st.prepared is None:
+                (st.prepared,) = self.prepare([st.text])
+                if not st.prepared._next:
+                    st.done = True
+                    out[i] = TTSChunk(np.zeros(0, np.float32), 0, True, st.prepared.words)
+                    continue
+            sent, k = st.prepared._next[st.pos]
+            w = st.prepared.windows[sent][k]
+            groups.setdefault(w.hi - w.lo, []).append((i, st, sent, w))
+        top = self.decode_buckets[-1]
+        for width, members in groups.items():
+            for j in range(0, len(members), top):
+                part = members[j:j + top]
+                z = torch.stack([st.prepared.latents[sent][:, w.lo:w.hi] for _, st, sent, w in part])
+                b = next(x for x in self.decode_buckets if x >= len(part))
+                if b > len(part):
+                    z = torch.cat([z, z.new_zeros(b - len(part), *z.shape[1:])])
+                audio = self.decode_fn(z)[:len(part)].float().cpu().numpy()
+                for row, (i, st, sent, w) in enumerate(part):
+                    drop, keep = w.trim
+                    p, k = st.prepared, st.prepared._next[st.pos][1]
+                    out[i] = TTSChunk(audio[row, drop * self.hop:(drop + keep) * self.hop].copy(),
+                                      p.offsets[sent] + w.start * self.hop,
+                                      last=st.pos == len(p._next) - 1, words=p.words)
+                    st.pos += 1
+                    st.done = st.pos == len(p._next)
+        return out
 
     def synthesize_full(self, text: str | Phonemized) -> tuple[np.ndarray, list[WordTiming]]:
         """Whole phrase, concatenated (tests, offline use)."""
