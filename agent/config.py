@@ -130,8 +130,10 @@ class TTSConfig:
     dtype: str = "float32"  # torch backend: the decoder's dtype ("float16" on a GPU: 55 dB SNR vs fp32, measured)
     cuda_graphs: bool = True  # torch backend on CUDA: replay the model calls from graphs captured at warm-up
     # torch backend: the TTS thread advances the phrases of several sessions waiting at once as one batch (each
-    # next window of the same width in one decoder call: tts/torch_backend.py `step_batch`), not one by one
-    batch_steps: bool = True
+    # next window of the same width in one decoder call: tts/torch_backend.py `step_batch`), not one by one.
+    # Off: at 64 callers on an H100 (ba2f4c2) a batched window cost the thread as much as a lone one (5.2-6.6 vs
+    # 4.1-5.1 ms) and the after-endpoint p95 was 2.7-3.3 s vs 0.5-0.9 s without (docs/perf-notes.md)
+    batch_steps: bool = False
 
 
 @dataclass

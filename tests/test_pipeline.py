@@ -458,7 +458,7 @@ def test_torch_tts_batches_sessions_replies_and_each_says_its_text(rt, speech):
 
     onnx_tts, tts = rt.tts, TorchPiperTTS(models.require("piper-joe-medium"))
     rt.tts = tts
-    rt.config.tts.backend, rt.config.tts.batch_steps = "torch", True
+    rt.config.tts.backend, rt.config.tts.batch_steps = "torch", True  # (off by default)
     rt.config.llm.max_new_tokens = 24
     rt.config.turn.draft = False  # a draft's TTS call would wait behind the held thread, and its endpoint with it
     before = (rt.tts_pool.batches, rt.tts_pool.batched_items)
@@ -484,7 +484,7 @@ def test_torch_tts_batches_sessions_replies_and_each_says_its_text(rt, speech):
     finally:
         gate.set()
         rt.tts, rt.config.tts.backend, rt.config.llm.max_new_tokens = onnx_tts, "piper", 40
-        rt.config.turn.draft = True
+        rt.config.turn.draft, rt.config.tts.batch_steps = True, False
     batches, items = rt.tts_pool.batches - before[0], rt.tts_pool.batched_items - before[1]
     assert batches >= 1 and items >= len(clips), (batches, items, rt.tts_pool.label_stats())
     for conv in convs:
