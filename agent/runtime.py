@@ -324,6 +324,7 @@ def load_tts(config: Config):
         import torch
 
         tts = TorchPiperTTS(path, device=c.device, dtype=getattr(torch, c.dtype))
+        tts.batch_steps = c.batch_steps
         if c.cuda_graphs and tts.device.type == "cuda":
             tts.use_cuda_graphs()
         return tts

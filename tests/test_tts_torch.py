@@ -135,6 +135,43 @@ def test_step_batch_gives_each_stream_its_own_chunks(tts):
             assert snr_db(a.audio, b.audio) >= 60.0, "a batched row must decode as its window alone"
 
 
+def test_back_graph_frame_buckets_cover_real_phrases(voice_dir):
+    """The back graphs warm-up captures per front graph (tts/cuda_graphs.py `back_frame_buckets`) cover the frame
+    counts real phrases need, with the voice's own random durations (noise_w): a phrase outside them would run
+    its expand + flow eagerly on the GPU thread (before, 45 of 60 did for the benchmark's reply)."""
+    from tts.cuda_graphs import back_frame_buckets
+    from tts.torch_backend import TorchPiperTTS
+
+    tts = TorchPiperTTS(voice_dir)  # the voice's noise_w: durations vary from call to call
+    assert tts.noise_w > 0
+    tts.bucket = lambda n: -(-n // 32) * 32
+    tts.bucket_frames = lambda n: -(-n // 64) * 64
+    seen = []
+    eager_back = tts.back
+
+    def back(stats, dur, n):
+        seen.append((dur.shape[1], n))
+        return eager_back(stats, dur, n)
+
+    tts.back = back
+    texts = list(TorchPiperTTS.WARMUP_TEXTS) + [
+        "Yes.", "Okay, sure.", "Sure, let me check that for you.",
+        "The pharmacy closes at nine tonight, and your prescription is ready for pickup at the front counter.",
+        "If you come tomorrow instead, they open at eight in the morning.",
+        "I'm glad to hear that. It's a wonderful day to celebrate.",
+        "Strawberries, raspberries, blueberries and blackberries are all in season right now.",
+        "Twenty-three, forty-five, and one hundred and six."]
+    torch.manual_seed(0)
+    for _ in range(5):
+        tts.prepare(texts)  # several phrases in one padded batch, as synthesize_batch does
+        for t in texts:
+            tts.prepare([t])
+    assert len(seen) == 5 * (len(texts) + 1)
+    for T, n in seen:
+        assert n in back_frame_buckets(T), (T, n, back_frame_buckets(T))
+    assert all(len(back_frame_buckets(T)) <= 14 for T in range(32, 352, 32))  # a few graphs per front graph
+
+
 def test_windows_cover_and_context():
     for n in (1, 5, 16, 17, 100):
         ws = plan_windows(n, 7, 3, first_chunk_frames=2)
@@ -201,3 +238,36 @@ def test_step_batch_on_cuda_graphs_matches_alone():
         for a, b in zip(alone, got):
             b = np.concatenate(b)
             assert a.shape == b.shape and snr_db(a, b) >= 40.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_warmup_graphs_serve_reply_phrases_without_eager_stages(voice_dir):
+    """After warmup (the warm-up texts, then every front graph's back graphs by `back_frame_buckets`), the phrases
+    of a reply run from graphs: no front or back stage falls back to eager (which costs the TTS thread ~10x the
+    host time under load), whatever durations the voice's noise gives."""
+    from tts.torch_backend import TorchPiperTTS
+
+    tts = TorchPiperTTS(voice_dir, device="cuda", dtype=torch.float16)
+    tts.use_cuda_graphs()
+    tts.warmup()
+    g = tts.graphs
+    eager = {"front": 0, "back": 0}
+    ef, eb = g.eager_front, g.eager_back
+
+    def count(kind, fn):
+        def run(*a):
+            eager[kind] += 1
+            return fn(*a)
+        return run
+
+    g.eager_front, g.eager_back = count("front", ef), count("back", eb)
+    phrases = ["Sure, let me check that for you.",
+               "The pharmacy closes at nine tonight, and your prescription is ready for pickup at the front counter.",
+               "If you come tomorrow instead, they open at eight in the morning.",
+               "It's a wonderful day to celebrate.", "Okay.", "Good morning, how can I help?"]
+    # (one sentence each, as agent/phrases.py cuts them; a phrase of two sentences has a front graph of 2 rows)
+    for _ in range(5):
+        for p in phrases:
+            audio, _ = tts.synthesize_full(p)
+            assert np.isfinite(audio).all() and len(audio) > 0
+    assert eager == {"front": 0, "back": 0}, (eager, sorted(g.front_graphs), len(g.back_graphs))

@@ -10,7 +10,23 @@ flow) reads in place; the decoder graph is keyed by (batch, window width). Noise
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+# The back graph's frame counts that warm-up captures for a front graph of T (bucketed) ids: a phrase's frames per
+# id, measured on the Piper voices with their own noise_w and length_scale, fall within ~1.6-2.6 (and a phrase of
+# T ids has more than T - step of them); the range below has margin on both sides.
+FRAMES_PER_ID = (1.2, 3.0)
+
+
+def back_frame_buckets(T: int, step: int = 32, frame_step: int = 64) -> list[int]:
+    """Frame buckets (multiples of frame_step) that a phrase bucketed to T ids can need: the back graphs warm-up
+    captures for that front graph (pure; tests/test_tts_torch.py checks it covers real phrases)."""
+    lo = max(1, math.floor(FRAMES_PER_ID[0] * max(1, T - step)))
+    hi = math.ceil(FRAMES_PER_ID[1] * T)
+    first = -(-lo // frame_step) * frame_step
+    return list(range(first, -(-hi // frame_step) * frame_step + 1, frame_step))
 
 
 class _Graph:
@@ -34,18 +50,39 @@ class _Graph:
 
 
 class GraphedTTS:
-    def __init__(self, tts, step: int = 32, max_graphs: int = 64):
+    def __init__(self, tts, step: int = 32, max_graphs: int = 256, frame_step: int = 64):
         assert tts.device.type == "cuda" and tts.generator is None
-        self.tts, self.step, self.max_graphs = tts, step, max_graphs
+        self.tts, self.step, self.max_graphs, self.frame_step = tts, step, max_graphs, frame_step
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream()
         self.front_graphs, self.back_graphs, self.dec_graphs = {}, {}, {}
         self.eager_front, self.eager_back, self.eager_decode = tts.front, tts.back, tts.decode_fn
-        tts.bucket = self.bucket
+        tts.bucket, tts.bucket_frames = self.bucket, self.bucket_frames
         tts.front, tts.back, tts.decode_fn = self.front, self.back, self.decode
 
     def bucket(self, n: int) -> int:
         return -(-n // self.step) * self.step
+
+    def bucket_frames(self, n: int) -> int:
+        return -(-n // self.frame_step) * self.frame_step
+
+    def capture_back_range(self) -> int:
+        """For every front graph, the back graphs of every frame bucket its phrases can need
+        (`back_frame_buckets`). Without this, warm-up captured one frame count per warm-up phrase, and 45 of the 60
+        back calls of the benchmark's reply ran eagerly (CPU simulation of the keys, 800a06a). Returns how many
+        back graphs there are. A one-sentence phrase of any id bucket up to the longest warm-up one gets its front
+        graph here too (a phrase whose front graph is missing runs both stages eagerly)."""
+        longest = max((T for _, T in self.front_graphs), default=0)
+        dev = self.tts.device
+        for T in range(self.step, longest + 1, self.step):
+            if (1, T) not in self.front_graphs and self._room():
+                self.front(torch.ones(1, T, dtype=torch.long, device=dev), torch.full((1,), T, dtype=torch.long, device=dev))
+        for (rows, T), g in list(self.front_graphs.items()):
+            stats, dur = g.outputs
+            for n in back_frame_buckets(T, self.step, self.frame_step):
+                if (rows, T, n) not in self.back_graphs and self._room():
+                    self.back(stats, dur, n)
+        return len(self.back_graphs)
 
     def _room(self) -> bool:
         return len(self.front_graphs) + len(self.back_graphs) + len(self.dec_graphs) < self.max_graphs

@@ -90,7 +90,9 @@ class TorchPiperTTS:
         # step_batch: windows of one width from several streams go through the decoder as one batch, padded with
         # zero rows to one of these sizes (a CUDA graph each, captured in warmup)
         self.decode_buckets = (1, 2, 4, 8, 16)
+        self.batch_steps = False  # warmup captures step_batch's batched decoder graphs only when it is used
         self.bucket = lambda n: n
+        self.bucket_frames = lambda n: n  # the latent's frame count, rounded up (graphs: fewer back shapes)
         self.graphs = None  # tts.cuda_graphs.GraphedTTS, when installed (use_cuda_graphs)
 
     WARMUP_TEXTS = (
@@ -101,7 +103,7 @@ class TorchPiperTTS:
         "away, so you do not have to come in.",
     )
 
-    def use_cuda_graphs(self, max_graphs: int = 96) -> None:
+    def use_cuda_graphs(self, max_graphs: int = 256) -> None:
         """Replay the three model calls from CUDA graphs (captured per bucketed shape in `warmup`)."""
         from .cuda_graphs import GraphedTTS
 
@@ -118,12 +120,12 @@ class TorchPiperTTS:
             for text in self.WARMUP_TEXTS:
                 for _chunk in self.synthesize(text):
                     pass
-            for b in self.decode_buckets[1:]:  # step_batch's decoder batches, at the usual window widths
+            for b in self.decode_buckets[1:] if self.batch_steps else ():  # step_batch's batches, usual widths
                 streams = [self.stream(self.WARMUP_TEXTS[-2]) for _ in range(b)]
                 while not all(st.done for st in streams):
                     self.step_batch(streams)
-        if self.graphs is not None:
-            self.graphs.freeze()
+        self.graphs.capture_back_range()
+        self.graphs.freeze()
 
     def front(self, ids, lengths):
         """ids [B, T], lengths [B] -> (TextStats, durations [B, T])."""
@@ -158,7 +160,7 @@ class TorchPiperTTS:
         stats, dur = self.front(ids, lengths)
         dur_cpu = dur.cpu().numpy()  # the one sync: timings and frame counts
         n_frames = np.maximum(dur_cpu.sum(1), 1)
-        z = self.back(stats, dur, self.bucket(int(n_frames.max())))
+        z = self.back(stats, dur, self.bucket_frames(int(n_frames.max())))
         out, row = [], 0
         for ph in phs:
             n = len(ph.ids)
