@@ -9,6 +9,15 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/.tts_carry PYTHONUNBUFFERED=1
 export QUICKTURN_HOME=$PWD/.gpu_carry/home QUICKTURN_SPEECH=$PWD/.gpu_carry/speech
 python3 bench/gpu_stack.py --setup || exit 1
+# The device's copy of .git can be older than the tree it runs (2026-12-06: a run at f2c57df wrote d9c0ad7), so a
+# result's commit must come from QUICKTURN_COMMIT, written out in full on the machine that made the tree
+if [ -z "${QUICKTURN_COMMIT:-}" ]; then
+  echo "WARNING: QUICKTURN_COMMIT is not set: results will name this copy's .git HEAD, which may not be the code" \
+       "that ran. Pass QUICKTURN_COMMIT=<full hash from your checkout>." >&2
+elif git rev-parse -q --verify HEAD >/dev/null 2>&1 && [ "$(git rev-parse HEAD)" = "$QUICKTURN_COMMIT" ] \
+     && ! git diff --quiet HEAD -- agent asr llm tts kernels 2>/dev/null; then
+  echo "WARNING: QUICKTURN_COMMIT is this copy's .git HEAD, but the code differs from it: it came from a stale .git" >&2
+fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 touch /tmp/t0
 i=0

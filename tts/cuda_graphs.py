@@ -77,11 +77,12 @@ class GraphedTTS:
         for T in range(self.step, longest + 1, self.step):
             if (1, T) not in self.front_graphs and self._room():
                 self.front(torch.ones(1, T, dtype=torch.long, device=dev), torch.full((1,), T, dtype=torch.long, device=dev))
-        for (rows, T), g in list(self.front_graphs.items()):
-            stats, dur = g.outputs
-            for n in back_frame_buckets(T, self.step, self.frame_step):
-                if (rows, T, n) not in self.back_graphs and self._room():
-                    self.back(stats, dur, n)
+        todo = [(n, T, rows) for (rows, T) in self.front_graphs for n in back_frame_buckets(T, self.step, self.frame_step)
+                if (rows, T, n) not in self.back_graphs]
+        for n, T, rows in sorted(todo, reverse=True):  # largest first: later captures reuse its freed blocks
+            if self._room():
+                stats, dur = self.front_graphs[(rows, T)].outputs
+                self.back(stats, dur, n)
         return len(self.back_graphs)
 
     def _room(self) -> bool:
