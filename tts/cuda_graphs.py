@@ -68,8 +68,8 @@ class GraphedTTS:
 
     def capture_back_range(self) -> int:
         """For every front graph, the back graphs of every frame bucket its phrases can need
-        (`back_frame_buckets`). Without this, warm-up captured one frame count per warm-up phrase, and 45 of the 60
-        back calls of the benchmark's reply ran eagerly (CPU simulation of the keys, 800a06a). Returns how many
+        (`back_frame_buckets`). Without this, warm-up captured one frame count per warm-up phrase, and 44-46 of the 60
+        back calls of the benchmark's reply ran eagerly (bench/tts_graph_keys.py). Returns how many
         back graphs there are. A one-sentence phrase of any id bucket up to the longest warm-up one gets its front
         graph here too (a phrase whose front graph is missing runs both stages eagerly)."""
         longest = max((T for _, T in self.front_graphs), default=0)
