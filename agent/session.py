@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import inspect
 import json
 import logging
 import time
@@ -759,6 +760,8 @@ class Session:
                     it, stream = iter(ready), None
                 elif self._batched_tts():  # nothing runs yet: each step below is one item, batched with others
                     it, stream = None, rt.tts.stream(p.text)
+                elif inspect.isgeneratorfunction(rt.tts.synthesize):  # the call runs nothing: no hop to the TTS
+                    it, stream = rt.tts.synthesize(p.text), None  # thread; its first next() there starts the phrase
                 else:
                     it, stream = await self._tts(r, p, rt.tts.synthesize, p.text), None
                 while not r.cancelled:
