@@ -12,7 +12,6 @@ Synthetic weights come from a fixed seed and are labelled (`cfg.synthetic`) in e
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time

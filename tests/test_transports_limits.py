@@ -237,7 +237,7 @@ def test_a_handshake_that_lost_the_race_is_refused_after_the_upgrade(rt, monkeyp
             msgs, code = await drain(ws, 5)
         during = dict(srv.router.addresses.live)
         srv.router.addresses.release(("127.0.0.1", 0))  # the injected winner leaves
-        async with connect(f"ws://127.0.0.1:{port}/") as ok:  # and the next one gets in
+        async with connect(f"ws://127.0.0.1:{port}/"):  # and the next one gets in
             pass
         await until(lambda: not srv.router.addresses.live, 5)
         return msgs, code, during, dict(srv.router.addresses.live), dict(srv.hub.refusals)

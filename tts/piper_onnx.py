@@ -108,7 +108,7 @@ def _word_timings(chunk, text_words: list[str], w_index: int, offset: int) -> tu
     al = chunk.phoneme_alignments
     n_audio = len(chunk.audio_float_array)
     spans: list[tuple[int, int]] = []
-    pos, start, in_word = 0, None, False
+    pos, start = 0, None
     for a in al or []:
         is_gap = a.phoneme in (" ", "^", "$", "_") or _PUNCT.match(a.phoneme) is not None
         if not is_gap and start is None:

@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection

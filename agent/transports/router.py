@@ -7,7 +7,6 @@ import email.utils
 import hmac
 import json
 import logging
-import os
 import urllib.parse
 from http import HTTPStatus
 from pathlib import Path
