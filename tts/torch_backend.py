@@ -257,7 +257,7 @@ class TorchPiperTTS:
                 audio = self.decode_fn(z)[:len(part)].float().cpu().numpy()
                 for row, (i, st, sent, w) in enumerate(part):
                     drop, keep = w.trim
-                    p, k = st.prepared, st.prepared._next[st.pos][1]
+                    p = st.prepared
                     out[i] = TTSChunk(audio[row, drop * self.hop:(drop + keep) * self.hop].copy(),
                                       p.offsets[sent] + w.start * self.hop,
                                       last=st.pos == len(p._next) - 1, words=p.words)
