@@ -5,8 +5,7 @@ stage (expand, flow) by (rows, id bucket, frame bucket), the decoder by its wind
 `TorchPiperTTS.warmup` have graphs; anything else runs eagerly on the TTS thread (~10x its host time under load).
 The frame counts are random (the voice's noise_w), so this replays the key logic on the CPU, no GPU needed:
 - `warm-up texts`: the keys the warm-up phrases themselves make, frames bucketed by 32 (warm-up before 9f81554);
-- `with back range`: those plus `capture_back_range` (every one-sentence id bucket up to the longest warm-up one,
-  and for each, the frame buckets of `back_frame_buckets`);
+- `with back range`: those plus `capture_back_range` (`tts.cuda_graphs.range_keys`);
 then counts, over `--repeats` syntheses of the gpu-bench config's scripted reply (cut into phrases as the session
 cuts them), the calls whose key was not captured.
 
@@ -29,7 +28,7 @@ import torch  # noqa: E402
 from agent import models  # noqa: E402
 from agent.phrases import PhraseChunker  # noqa: E402
 from bench.common import result_header, write_result  # noqa: E402
-from tts.cuda_graphs import back_frame_buckets  # noqa: E402
+from tts.cuda_graphs import range_keys  # noqa: E402
 from tts.torch_backend import TorchPiperTTS  # noqa: E402
 
 STEP, FRAME_STEP, MAX_GRAPHS = 32, 64, 256
@@ -73,9 +72,9 @@ def simulate(tts: TorchPiperTTS, phrases: list[str], seed: int, repeats: int, ba
                 for _chunk in tts.synthesize(text):
                     pass
         if back_range:  # what GraphedTTS.capture_back_range adds
-            longest = max((T for _, T in keys["front"]), default=0)
-            keys["front"] |= {(1, T) for T in range(STEP, longest + 1, STEP)}
-            keys["back"] |= {(rows, T, n) for rows, T in keys["front"] for n in back_frame_buckets(T, STEP, FRAME_STEP)}
+            fronts, backs = range_keys(keys["front"], STEP, FRAME_STEP)
+            keys["front"] |= set(fronts)
+            keys["back"] |= set(backs)
         state["frozen"] = True
         for _ in range(repeats):
             for p in phrases:

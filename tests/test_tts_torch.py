@@ -172,6 +172,16 @@ def test_back_graph_frame_buckets_cover_real_phrases(voice_dir):
     assert all(len(back_frame_buckets(T)) <= 14 for T in range(32, 352, 32))  # a few graphs per front graph
 
 
+def test_range_keys_fill_the_id_buckets_and_order_backs_largest_first():
+    from tts.cuda_graphs import back_frame_buckets, range_keys
+
+    fronts, backs = range_keys({(1, 32), (1, 128), (2, 64)})
+    assert fronts == [(1, 64), (1, 96)]  # the one-sentence buckets missing up to the longest
+    assert set(backs) == {(r, T, n) for r, T in [(1, 32), (1, 64), (1, 96), (1, 128), (2, 64)]
+                          for n in back_frame_buckets(T)}
+    assert [k[2] for k in backs] == sorted((k[2] for k in backs), reverse=True)
+
+
 def test_windows_cover_and_context():
     for n in (1, 5, 16, 17, 100):
         ws = plan_windows(n, 7, 3, first_chunk_frames=2)

@@ -29,6 +29,18 @@ def back_frame_buckets(T: int, step: int = 32, frame_step: int = 64) -> list[int
     return list(range(first, -(-hi // frame_step) * frame_step + 1, frame_step))
 
 
+def range_keys(front_keys, step: int = 32, frame_step: int = 64) -> tuple[list, list]:
+    """What `GraphedTTS.capture_back_range` adds to the graphs warm-up made (pure): the front keys (1, T) of every
+    one-sentence id bucket up to the longest front key, and for every front key, old and new, the back keys
+    (rows, T, frames) of its `back_frame_buckets`, largest first."""
+    have = set(front_keys)
+    longest = max((T for _, T in have), default=0)
+    fronts = [(1, T) for T in range(step, longest + 1, step) if (1, T) not in have]
+    backs = sorted(((rows, T, n) for rows, T in have | set(fronts) for n in back_frame_buckets(T, step, frame_step)),
+                   key=lambda k: (k[2], k[1], k[0]), reverse=True)
+    return fronts, backs
+
+
 class _Graph:
     def __init__(self, fn, static_inputs, pool, stream):
         self.inputs = static_inputs
@@ -72,15 +84,13 @@ class GraphedTTS:
         back calls of the benchmark's reply ran eagerly (bench/tts_graph_keys.py). Returns how many
         back graphs there are. A one-sentence phrase of any id bucket up to the longest warm-up one gets its front
         graph here too (a phrase whose front graph is missing runs both stages eagerly)."""
-        longest = max((T for _, T in self.front_graphs), default=0)
+        fronts, backs = range_keys(self.front_graphs, self.step, self.frame_step)
         dev = self.tts.device
-        for T in range(self.step, longest + 1, self.step):
-            if (1, T) not in self.front_graphs and self._room():
-                self.front(torch.ones(1, T, dtype=torch.long, device=dev), torch.full((1,), T, dtype=torch.long, device=dev))
-        todo = [(n, T, rows) for (rows, T) in self.front_graphs for n in back_frame_buckets(T, self.step, self.frame_step)
-                if (rows, T, n) not in self.back_graphs]
-        for n, T, rows in sorted(todo, reverse=True):  # largest first: later captures reuse its freed blocks
+        for _, T in fronts:
             if self._room():
+                self.front(torch.ones(1, T, dtype=torch.long, device=dev), torch.full((1,), T, dtype=torch.long, device=dev))
+        for rows, T, n in backs:  # largest first: later captures reuse the blocks earlier ones freed
+            if (rows, T) in self.front_graphs and (rows, T, n) not in self.back_graphs and self._room():
                 stats, dur = self.front_graphs[(rows, T)].outputs
                 self.back(stats, dur, n)
         return len(self.back_graphs)
