@@ -739,6 +739,26 @@ class Session:
         prio = Priority.URGENT if r.phrases and p is r.phrases[0] else Priority.PACED
         return await pool.run(prio, fn, *args, deadline=self._deadline(r, prio, llm=False), batch=batch)
 
+    async def _chunks(self, r: Reply, p: Phrase, ready: list | None):
+        """An async callable giving phrase p's next audio chunk (None at its end): from a draft's chunks, already
+        made; else from the TTS thread, one item a chunk — batched with other sessions' ([tts] batch_steps), or
+        stepping the backend's synthesis generator."""
+        rt = self.rt
+        if ready is not None:
+            it = iter(ready)
+
+            async def done_chunk():
+                return next(it, None)
+            return done_chunk
+        if self._batched_tts():  # nothing runs yet: each step is one item, batched with others
+            stream = rt.tts.stream(p.text)
+            return lambda: self._tts(r, p, rt.tts.step, stream, batch=("tts.step", rt.tts.step_batch))
+        if inspect.isgeneratorfunction(rt.tts.synthesize):  # the call runs nothing: no hop to the TTS thread; the
+            it = rt.tts.synthesize(p.text)  # first next() there starts the phrase
+        else:
+            it = await self._tts(r, p, rt.tts.synthesize, p.text)
+        return lambda: self._tts(r, p, next, it, None)
+
     def _phrase_ready(self, r: Reply, phrase: Phrase, tts_q: asyncio.Queue, chunks: list | None = None) -> None:
         r.trace.mark("first_phrase")
         r.phrases.append(phrase)
@@ -756,21 +776,9 @@ class Session:
                     continue
             for p, ready in pending:
                 start, seen = r.samples, set()
-                if ready is not None:
-                    it, stream = iter(ready), None
-                elif self._batched_tts():  # nothing runs yet: each step below is one item, batched with others
-                    it, stream = None, rt.tts.stream(p.text)
-                elif inspect.isgeneratorfunction(rt.tts.synthesize):  # the call runs nothing: no hop to the TTS
-                    it, stream = rt.tts.synthesize(p.text), None  # thread; its first next() there starts the phrase
-                else:
-                    it, stream = await self._tts(r, p, rt.tts.synthesize, p.text), None
+                next_chunk = await self._chunks(r, p, ready)
                 while not r.cancelled:
-                    if ready is not None:
-                        chunk = next(it, None)
-                    elif stream is not None:
-                        chunk = await self._tts(r, p, rt.tts.step, stream, batch=("tts.step", rt.tts.step_batch))
-                    else:
-                        chunk = await self._tts(r, p, next, it, None)
+                    chunk = await next_chunk()
                     if chunk is None or r.cancelled:  # a barge-in while the TTS ran: its audio is not sent
                         break
                     audio = chunk.audio
