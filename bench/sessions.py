@@ -752,10 +752,11 @@ async def bench(args) -> dict:
     rt.warmup()
     startup_s = time.perf_counter() - t
     report0 = rt.memory_report()
+    free = "" if "device_free" not in report0 else (
+        f"; device free {report0['device_free'] / 2**20:.0f} MiB,"
+        f" torch pool unused {(report0['memory_reserved'] - report0['memory_allocated']) / 2**20:.0f} MiB")
     print(f"memory: planned {report0['planned_bytes'] / 2**20:.0f} MiB, measured {report0['measured_bytes'] / 2**20:.0f}"
-          f" MiB ({report0['error_pct']:+.2f} %)" + (f"; device free {report0['device_free'] / 2**20:.0f} MiB, torch pool"
-                                                     f" unused {(report0['memory_reserved'] - report0['memory_allocated']) / 2**20:.0f}"
-                                                     f" MiB" if "device_free" in report0 else ""), flush=True)
+          f" MiB ({report0['error_pct']:+.2f} %){free}", flush=True)
     asr_modes = asr_decode_modes(rt, args.asr_decode)
     clips = load_clips(args.clips)
     server, srv = await start_server(rt, "127.0.0.1", 0)
