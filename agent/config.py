@@ -192,6 +192,10 @@ class PipelineConfig:
     # how a GPU worker thread waits for the device (agent/cuda_sync.py): "auto" (CUDA's default: spin while cores
     # are free), "spin" or "yield" (CUDA's blocking sync stalled the pipeline on an H100 and is refused)
     cuda_sync: str = "auto"
+    # seconds: while one worker thread runs urgent work (an ASR final, a turn verdict, a first phrase), the others'
+    # paced items (a reply's later decode steps and TTS windows) wait, until this long before their deadlines, instead
+    # of competing with it for the GPU and the GIL (agent/worker.py `paced_hold`); 0 = off
+    paced_yield_s: float = 0.0
 
 
 @dataclass
@@ -260,6 +264,8 @@ class Config:
 
         if not (cfg.turn.judge_device == "cpu" or cfg.turn.judge_device.startswith("cuda")):
             raise ConfigError(f"[turn] judge_device must be \"cpu\" or \"cuda\", not {cfg.turn.judge_device!r}")
+        if cfg.pipeline.paced_yield_s < 0:
+            raise ConfigError(f"[pipeline] paced_yield_s must be >= 0 seconds, not {cfg.pipeline.paced_yield_s}")
         if cfg.pipeline.cuda_sync not in MODES:
             raise ConfigError(f"[pipeline] cuda_sync must be one of {', '.join(MODES)}, not {cfg.pipeline.cuda_sync!r}")
         return cfg

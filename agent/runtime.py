@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from . import models
 from .config import Config, resolve_model
 from .memory import MemoryPlanError, MiB, Plan, admission, kv_bytes_per_token, make_plan
-from .worker import PriorityWorker
+from .worker import CriticalPath, PriorityWorker
 
 log = logging.getLogger("quickturn")
 
@@ -69,6 +69,16 @@ class Runtime:
 
             eng.run_ahead = RUN_AHEAD if policy == "deadline" else 1
         self.config.pipeline.scheduler = policy
+
+    def set_paced_yield(self, slack_s: float) -> None:
+        """[pipeline] paced_yield_s (agent/worker.py `paced_hold`): while one worker runs urgent work, the others'
+        paced items wait until this long before their deadlines (0: off). May change while serving."""
+        pools = [p for p in (self.asr_pool, self.llm_pool, self.tts_pool, self.judge_pool)
+                 if isinstance(p, PriorityWorker)]
+        cp = next((p.critical for p in pools if p.critical is not None), None) or CriticalPath()
+        cp.attach(*pools)
+        cp.slack_s = slack_s
+        self.config.pipeline.paced_yield_s = slack_s
 
     @classmethod
     def load(cls, config: Config, log_fn=None) -> "Runtime":
@@ -133,6 +143,7 @@ class Runtime:
         rt = cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, judge=judge, startup_s=times, plan=meter.plan,
                  meter=meter, vad_batcher=batcher, judge_pool=judge_pool)
         rt._warm = meter.cuda
+        rt.set_paced_yield(config.pipeline.paced_yield_s)
         from .heap import HeapTrimmer
 
         rt.trimmer = HeapTrimmer.start(config.memory.trim_s)

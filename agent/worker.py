@@ -110,6 +110,52 @@ def _label(item: Item) -> str:
     return f"{Priority(item.priority).name.lower()}:{name}"
 
 
+def paced_hold(item: Item, now: float, urgent_elsewhere: bool, ready: bool, slack_s: float) -> float:
+    """How long a worker's next item waits for the urgent work another worker runs now (pure; 0: run it). The
+    workers are threads sharing one GPU and one GIL: while an ASR final, an end-of-turn verdict or a first
+    phrase runs on one of them, a paced item on another (a reply's later decode step or TTS window, due seconds
+    from now) still competes with it for both. It waits instead, up to `slack_s` before its deadline. Urgent,
+    background (pause-time work: the other workers' idle time, already last in its own queue) and ready items
+    (their result is computed: handing it over costs nothing) never wait; slack_s <= 0 turns this off."""
+    if slack_s <= 0 or not urgent_elsewhere or ready or item.priority != Priority.PACED:
+        return 0.0
+    return max(0.0, item.deadline - slack_s - now)
+
+
+class CriticalPath:
+    """Which of a set of PriorityWorkers run urgent items now (`paced_hold` reads it). A worker enters when an
+    urgent item (or a batch with one) starts and leaves when it ends; on the last leave the others re-check the
+    items they hold."""
+
+    def __init__(self, slack_s: float = 0.0):
+        self.slack_s = slack_s
+        self._lock = threading.Lock()
+        self._urgent: dict[int, int] = {}  # id(worker) -> urgent items it runs now (0 or 1)
+        self._workers: list = []
+
+    def attach(self, *workers) -> "CriticalPath":
+        for w in workers:
+            if w not in self._workers:
+                self._workers.append(w)
+            w.critical = self
+        return self
+
+    def elsewhere(self, worker) -> bool:
+        with self._lock:
+            return any(n for k, n in self._urgent.items() if k != id(worker))
+
+    def enter(self, worker) -> None:
+        with self._lock:
+            self._urgent[id(worker)] = self._urgent.get(id(worker), 0) + 1
+
+    def leave(self, worker) -> None:
+        with self._lock:
+            self._urgent[id(worker)] -= 1
+            others = [w for w in self._workers if w is not worker]
+        for w in others:  # never under self._lock: a worker holds its own lock while it asks elsewhere()
+            w.wake()
+
+
 def urgent_deadline(now: float, budget_s: float = URGENT_BUDGET_S) -> float:
     return now + budget_s
 
@@ -142,6 +188,8 @@ class PriorityWorker(cf.Executor):
         # per item label: [items, queue wait s, run s, max queue wait s] since reset_stats (where the time goes)
         self.by_label: dict[str, list] = {}
         self._running: tuple[str, float] | None = None  # (label, start) of the item running now (snapshot())
+        self.critical: CriticalPath | None = None  # set by CriticalPath.attach: paced items yield to urgent elsewhere
+        self.held = [0, 0.0]  # paced items that waited for another worker's urgent work, and their wait (s)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -202,14 +250,38 @@ class PriorityWorker(cf.Executor):
         except Exception:
             return False
 
+    def wake(self) -> None:
+        """Re-check the queue now (CriticalPath: the urgent work this worker's next item waited for ended)."""
+        with self._cv:
+            self._cv.notify()
+
+    def _next(self) -> Item | None:
+        """Under self._cv: wait for an item, and pop the one the policy picks once it need not hold (None: stop)."""
+        held_since = None
+        while True:
+            while not self._items and not self._stop:
+                self._cv.wait()
+            if self._stop and not self._items:
+                return None
+            now = time.monotonic()
+            i = pick(self._items, self._policy, self._is_ready, now)
+            cp, item = self.critical, self._items[i]
+            wait = 0.0 if cp is None or self._stop else paced_hold(
+                item, now, cp.slack_s > 0 and cp.elsewhere(self), self._is_ready(item), cp.slack_s)
+            if wait <= 0:
+                if held_since is not None:
+                    self.held[0] += 1
+                    self.held[1] += now - held_since
+                return self._items.pop(i)
+            held_since = held_since or now
+            self._cv.wait(min(wait, 0.05))  # woken by a new item or by the end of the urgent work (wake)
+
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._items and not self._stop:
-                    self._cv.wait()
-                if self._stop and not self._items:
+                item = self._next()
+                if item is None:
                     return
-                item = self._items.pop(pick(self._items, self._policy, self._is_ready, time.monotonic()))
                 group = []
                 if item.batch is not None and self._policy != "fifo":
                     group = [it for it in self._items if it.batch is not None and it.batch[0] == item.batch[0]]
@@ -230,10 +302,14 @@ class PriorityWorker(cf.Executor):
                 self.missed[0] += t0 > item.deadline
             self._running = (_label(item), t0)
             c0 = time.thread_time()
+            cp = self._enter(item.priority == Priority.URGENT)
             try:
                 item.future.set_result(item.fn(*item.args))
             except BaseException as e:  # delivered to the awaiting coroutine
                 item.future.set_exception(e)
+            finally:
+                if cp is not None:
+                    cp.leave(self)
             t1 = time.monotonic()
             cpu = time.thread_time() - c0
             self._running = None
@@ -241,6 +317,14 @@ class PriorityWorker(cf.Executor):
                 self._done(item, t0, t1 - t0, cpu=cpu)
                 self._busy.append((t0, t1))
                 self._trim(t1)
+
+    def _enter(self, urgent: bool) -> CriticalPath | None:
+        """An urgent item starts: tell the CriticalPath (when paced holding is on). Returns it, to leave after."""
+        cp = self.critical
+        if not urgent or cp is None or cp.slack_s <= 0:
+            return None
+        cp.enter(self)
+        return cp
 
     def _run_batch(self, items: list[Item]) -> None:
         items = [it for it in items if it.future.set_running_or_notify_cancel()]
@@ -255,6 +339,7 @@ class PriorityWorker(cf.Executor):
                 self.missed[0] += t0 > it.deadline
         self._running = (f"{items[0].batch[0]}[batch of {len(items)}]", t0)
         c0 = time.thread_time()
+        cp = self._enter(any(it.priority == Priority.URGENT for it in items))
         try:
             results = items[0].batch[1]([it.args[0] for it in items])
             for it, r in zip(items, results):
@@ -263,6 +348,9 @@ class PriorityWorker(cf.Executor):
             for it in items:
                 if not it.future.done():
                     it.future.set_exception(e)
+        finally:
+            if cp is not None:
+                cp.leave(self)
         for it in items:  # a batch function that returned too few results must not leave a caller waiting
             if not it.future.done():
                 it.future.set_exception(RuntimeError(f"{it.batch[0]}: the batch returned no result for this item"))
@@ -345,6 +433,7 @@ class PriorityWorker(cf.Executor):
             self._busy.clear()
             self.missed = [0, 0]
             self.by_label = {}
+            self.held = [0, 0.0]
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the worker thread to end (after shutdown)."""

@@ -541,12 +541,14 @@ def lazy_work() -> LazyWork:
 
 
 async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], args,
-                  asr_mode: str | None = None) -> dict:
+                  asr_mode: str | None = None, paced_yield: float | None = None) -> dict:
     eng = rt.llm.engine
     await wait_sessions_closed(rt, srv, args.close_timeout)
     rt.set_scheduler(policy)  # once the previous run's work is done
     if asr_mode is not None:  # --asr-decode (its graphs were captured at start), also once the previous run is done
         rt.asr.decoder.chunked = asr_mode == "chunked"
+    if paced_yield is not None:  # --paced-yield
+        rt.set_paced_yield(paced_yield)
     await asyncio.sleep(0.5)
     for _, pool in rt.worker_pools():  # every worker admission reads: a run starts from its own load
         if hasattr(pool, "reset_stats"):
@@ -650,6 +652,11 @@ async def run_one(rt, srv, url: str, n: int, policy: str, clips: list[Clip], arg
         # short appends run as graph steps, and last positions run again because their logits were gone
         "engine": {k: v - eng0[k] for k, v in engine_counters(eng).items()},
         "worker_items": {name: pool.label_stats() for name, pool in rt.worker_pools() if hasattr(pool, "label_stats")},
+        # [pipeline] paced_yield_s in this run, and per worker the paced items that waited for another worker's
+        # urgent work: how many, and their mean wait (ms)
+        "paced_yield_s": rt.config.pipeline.paced_yield_s,
+        "paced_held": {name: {"n": pool.held[0], "mean_ms": round(pool.held[1] / max(1, pool.held[0]) * 1000, 1)}
+                       for name, pool in rt.worker_pools() if hasattr(pool, "held")},
         "errors": s.errors,
         "workers_at_end": workers_end,
         "kv_pages_per_session": round((peak_used - idle_used) / max(peak_live, 1), 2),
@@ -683,6 +690,19 @@ def parse_asr_decode(arg: str) -> list[str]:
     if not modes or not set(modes) <= {"token", "chunked"}:
         raise SystemExit(f"--asr-decode: {arg!r}: expected config, or token and/or chunked separated by commas")
     return modes
+
+
+def parse_paced_yield(arg: str) -> list[float]:
+    """--paced-yield's value -> the slacks to cycle over ([] for the config's)."""
+    if arg == "config":
+        return []
+    try:
+        out = [float(x) for x in arg.split(",")]
+    except ValueError:
+        out = [-1.0]
+    if not out or any(x < 0 for x in out):
+        raise SystemExit(f"--paced-yield: {arg!r}: expected config, or seconds >= 0 separated by commas")
+    return out
 
 
 def asr_decode_modes(rt, arg: str) -> list[str]:
@@ -730,6 +750,7 @@ async def bench(args) -> dict:
     from agent.server import start_server
 
     parse_asr_decode(args.asr_decode)
+    parse_paced_yield(args.paced_yield)
     cfg = Config.load(args.config)
     ns = [int(x) for x in args.sessions.split(",")]
     cfg.server.max_sessions = max(cfg.server.max_sessions, max(ns))  # the hard cap is not what is measured
@@ -758,6 +779,7 @@ async def bench(args) -> dict:
     print(f"memory: planned {report0['planned_bytes'] / 2**20:.0f} MiB, measured {report0['measured_bytes'] / 2**20:.0f}"
           f" MiB ({report0['error_pct']:+.2f} %){free}", flush=True)
     asr_modes = asr_decode_modes(rt, args.asr_decode)
+    yields = parse_paced_yield(args.paced_yield)
     clips = load_clips(args.clips)
     server, srv = await start_server(rt, "127.0.0.1", 0)
     url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"
@@ -774,6 +796,7 @@ async def bench(args) -> dict:
                   seconds_per_run=args.seconds, stagger_s=args.stagger, clips=len(clips),
                   frame_ms=args.frame_ms,
                   max_new_tokens=cfg.llm.max_new_tokens, admission=args.admission, asr_decode=args.asr_decode,
+                  paced_yield=args.paced_yield,
                   measured_at="client, loopback WebSocket, real-time streaming",
                   callers="a thread of the server's process" if args.callers_in_process else
                   "a separate process")
@@ -822,7 +845,8 @@ async def bench(args) -> dict:
                 continue
             try:
                 r = await run_one(rt, srv, url, n, policy, clips, args,
-                                  asr_modes[k % len(asr_modes)] if asr_modes else None)
+                                  asr_modes[k % len(asr_modes)] if asr_modes else None,
+                                  yields[k % len(yields)] if yields else None)
             except SessionsStuck as e:
                 stuck = e.info
                 skipped.extend({"sessions": m, "scheduler": p, "why": "sessions stuck"} for m, p in cells[k:])
@@ -844,7 +868,8 @@ async def bench(args) -> dict:
                   f"{r['asr_busy_mean']}/{r['tts_busy_mean']}"
                   f"  lazy: triton {r['lazy_work']['triton_specializations']} ({r['lazy_work']['triton_ms']} ms),"
                   f" cufft plans +{r['lazy_work']['cufft_plans_added']}, llm refeeds {r['engine']['refeeds']}"
-                  f"  cpu % {r['thread_cpu_pct']}  asr decode {r['asr_decode']}"
+                  f"  cpu % {r['thread_cpu_pct']}  paced yield {r['paced_yield_s']} s, held"
+                  f" { {k: v['n'] for k, v in r['paced_held'].items()} }  asr decode {r['asr_decode']}"
                   f" {(r['asr_phases'] or {}).get('decode_gpu_ms')} ms a call"
                   + (f"  sm MHz {r['gpu_clocks']['clocks.sm']}" if r["gpu_clocks"] else "")
                   + (f"  allocator {r['allocator']}" if r["allocator"] else "")
@@ -936,6 +961,9 @@ def main(argv=None) -> int:
     ap.add_argument("--asr-decode", default="config",
                     help="torch Whisper's greedy decode per run: config, token, chunked, or a list cycled over the runs "
                          "(token,chunked: the two alternate in one process; both modes' graphs are captured at start)")
+    ap.add_argument("--paced-yield", default="config",
+                    help="[pipeline] paced_yield_s per run: config, or seconds separated by commas, cycled over the "
+                         "runs (0,0.3: off and on alternate in one process)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--close-timeout", type=float, default=60.0,
                     help="seconds to wait for a run's sessions to close before the next run; past it the runs stop "

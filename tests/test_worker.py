@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agent.worker import Item, Priority, PriorityWorker, order_key, paced_deadline, pick
+from agent.worker import CriticalPath, Item, Priority, PriorityWorker, order_key, paced_deadline, paced_hold, pick
 
 
 def test_edf_orders_by_deadline_background_last_fifo_on_ties():
@@ -509,3 +509,63 @@ def test_a_taken_draft_gets_its_ready_tokens_first_and_a_background_one_does_not
         w.shutdown()
 
     asyncio.run(main())
+
+
+def test_paced_hold_waits_only_paced_work_with_slack_while_urgent_work_runs_elsewhere():
+    now = 100.0
+    paced = Item(Priority.PACED, now + 2.0, 0, None)
+    assert paced_hold(paced, now, True, False, 0.3) == pytest.approx(1.7)  # until 0.3 s before its deadline
+    assert paced_hold(Item(Priority.PACED, now + 0.2, 1, None), now, True, False, 0.3) == 0.0  # due: runs
+    assert paced_hold(Item(Priority.PACED, now - 1.0, 2, None), now, True, False, 0.3) == 0.0  # overdue
+    assert paced_hold(paced, now, False, False, 0.3) == 0.0  # nothing urgent elsewhere
+    assert paced_hold(paced, now, True, True, 0.3) == 0.0  # ready: its result is computed
+    assert paced_hold(paced, now, True, False, 0.0) == 0.0  # off
+    for p, d in ((Priority.URGENT, now + 0.1), (Priority.BACKGROUND, math.inf)):
+        assert paced_hold(Item(p, d, 3, None), now, True, False, 0.3) == 0.0
+
+
+def _gate(worker: PriorityWorker) -> threading.Event:
+    """Occupy the worker with an urgent item until the returned event is set."""
+    go, started = threading.Event(), threading.Event()
+    worker.submit_with(Priority.URGENT, lambda: (started.set(), go.wait(10)))
+    assert started.wait(5)
+    return go
+
+
+def test_a_paced_item_waits_for_urgent_work_on_another_worker_and_runs_when_it_ends():
+    a, b = PriorityWorker("cp-a"), PriorityWorker("cp-b")
+    CriticalPath(0.3).attach(a, b)
+    try:
+        go = _gate(a)  # an ASR final, say, on worker a
+        now = time.monotonic()
+        held = b.submit_with(Priority.PACED, lambda: time.monotonic(), deadline=now + 30)
+        due = b.submit_with(Priority.PACED, lambda: time.monotonic(), deadline=now + 0.1)  # within the slack
+        urgent = b.submit_with(Priority.URGENT, lambda: time.monotonic())
+        assert due.result(5) and urgent.result(5)  # neither waits for a's urgent item
+        time.sleep(0.2)
+        assert not held.done()  # the paced item with 30 s to spare does
+        t_release = time.monotonic()
+        go.set()
+        ran = held.result(5)
+        assert t_release <= ran < t_release + 1.0  # woken when a's urgent item ended, not at its deadline
+        assert b.held[0] == 1 and b.held[1] >= 0.2
+        assert a.held == [0, 0.0]
+    finally:
+        a.shutdown(), b.shutdown()
+
+
+def test_a_worker_does_not_hold_for_its_own_urgent_work_nor_when_off():
+    a, b = PriorityWorker("cp-c"), PriorityWorker("cp-d")
+    cp = CriticalPath(0.0).attach(a, b)
+    try:
+        go = _gate(a)
+        assert b.submit_with(Priority.PACED, lambda: 1, deadline=time.monotonic() + 30).result(5) == 1  # off
+        go.set()
+        cp.slack_s = 0.3
+        go = _gate(a)
+        own = a.submit_with(Priority.PACED, lambda: 2, deadline=time.monotonic() + 30)
+        go.set()  # a's paced item runs after a's own urgent item, without holding for it
+        assert own.result(5) == 2
+        assert a.held == [0, 0.0] and b.held == [0, 0.0]
+    finally:
+        a.shutdown(), b.shutdown()
