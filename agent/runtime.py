@@ -50,6 +50,7 @@ class Runtime:
 
     def __post_init__(self):
         self.set_scheduler(self.config.pipeline.scheduler)
+        self.set_paced_yield(self.config.pipeline.paced_yield_s)
 
     def worker_pools(self) -> tuple:
         """(name, executor) of every worker thread the sessions share: admission reads their load, /healthz their
@@ -143,7 +144,6 @@ class Runtime:
         rt = cls(config=config, vad=vad, asr=asr, llm=llm, tts=tts, judge=judge, startup_s=times, plan=meter.plan,
                  meter=meter, vad_batcher=batcher, judge_pool=judge_pool)
         rt._warm = meter.cuda
-        rt.set_paced_yield(config.pipeline.paced_yield_s)
         from .heap import HeapTrimmer
 
         rt.trimmer = HeapTrimmer.start(config.memory.trim_s)

@@ -569,3 +569,22 @@ def test_a_worker_does_not_hold_for_its_own_urgent_work_nor_when_off():
         assert a.held == [0, 0.0] and b.held == [0, 0.0]
     finally:
         a.shutdown(), b.shutdown()
+
+
+def test_the_runtime_joins_its_priority_workers_to_one_critical_path_from_the_config():
+    """[pipeline] paced_yield_s reaches every PriorityWorker the sessions share (the GPU configs turn it on), through
+    one CriticalPath, and can change while serving; a thread-pool judge (onnxruntime) is not part of it."""
+    from agent.config import Config
+    from agent.runtime import Runtime
+
+    cfg = Config.load("gpu")
+    assert cfg.pipeline.paced_yield_s > 0 and Config.load("cpu").pipeline.paced_yield_s == 0
+    rt = Runtime(config=cfg, vad=None, asr=None, llm=None, tts=None)
+    try:
+        cps = {id(p.critical) for p in (rt.asr_pool, rt.llm_pool, rt.tts_pool)}
+        assert len(cps) == 1 and rt.llm_pool.critical.slack_s == cfg.pipeline.paced_yield_s
+        assert not hasattr(rt.judge_pool, "critical")
+        rt.set_paced_yield(0.0)
+        assert rt.asr_pool.critical.slack_s == 0.0 and cfg.pipeline.paced_yield_s == 0.0
+    finally:
+        rt.close()
