@@ -190,6 +190,7 @@ class PriorityWorker(cf.Executor):
         self._running: tuple[str, float] | None = None  # (label, start) of the item running now (snapshot())
         self.critical: CriticalPath | None = None  # set by CriticalPath.attach: paced items yield to urgent elsewhere
         self.held = [0, 0.0]  # paced items that waited for another worker's urgent work, and their wait (s)
+        self.held_total = 0  # the same count since start (not reset: /metrics)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -271,6 +272,7 @@ class PriorityWorker(cf.Executor):
             if wait <= 0:
                 if held_since is not None:
                     self.held[0] += 1
+                    self.held_total += 1
                     self.held[1] += now - held_since
                 return self._items.pop(i)
             held_since = held_since or now

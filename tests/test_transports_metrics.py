@@ -83,6 +83,12 @@ def test_metrics_health_readiness_after_a_turn(rt, speech):
     assert m[("quickturn_sessions_live", frozenset({("transport", "quickturn")}))] == 0
     assert m[("quickturn_sessions_capacity_left", frozenset())] == 1
     assert ("quickturn_gpu_memory_bytes", frozenset({("kind", "allocated")})) in m
+    worker = lambda name, w: m[(name, frozenset({("worker", w)}))]  # noqa: E731
+    assert 0 < worker("quickturn_worker_busy_ratio", "llm") <= 1  # the turn just ran on it
+    assert worker("quickturn_worker_busy_ratio", "asr") > 0
+    assert worker("quickturn_worker_urgent_wait_p95_seconds", "llm") >= 0  # its first phrase was urgent
+    assert worker("quickturn_worker_queued", "tts") == 0  # the reply is done
+    assert worker("quickturn_worker_paced_holds_total", "llm") == 0  # [pipeline] paced_yield_s is off on the CPU
 
     assert health[0] == 200 and json.loads(health[2])["status"] == "ok"
     assert ready1[0] == 200 and json.loads(ready1[2])["ready"] is True

@@ -13,6 +13,7 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import events as ev
 from ..runtime import Runtime
@@ -54,9 +55,39 @@ class Metrics:
         gpu.labels("reserved").set_function(lambda: _cuda_memory("memory_reserved"))
         for t in ("quickturn", "realtime", "twilio", "webrtc"):
             self.live.labels(t).set(0)
+        r.register(WorkerCollector(hub.rt))
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class WorkerCollector:
+    """The scheduler's worker threads (ASR, LLM, TTS, judge), read at each scrape: what admission control decides
+    on (agent/memory.py `admission`: recent urgent queue wait and busy fraction) and the paced items that waited
+    for urgent work on another worker ([pipeline] paced_yield_s)."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+
+    def collect(self):
+        busy = GaugeMetricFamily("quickturn_worker_busy_ratio", "Fraction of the last window the worker ran items",
+                                 labels=["worker"])
+        wait = GaugeMetricFamily("quickturn_worker_urgent_wait_p95_seconds",
+                                 "p95 queue wait of the worker's urgent items in the last window (NaN: none)",
+                                 labels=["worker"])
+        queued = GaugeMetricFamily("quickturn_worker_queued", "Items waiting in the worker's queue", labels=["worker"])
+        held = CounterMetricFamily("quickturn_worker_paced_holds", "Paced items that waited for urgent work on "
+                                   "another worker", labels=["worker"])
+        for name, pool in self.rt.worker_pools():
+            if not hasattr(pool, "load"):  # a plain thread pool (the onnxruntime judge)
+                continue
+            load = pool.load()
+            busy.add_metric([name], load["busy"])
+            p95 = load["urgent_wait_p95_ms"]
+            wait.add_metric([name], float("nan") if p95 is None else p95 / 1000)
+            queued.add_metric([name], load["queued"])
+            held.add_metric([name], pool.held_total)
+        yield from (busy, wait, queued, held)
 
 
 def _cuda_memory(fn: str) -> float:
