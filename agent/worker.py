@@ -24,6 +24,11 @@ Work is never interrupted mid-item, so background work comes in small items (pre
 steps): an urgent item waits at most for the one item already running. Decode stays batched: the engine's step
 advances every generating session at once (llm/engine.py), and the `ready` items it leaves behind run first.
 
+Across workers (`paced_hold`, `CriticalPath`; `[pipeline] paced_yield_s`, on in the GPU configs): the ASR, LLM, TTS
+and judge workers are threads sharing one GPU and one GIL, each ordering only its own queue. While one runs an urgent
+item, a paced item at the head of another's queue waits until `paced_yield_s` before its deadline or until the urgent
+work ends (H100, 64 callers: after-endpoint p95 -20 %, each ASR call -33 %; docs/perf-notes.md "Eighteenth session").
+
 The worker also measures itself (`load()`): the recent p95 queue wait of urgent items and the busy fraction,
 which admission control reads (agent/memory.py `admission`)."""
 
