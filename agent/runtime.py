@@ -116,6 +116,8 @@ class Runtime:
         if meter.cuda:  # workspaces and CUDA graphs of ASR/TTS exist after their warm-up: measure them
             meter.workspace("ASR", _asr_device(config), lambda: _warm_asr(asr))
             meter.workspace("TTS", _tts_device(config), lambda: _warm_tts(tts))
+            if hasattr(getattr(tts, "graphs", None), "memory_line"):  # the torch Piper on CUDA: what its graphs hold
+                meter.notes.append(tts.graphs.memory_line())
         judge = None
         if config.turn.judge and config.turn.judge_device != "cpu":  # on the GPU: in the plan, before the KV pool
             dev = config.turn.judge_device

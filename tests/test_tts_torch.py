@@ -281,3 +281,7 @@ def test_warmup_graphs_serve_reply_phrases_without_eager_stages(voice_dir):
             audio, _ = tts.synthesize_full(p)
             assert np.isfinite(audio).all() and len(audio) > 0
     assert eager == {"front": 0, "back": 0}, (eager, sorted(g.front_graphs), len(g.back_graphs))
+    # what each kind of graph holds (the start-up plan's note): every kind captured something, none shrank the pool
+    line = g.memory_line()
+    assert all(v >= 0 for v in g.pool_bytes.values()) and g.pool_bytes["back"] > 0, line
+    assert f"back {len(g.back_graphs)} (" in line and f"front {len(g.front_graphs)} (" in line
