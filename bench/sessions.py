@@ -699,8 +699,8 @@ def parse_paced_yield(arg: str) -> list[float]:
     try:
         out = [float(x) for x in arg.split(",")]
     except ValueError:
-        out = [-1.0]
-    if not out or any(x < 0 for x in out):
+        out = []
+    if not out or min(out) < 0:
         raise SystemExit(f"--paced-yield: {arg!r}: expected config, or seconds >= 0 separated by commas")
     return out
 
@@ -750,7 +750,7 @@ async def bench(args) -> dict:
     from agent.server import start_server
 
     parse_asr_decode(args.asr_decode)
-    parse_paced_yield(args.paced_yield)
+    yields = parse_paced_yield(args.paced_yield)  # before any model loads: a wrong value stops at once
     cfg = Config.load(args.config)
     ns = [int(x) for x in args.sessions.split(",")]
     cfg.server.max_sessions = max(cfg.server.max_sessions, max(ns))  # the hard cap is not what is measured
@@ -779,7 +779,6 @@ async def bench(args) -> dict:
     print(f"memory: planned {report0['planned_bytes'] / 2**20:.0f} MiB, measured {report0['measured_bytes'] / 2**20:.0f}"
           f" MiB ({report0['error_pct']:+.2f} %){free}", flush=True)
     asr_modes = asr_decode_modes(rt, args.asr_decode)
-    yields = parse_paced_yield(args.paced_yield)
     clips = load_clips(args.clips)
     server, srv = await start_server(rt, "127.0.0.1", 0)
     url = f"ws://127.0.0.1:{list(server.sockets)[0].getsockname()[1]}"

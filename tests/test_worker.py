@@ -555,6 +555,8 @@ def test_a_paced_item_waits_for_urgent_work_on_another_worker_and_runs_when_it_e
 
 
 def test_a_worker_does_not_hold_for_its_own_urgent_work_nor_when_off():
+    """Off (slack 0): nothing waits. On: a's running urgent item counts as urgent work for b, not for a itself (a
+    worker's own queue already orders its items)."""
     a, b = PriorityWorker("cp-c"), PriorityWorker("cp-d")
     cp = CriticalPath(0.0).attach(a, b)
     try:
@@ -563,6 +565,7 @@ def test_a_worker_does_not_hold_for_its_own_urgent_work_nor_when_off():
         go.set()
         cp.slack_s = 0.3
         go = _gate(a)
+        assert cp.elsewhere(b) and not cp.elsewhere(a)
         own = a.submit_with(Priority.PACED, lambda: 2, deadline=time.monotonic() + 30)
         go.set()  # a's paced item runs after a's own urgent item, without holding for it
         assert own.result(5) == 2

@@ -107,7 +107,7 @@ class GraphedTTS:
         return g
 
     def memory_line(self) -> str:
-        """e.g. "TTS graphs: front 10 (12.0 MiB), back 63 (1201.5 MiB), decoder 8 (300.0 MiB)"."""
+        """ "TTS graphs: front <graphs> (<MiB>), back ..., decoder ..." (the start-up memory plan's note)."""
         counts = {"front": len(self.front_graphs), "back": len(self.back_graphs), "decoder": len(self.dec_graphs)}
         return "TTS graphs: " + ", ".join(f"{k} {counts[k]} ({self.pool_bytes[k] / 2**20:.1f} MiB)" for k in counts)
 
