@@ -196,6 +196,9 @@ class PipelineConfig:
     # paced items (a reply's later decode steps and TTS windows) wait, until this long before their deadlines, instead
     # of competing with it for the GPU and the GIL (agent/worker.py `paced_hold`); 0 = off
     paced_yield_s: float = 0.0
+    # a reply's first phrase generated in one LLM worker item (agent/session.py `phrase_burst`) instead of one item
+    # per token, each a round trip through the event loop
+    first_phrase_burst: bool = False
 
 
 @dataclass

@@ -201,6 +201,30 @@ def test_after_endpoint_leaves_out_answered_turns_without_a_server_trace():
     assert after_endpoint_ms(turns) == [math.inf, 380.0, None, math.inf]
 
 
+def test_judge_sure_turns_are_those_the_judge_ended_at_the_minimum_delay():
+    """bench/sessions.py `judge_sure`: the v2v over the turns whose endpoint came at [turn] min_delay_ms, apart from
+    the judge's unsure ones (800 ms - 1 s of silence). An unanswered sure turn makes its tail infinite; a turn without
+    the server's trace is counted, not guessed."""
+    from types import SimpleNamespace as NS
+
+    from bench.sessions import judge_sure
+
+    def turn(lat, delay, endpoint=70.0):
+        info = {} if delay is None else {"endpoint_delay_ms": delay}
+        return NS(latency_ms=lat, stages={"endpoint": endpoint}, info=info)
+
+    turns = [turn(200.0, 64), turn(300.0, 64), turn(900.0, 800, 840.0), turn(1100.0, 1000, 1040.0),
+             turn(250.0, None)]
+    r = judge_sure(turns, 64)
+    assert (r["turns"], r["of"], r["without_trace"]) == (2, 5, 1)
+    assert (r["v2v_p50_ms"], r["v2v_p95_ms"], r["after_endpoint_p95_ms"]) == (200.0, 300.0, 230.0)
+    assert r["meets_500ms"]
+    assert not judge_sure(turns, 64, refused=1)["meets_500ms"]  # refused callers fail it, as in meets_500ms
+    late = judge_sure(turns + [turn(None, 64)], 64)
+    assert late["v2v_p95_ms"] == "inf" and not late["meets_500ms"]
+    assert judge_sure(turns, 800)["turns"] == 3  # the bound is the config's, not a constant
+
+
 def test_a_result_header_names_the_host_cpu_beside_the_device():
     """Two machines with the same GPU can time host-bound work differently: every result says which host ran it."""
     h = result_header(x=1)
@@ -216,3 +240,13 @@ def test_asr_decode_modes_are_checked_before_any_model_loads():
     for bad in ("tok", "token,", "chunked,greedy"):
         with pytest.raises(SystemExit, match="--asr-decode"):
             parse_asr_decode(bad)
+
+
+def test_first_phrase_burst_settings_are_checked_before_any_model_loads():
+    from bench.sessions import parse_burst
+
+    assert parse_burst("config") == []
+    assert parse_burst("off,on") == [False, True]
+    for bad in ("yes", "off,", "on,true"):
+        with pytest.raises(SystemExit, match="--first-phrase-burst"):
+            parse_burst(bad)

@@ -77,6 +77,32 @@ def test_multi_turn_prefills_only_new_tokens(rt, speech):
     asyncio.run(s.close())
 
 
+def test_first_phrase_burst_gives_the_same_reply_in_one_worker_item(rt, speech):
+    """[pipeline] first_phrase_burst: the first phrase generated after the endpoint is one LLM worker item, not one
+    per token; the reply (greedy) and its phrases are the same, and so are the later, paced tokens."""
+    clip = load_audio(speech / "speechbrain_harvard/spk1_snt5.wav")
+    rt.config.turn.pause_prefill, rt.config.turn.draft = False, False  # the first phrase is made after the endpoint
+    turns, items = {}, {}
+    try:
+        for burst in (False, True):
+            rt.config.pipeline.first_phrase_burst = burst
+            rt.llm_pool.reset_stats()
+            conv = asyncio.run(converse(rt, [clip]))
+            turns[burst] = conv.turns[0]
+            items[burst] = rt.llm_pool.label_stats()
+            asyncio.run(conv.session.close())
+    finally:
+        rt.config.turn.pause_prefill, rt.config.turn.draft = True, True
+        rt.config.pipeline.first_phrase_burst = False
+    assert turns[True].transcript == turns[False].transcript
+    assert turns[True].reply and turns[True].reply == turns[False].reply
+    assert items[True]["urgent:phrase_burst"]["n"] == 1 and "urgent:phrase_burst" not in items[False]
+    per_token = items[False]["urgent:ChatSession.generate_reply"]["n"]
+    assert per_token >= 3  # the first phrase took several items without the burst ...
+    assert items[True].get("urgent:ChatSession.generate_reply", {"n": 0})["n"] == 0  # ... and none with it
+    assert not turns[True].interrupted and turns[True].latency.v2v_ms > 0
+
+
 def test_baseline_reprefills_history(rt, speech):
     rt.config.pipeline.reuse_kv = False
     try:

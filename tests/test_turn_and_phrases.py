@@ -158,6 +158,38 @@ def test_first_phrase_cut_at_comma_and_long_phrase_cut_at_max():
     assert " ".join(p.text for p in ps[1:]).split() == [w.strip() for w in words]
 
 
+def test_a_phrase_burst_stops_at_the_end_of_the_phrase_or_of_the_reply():
+    """agent/session.py `phrase_burst`: the first phrase's tokens in one worker item. It takes tokens until one
+    completes a phrase (the rest stay in the generator for later items), or the reply ends, or max_tokens; each step
+    is what the per-token path computes for that token (`add_token`). A fake detokenizer isolates it."""
+    from agent.session import TokenText, add_token, phrase_burst
+
+    vocab = ["Sure", ",", " I", " can", " help", ".", " The", " rest", " is", " paced", "."]
+
+    class Detok:
+        def decode(self, ids):
+            return "".join(vocab[i] for i in ids)
+
+    def fresh():
+        return TokenText(Detok()), PhraseChunker()
+
+    gen = iter(range(len(vocab)))
+    tt, ch = fresh()
+    steps = phrase_burst(gen, tt, ch, 32)
+    assert [t for t, _, _ in steps] == [0, 1, 2, 3, 4, 5]  # "Sure, I can help." (a 1-word clause does not cut)
+    assert [p.text for _, _, p in steps if p is not None] == ["Sure, I can help."] and steps[-1][2] is not None
+    assert next(gen) == 6  # the rest of the reply is left for the paced items
+    tt2, ch2 = fresh()
+    assert [(t, *add_token(t, tt2, ch2)) for t in range(6)] == steps  # the same as one token per item
+    # the reply ends inside the phrase: the end is the last step, and nothing is cut yet (flush does that)
+    tt, ch = fresh()
+    steps = phrase_burst(iter([0, 2, 3]), tt, ch, 32)
+    assert [t for t, _, _ in steps] == [0, 2, 3, None] and all(p is None for _, _, p in steps)
+    assert ch.flush().text == "Sure I can"
+    # max_tokens bounds it
+    assert len(phrase_burst(iter(range(len(vocab))), *fresh(), 3)) == 3
+
+
 def test_audio_judge_alone_sets_the_endpoint_delay():
     """With only the audio judge (no LLM P(end), e.g. synthetic LLM weights): confident -> short, unsure -> long."""
     p = TurnParams(pause_s=0.1, unknown_delay_s=0.8, min_delay_s=0.15, max_delay_s=1.0, judge_p_low=0.5,
