@@ -408,6 +408,11 @@ class PriorityWorker(cf.Executor):
         while self._busy and self._busy[0][1] < edge:
             self._busy.popleft()
 
+    def urgent_waiting(self) -> bool:
+        """An urgent item is queued (not running): for an item that could go on, a reason to end now."""
+        with self._cv:
+            return any(it.priority == Priority.URGENT for it in self._items)
+
     def load(self, now: float | None = None) -> dict:
         """The last window: p95 queue wait of urgent items (ms; None without any), busy fraction, queue length."""
         now = time.monotonic() if now is None else now

@@ -188,6 +188,11 @@ def test_a_phrase_burst_stops_at_the_end_of_the_phrase_or_of_the_reply():
     assert ch.flush().text == "Sure I can"
     # max_tokens bounds it
     assert len(phrase_burst(iter(range(len(vocab))), *fresh(), 3)) == 3
+    # other urgent work queued: it ends after the token in hand (the rest comes in later items)
+    calls = []
+    gen = iter(range(len(vocab)))
+    steps = phrase_burst(gen, *fresh(), 32, yield_to=lambda: calls.append(1) or len(calls) >= 2)
+    assert [t for t, _, _ in steps] == [0, 1] and next(gen) == 2
 
 
 def test_audio_judge_alone_sets_the_endpoint_delay():

@@ -237,6 +237,26 @@ def test_cancelled_queued_item_never_runs():
     assert ran == [2]
 
 
+def test_urgent_waiting_sees_queued_urgent_items_only():
+    """PriorityWorker.urgent_waiting: what a first-phrase burst (agent/session.py `phrase_burst`) asks between tokens.
+    Queued urgent work counts; the running item, and paced or background work, do not."""
+    w = PriorityWorker("test-urgent-waiting")
+    gate, started = threading.Event(), threading.Event()
+    seen = []
+    w.submit(lambda: (started.set(), gate.wait(5), seen.append(w.urgent_waiting())))
+    assert started.wait(5)
+    assert not w.urgent_waiting()  # the running urgent item is not waiting
+    w.submit_with(Priority.PACED, seen.append, "paced", deadline=time.monotonic() + 5)
+    w.submit_with(Priority.BACKGROUND, seen.append, "bg")
+    assert not w.urgent_waiting()
+    f = w.submit(seen.append, "urgent")
+    assert w.urgent_waiting()
+    gate.set()
+    f.result(5)
+    w.shutdown()
+    assert seen[0] is True and not w.urgent_waiting()
+
+
 def test_same_kind_items_run_as_one_batch_under_edf_only():
     """Five sessions' transcriptions queue behind a running item: edf runs them as one batch call, fifo one by one."""
     calls = []
