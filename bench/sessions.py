@@ -957,6 +957,10 @@ def plot(res: dict, path: Path) -> str | None:
             ys = [rows[str(n)].get(key) for n in ns]
             ys = [y if isinstance(y, (int, float)) else np.nan for y in ys]
             ax.plot(ns, ys, style, color=color, label=f"{policy} {name}")
+        if all("judge_sure" in rows[str(n)] for n in ns):  # since 492da8a
+            ys = [rows[str(n)]["judge_sure"]["v2v_p95_ms"] for n in ns]
+            ax.plot(ns, [y if isinstance(y, (int, float)) else np.nan for y in ys], "-.s", color=color, ms=4,
+                    label=f"{policy} p95 of the turns the judge ended at once")
     if len(all_ns) > 2:
         ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(all_ns), [str(n) for n in sorted(all_ns)])
