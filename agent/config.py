@@ -182,9 +182,8 @@ class PipelineConfig:
     stream_tts: bool = True  # False (baseline): synthesize only after the LLM finished
     trace_log: str = ""  # path of a JSON-lines latency log ("" = off)
     # LLM/TTS/ASR worker order: "edf" (deadlines, agent/worker.py), "fifo" (arrival order, baseline),
-    # "edf-urgent" (urgent work before ready paced tokens; experimental), "edf-guard" (the same, except for paced
-    # replies about to run short; experimental), or "deadline" (deadlines only, a ready token breaks ties;
-    # experimental, with the engine's run-ahead)
+    # "edf-urgent" (urgent work before ready paced tokens; experimental), or "deadline" (deadlines only, a ready token
+    # breaks ties; experimental, with the engine's run-ahead)
     scheduler: str = "edf"
     # Python's GIL switch interval (sys.setswitchinterval) in ms; 0 = leave Python's 5 ms. The GPU worker threads
     # give the GIL up at every CUDA sync (each ASR token, each decode step, each TTS window) and then wait for it

@@ -18,11 +18,7 @@ order a policy gives. The policy is a tiny explicit rule, kept pure so it is tes
     paced ones, before background; ready items first within a class. Made for a measured problem (8da962a, 64
     callers: ready paced tokens ran before an urgent prefill, its mean wait 112 ms vs 16 under fifo); at 9217084
     that wait was 24 ms under edf and edf-urgent lost at 64 callers (p50 795 vs 692 ms, 6 underruns vs 0;
-    docs/perf-notes.md "Tenth session"), so edf stays the default. Again with the paced yield (7b07efd, H100): better
-    than edf at 64 callers in three pairs of three, and 142 underruns against 1 at 96 (perf-notes "Nineteenth").
-    edf-guard (experimental): edf-urgent, with paced items due within GUARD_S (not only those already overdue)
-    counting as urgent: urgent work first while the paced replies have audio in hand, edf's order for those that
-    are about to run short.
+    docs/perf-notes.md "Tenth session"), so edf stays the default.
 
 Work is never interrupted mid-item, so background work comes in small items (prefill chunks, single decode
 steps): an urgent item waits at most for the one item already running. Decode stays batched: the engine's step
@@ -48,8 +44,7 @@ import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-POLICIES = ("edf", "fifo", "edf-urgent", "edf-guard", "deadline")
-GUARD_S = 1.0  # edf-guard: a paced item due within this long counts as urgent
+POLICIES = ("edf", "fifo", "edf-urgent", "deadline")
 URGENT_BUDGET_S = 0.1  # an urgent item submitted without a deadline is due this long after it arrives
 PACED_MARGIN_S = 1.0  # paced decode is due this long before the audio already produced runs out
 SPEECH_TOKENS_PER_S = 4.0  # speech is ~2.5 words/s ~ 3-4 tokens/s; the higher figure gives earlier deadlines
@@ -82,9 +77,8 @@ def order_key(item: Item, policy: str = "edf", ready: bool = False, now: float |
         return (item.seq,)
     if policy == "deadline":
         return (item.priority == Priority.BACKGROUND, item.deadline, not ready, item.seq)
-    if policy in ("edf-urgent", "edf-guard"):
-        horizon = GUARD_S if policy == "edf-guard" else 0.0
-        overdue = item.priority == Priority.PACED and now is not None and item.deadline <= now + horizon
+    if policy == "edf-urgent":
+        overdue = item.priority == Priority.PACED and now is not None and item.deadline <= now
         cls = 0 if item.priority == Priority.URGENT or overdue else int(item.priority)
         return (cls, not ready, item.deadline if cls < Priority.BACKGROUND else 0.0, item.seq)
     if ready:  # costs nothing: ready items go first, in arrival order
@@ -96,7 +90,7 @@ def pick(items: list[Item], policy: str = "edf", ready=lambda item: False, now: 
     """Index of the item to run next (pure given `ready` and `now`). `items` is in arrival order (as the worker
     keeps it), so under edf the first ready item is the answer when there is one: after a batched decode step most
     queued items are ready, and this finds one without computing every key (64 sessions: one check, not 64)."""
-    if policy in ("edf-urgent", "edf-guard"):
+    if policy == "edf-urgent":
         return min(range(len(items)), key=lambda i: order_key(items[i], policy, ready(items[i]), now))
     if policy == "deadline":  # `ready` only breaks ties: probe just the items at the earliest deadline
         first = min(range(len(items)), key=lambda i: order_key(items[i], policy, False))

@@ -980,7 +980,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="configs/gpu-bench.toml")
     ap.add_argument("--sessions", default="1,8,16,32,64,96")
     ap.add_argument("--schedulers", default="edf,fifo",
-                    help="edf, fifo, edf-urgent, edf-guard, deadline (agent/worker.py), comma-separated")
+                    help="edf, fifo, edf-urgent, deadline (agent/worker.py), comma-separated")
     ap.add_argument("--seconds", type=float, default=20.0, help="each caller speaks for this long per run")
     ap.add_argument("--min-turns", type=int, default=6,
                     help="few callers call longer, up to 4 x --seconds, to measure about this many turns a run")

@@ -64,25 +64,6 @@ def test_edf_urgent_runs_urgent_work_before_ready_paced_tokens():
     assert [it.seq for it in order[:3]] == [5, 40, 0] and order[-1].seq == 41
 
 
-def test_edf_guard_counts_paced_work_due_within_the_guard_as_urgent():
-    """edf-guard: as edf-urgent, but a paced item due within GUARD_S (its reply is about to run short, not only
-    overdue) joins the urgent class, where a ready one goes first; paced work due later waits for urgent work."""
-    from agent.worker import GUARD_S
-
-    now = 10.0
-    items = [Item(Priority.PACED, now + GUARD_S + 1.0 + k / 100, k, None) for k in range(40)]  # 2 s of audio and more
-    items.append(Item(Priority.URGENT, now + 0.1, 40, None))
-    items.append(Item(Priority.BACKGROUND, math.inf, 41, None))
-    ready = lambda it: it.seq < 40  # noqa: E731
-    assert pick(items, "edf-guard", ready, now) == 40  # urgent before ready paced tokens with time in hand
-    items[7].deadline = now + GUARD_S / 2  # within the guard, not overdue
-    assert pick(items, "edf-guard", ready, now) == 7  # urgent class, and ready
-    assert pick(items, "edf-urgent", ready, now) == 40  # edf-urgent waits until it is overdue
-    order = sorted(items, key=lambda it: order_key(it, "edf-guard", ready(it), now))
-    assert [it.seq for it in order[:3]] == [7, 40, 0] and order[-1].seq == 41
-    assert pick(items, "edf-guard", lambda it: False, now) == 40  # not ready: by deadline in the class (0.1 < 0.5)
-
-
 def test_deadline_runs_the_first_phrase_step_before_ready_paced_tokens_unless_they_are_due_first():
     """The same 40 ready paced tokens and one urgent first-phrase step under "deadline": the step first (due in 0.1 s,
     the tokens in ~2 s); a paced token due before it goes before it; background last; among items due at the same
