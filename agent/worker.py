@@ -18,7 +18,8 @@ order a policy gives. The policy is a tiny explicit rule, kept pure so it is tes
     paced ones, before background; ready items first within a class. Made for a measured problem (8da962a, 64
     callers: ready paced tokens ran before an urgent prefill, its mean wait 112 ms vs 16 under fifo); at 9217084
     that wait was 24 ms under edf and edf-urgent lost at 64 callers (p50 795 vs 692 ms, 6 underruns vs 0;
-    docs/perf-notes.md "Tenth session"), so edf stays the default.
+    docs/perf-notes.md "Tenth session"), so edf stays the default. Again with the paced yield (7b07efd, H100): better
+    than edf at 64 callers in three pairs of three, and 142 underruns against 1 at 96 (perf-notes "Nineteenth").
 
 Work is never interrupted mid-item, so background work comes in small items (prefill chunks, single decode
 steps): an urgent item waits at most for the one item already running. Decode stays batched: the engine's step
