@@ -197,7 +197,8 @@ class PipelineConfig:
     # of competing with it for the GPU and the GIL (agent/worker.py `paced_hold`); 0 = off
     paced_yield_s: float = 0.0
     # a reply's first phrase generated in one LLM worker item (agent/session.py `phrase_burst`) instead of one item
-    # per token, each a round trip through the event loop
+    # per token, each a round trip through the event loop. Off: at 64 callers on an H100 it changed nothing measurable
+    # (other urgent work was queued nearly always, so bursts ended after ~1.3 tokens; perf-notes "Nineteenth session")
     first_phrase_burst: bool = False
 
 

@@ -713,7 +713,7 @@ class Session:
                     if tok is None:
                         ended = True
                         break
-                    r.trace.mark("llm_first_token")
+                    r.trace.mark("llm_first_token")  # with a burst: when its tokens reach the loop, not the first's
                     if piece is None:
                         continue
                     r.text = tt.text
