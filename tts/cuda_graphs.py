@@ -92,7 +92,8 @@ class GraphedTTS:
         for _, T in fronts:
             if self._room():
                 self.front(torch.ones(1, T, dtype=torch.long, device=dev), torch.full((1,), T, dtype=torch.long, device=dev))
-        for rows, T, n in backs:  # largest first: later captures reuse the blocks earlier ones freed
+        for rows, T, n in backs:  # largest first, meant to let later captures reuse freed blocks; on an H100 each back
+            # graph still adds ~23 MiB to the pool (memory_line; docs/perf-notes.md "Nineteenth session")
             if (rows, T) in self.front_graphs and (rows, T, n) not in self.back_graphs and self._room():
                 stats, dur = self.front_graphs[(rows, T)].outputs
                 self.back(stats, dur, n)
